@@ -1,0 +1,96 @@
+"""``LKDConfig``: ``TrainingArguments`` plus the fields of Learnable Knowledge Distillation (and nothing else)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from transformers import TrainingArguments
+
+from .hypergradients import available_hypergradients
+
+
+@dataclass
+class LKDConfig(TrainingArguments):
+    """Training arguments for :class:`~lkd_hf.LKDTrainer`.
+
+    Inherits every :class:`transformers.TrainingArguments` field. Its own fields define the student objective
+    ``ce_weight * CE + distill_weight * distill_loss`` and, when the distillation loss is learned (``loss="lkd"``),
+    the bi-level (meta) optimisation of the loss network against the student's validation cross-entropy.
+
+    Defaults differing from ``TrainingArguments``: ``remove_unused_columns=False`` and ``label_names=["labels"]``
+    (needed for timm models fed ``{"pixel_values", "labels"}`` batches).
+    """
+
+    # --- the student objective -------------------------------------------------------------------------------
+    loss: str = field(
+        default="lkd",
+        metadata={"help": "Distillation loss by registered name: 'lkd' (learned), 'kd', 'dist', 'dkd', or 'ce' (no "
+                  "teacher). See lkd_hf.available_losses()."},
+    )
+    ce_weight: float = field(default=1.0, metadata={"help": "Weight of the cross-entropy on the labels."})
+    distill_weight: float = field(default=1.0, metadata={"help": "Weight of the distillation term."})
+    temperature: float = field(
+        default=4.0, metadata={"help": "Temperature of KD and DKD, and the initial temperature of the learned loss."}
+    )
+    dist_beta: float = field(default=1.0, metadata={"help": "DIST: weight of the inter-class relation."})
+    dist_gamma: float = field(default=1.0, metadata={"help": "DIST: weight of the intra-class relation."})
+    dist_temperature: float = field(default=1.0, metadata={"help": "DIST: softmax temperature."})
+    dkd_alpha: float = field(default=1.0, metadata={"help": "DKD: weight of target-class KD (TCKD)."})
+    dkd_beta: float = field(default=8.0, metadata={"help": "DKD: weight of non-target-class KD (NCKD)."})
+    loss_hidden_dim: int = field(default=32, metadata={"help": "Width of the learned loss network's MLP."})
+
+    # --- the outer (meta) loop -------------------------------------------------------------------------------
+    meta_interval: int = field(default=5, metadata={"help": "Update the learned loss every N student steps."})
+    meta_warmup_steps: int = field(default=0, metadata={"help": "Student steps before the first meta update."})
+    meta_learning_rate: float = field(default=1e-3, metadata={"help": "Learning rate of the loss network."})
+    meta_optimizer: str = field(default="adam", metadata={"help": "Loss network optimizer: 'adam' or 'sgd'."})
+    meta_weight_decay: float = field(default=0.0, metadata={"help": "Weight decay of the loss network."})
+    meta_max_grad_norm: float = field(
+        default=1.0, metadata={"help": "Clip the hypergradient to this norm (<= 0 disables clipping)."}
+    )
+    meta_batch_size: int | None = field(
+        default=None,
+        metadata={"help": "Validation batch size of a meta step (default: 2x per_device_train_batch_size)."},
+    )
+    hypergradient: str = field(
+        default="unrolled",
+        metadata={"help": "Hypergradient estimator: 'unrolled' (exact, second order) or 'finite_difference' "
+                  "(no double backward; works for every timm model)."},
+    )
+    lookahead_lr: float | None = field(
+        default=None,
+        metadata={"help": "Step size of the virtual student step(s); default: the student's current learning rate."},
+    )
+    lookahead_steps: int = field(default=1, metadata={"help": "Virtual student steps before the validation loss."})
+    fd_epsilon: float = field(
+        default=0.01, metadata={"help": "finite_difference: perturbation size, relative to the weights' gradient norm."}
+    )
+    lkd_val_fraction: float = field(
+        default=0.1,
+        metadata={"help": "Fraction of the training set held out for the meta (validation) loss when no "
+                  "meta_dataset is given to the trainer."},
+    )
+
+    # --- TrainingArguments defaults that timm models need ---------------------------------------------------
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "Kept False: timm models take pixel_values positionally."}
+    )
+
+    def __post_init__(self) -> None:
+        if self.label_names is None:
+            self.label_names = ["labels"]
+        super().__post_init__()
+        if not 0.0 < self.lkd_val_fraction < 1.0:
+            raise ValueError(f"lkd_val_fraction must be in (0, 1), got {self.lkd_val_fraction}")
+        if self.meta_interval < 1:
+            raise ValueError(f"meta_interval must be >= 1, got {self.meta_interval}")
+        if self.lookahead_steps < 1:
+            raise ValueError(f"lookahead_steps must be >= 1, got {self.lookahead_steps}")
+        if self.meta_optimizer not in ("adam", "sgd"):
+            raise ValueError(f"meta_optimizer must be 'adam' or 'sgd', got {self.meta_optimizer!r}")
+        if self.hypergradient not in available_hypergradients():
+            raise ValueError(
+                f"Unknown hypergradient {self.hypergradient!r}. Known: {', '.join(available_hypergradients())}."
+            )
+        if self.meta_batch_size is None:
+            self.meta_batch_size = 2 * self.per_device_train_batch_size

@@ -1,0 +1,347 @@
+"""``LKDTrainer``: a ``transformers.Trainer`` that distills a timm student from a frozen timm teacher.
+
+The student step minimises ``ce_weight * CE + distill_weight * distill_loss``. When the distillation loss has
+trainable parameters (the learned ``lkd`` loss network), every ``meta_interval`` student steps a meta step
+updates them along the hypergradient of the student's validation cross-entropy after a virtual look-ahead
+(see :mod:`lkd_hf.hypergradients`).
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import os
+import time
+import warnings
+from typing import Any, Iterator
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+from torch.utils.data import DataLoader, Dataset, random_split
+from transformers import Trainer
+from transformers.utils import logging
+
+from .config import LKDConfig
+from .data import ImageCollator
+from .hypergradients import MetaProblem, get_hypergradient
+from .losses import build_loss
+from .metrics import build_compute_metrics
+
+logger = logging.get_logger(__name__)
+
+LOSS_DIRNAME = "lkd_loss"
+
+
+def model_num_classes(model: nn.Module) -> int | None:
+    """Number of output classes of a timm (or timm-like) classifier, or ``None`` if it cannot be told."""
+    num_classes = getattr(model, "num_classes", None)
+    if isinstance(num_classes, int):
+        return num_classes
+    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    return getattr(head, "out_features", None)
+
+
+class LKDTrainer(Trainer):
+    """Trainer for knowledge distillation with a learned (or hand-made) distillation loss.
+
+    Args:
+        model: the timm student (trained).
+        teacher: the timm teacher. Frozen (``requires_grad=False``, eval mode) and never trained; not needed for
+            ``loss="ce"``.
+        args: an :class:`~lkd_hf.LKDConfig`.
+        train_dataset / eval_dataset: datasets of ``{"pixel_values", "labels"}`` examples.
+        meta_dataset: held-out data for the meta (validation) loss. Default: ``args.lkd_val_fraction`` of
+            ``train_dataset`` is split off (seeded by ``args.seed``) and the student trains on the rest.
+        loss_network: a ready distillation loss module (e.g. a loaded :class:`~lkd_hf.LogitLossNet`) used instead of
+            building ``args.loss`` from the registry.
+        data_collator / compute_metrics: default to :class:`~lkd_hf.data.ImageCollator` (validates labels) and
+            top-1/top-5 accuracy.
+        **kwargs: passed on to :class:`transformers.Trainer`.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        teacher: nn.Module | None = None,
+        args: LKDConfig | None = None,
+        train_dataset: Dataset | None = None,
+        eval_dataset: Dataset | dict[str, Dataset] | None = None,
+        meta_dataset: Dataset | None = None,
+        loss_network: nn.Module | None = None,
+        data_collator: Any = None,
+        compute_metrics: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        if args is None:
+            args = LKDConfig(output_dir="lkd_output")
+        if not isinstance(args, LKDConfig):
+            raise TypeError(f"LKDTrainer needs an LKDConfig, got {type(args).__name__}.")
+        distill_loss = loss_network if loss_network is not None else build_loss(args.loss, args)
+        num_classes = model_num_classes(model)
+        if distill_loss is not None:
+            teacher = self._check_teacher(model, teacher, num_classes)
+        self.loss_params = [p for p in distill_loss.parameters() if p.requires_grad] if distill_loss else []
+
+        if self.loss_params and train_dataset is not None and meta_dataset is None:
+            train_dataset, meta_dataset = split_meta_dataset(train_dataset, args.lkd_val_fraction, args.seed)
+        if data_collator is None:
+            data_collator = ImageCollator(num_classes=num_classes)
+        if compute_metrics is None and num_classes is not None:
+            compute_metrics = build_compute_metrics(num_classes)
+        self._check_optimizer(kwargs.get("optimizers"), teacher)
+
+        super().__init__(
+            model=model,
+            args=args,
+            data_collator=data_collator,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            compute_metrics=compute_metrics,
+            **kwargs,
+        )
+        self.loss_is_scaled_for_ga = False  # compute_loss returns a per-batch mean
+        self.teacher = None if teacher is None else self.accelerator.prepare_model(teacher, evaluation_mode=True)
+        self.distill_loss = None if distill_loss is None else distill_loss.to(self.args.device, torch.float32)
+        self.meta_dataset = meta_dataset
+        self._metrics: dict[str, list[torch.Tensor]] = collections.defaultdict(list)
+        self._recent_batches: collections.deque = collections.deque(maxlen=args.lookahead_steps)
+        self._last_meta_step = -1
+        self._meta_seconds = 0.0
+        self._step_seconds = 0.0
+        self._meta_iterator: Iterator[dict[str, Any]] | None = None
+        self.meta_optimizer: torch.optim.Optimizer | None = None
+        if self.loss_params:
+            self._broadcast_loss_params()
+            self.meta_optimizer = self._create_meta_optimizer()
+            for p in self.loss_params:  # only meta steps may produce gradients for the loss network
+                p.requires_grad_(False)
+
+    # ----------------------------------------------------------------------------------------------------------
+    # construction checks
+    @staticmethod
+    def _check_teacher(model: nn.Module, teacher: nn.Module | None, num_classes: int | None) -> nn.Module:
+        if teacher is None:
+            raise ValueError("This loss distills from a teacher: pass `teacher=` (or use loss='ce').")
+        teacher_classes = model_num_classes(teacher)
+        if num_classes is not None and teacher_classes is not None and num_classes != teacher_classes:
+            raise ValueError(
+                f"Teacher and student predict different numbers of classes ({teacher_classes} vs {num_classes}); "
+                "create both with the same num_classes."
+            )
+        student_params = {id(p) for p in model.parameters()}
+        shared = [n for n, p in teacher.named_parameters() if id(p) in student_params]
+        if shared:
+            raise ValueError(
+                f"The teacher shares {len(shared)} parameter(s) with the student (e.g. {shared[0]!r}); they would be "
+                "updated by the student's optimizer. Pass a separate, frozen teacher."
+            )
+        trainable = [n for n, p in teacher.named_parameters() if p.requires_grad]
+        if trainable:
+            logger.info(f"Freezing {len(trainable)} trainable teacher parameter tensors (the teacher is never trained).")
+        return teacher.eval().requires_grad_(False)
+
+    @staticmethod
+    def _check_optimizer(optimizers: Any, teacher: nn.Module | None) -> None:
+        optimizer = optimizers[0] if optimizers else None
+        if optimizer is None or teacher is None:
+            return
+        teacher_params = {id(p) for p in teacher.parameters()}
+        if any(id(p) in teacher_params for group in optimizer.param_groups for p in group["params"]):
+            raise ValueError("The optimizer passed to LKDTrainer would update the teacher's parameters.")
+
+    def _create_meta_optimizer(self) -> torch.optim.Optimizer:
+        if self.args.meta_optimizer == "sgd":
+            return torch.optim.SGD(
+                self.loss_params, lr=self.args.meta_learning_rate, momentum=0.9, weight_decay=self.args.meta_weight_decay
+            )
+        return torch.optim.Adam(self.loss_params, lr=self.args.meta_learning_rate, weight_decay=self.args.meta_weight_decay)
+
+    def _broadcast_loss_params(self) -> None:
+        if dist.is_available() and dist.is_initialized():
+            for p in self.loss_params:
+                dist.broadcast(p.data, src=0)
+
+    # ----------------------------------------------------------------------------------------------------------
+    # the student objective
+    def distillation_objective(
+        self, student_logits: torch.Tensor, teacher_logits: torch.Tensor | None, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``ce_weight * CE + distill_weight * distill_loss`` and its components (for logging)."""
+        ce = F.cross_entropy(student_logits.float(), labels)
+        parts = {"ce": ce}
+        total = self.args.ce_weight * ce
+        if self.distill_loss is not None:
+            distill = self.distill_loss(student_logits, teacher_logits, labels)
+            parts["distill"] = distill
+            total = total + self.args.distill_weight * distill
+        return total, parts
+
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Training: the distillation objective. Evaluation: the student's cross-entropy."""
+        logits = model(inputs["pixel_values"])
+        labels = inputs["labels"]
+        if model.training:
+            teacher_logits = inputs.get("teacher_logits")
+            if teacher_logits is None and self.teacher is not None:
+                teacher_logits = self._teacher_logits(inputs["pixel_values"])
+            loss, parts = self.distillation_objective(logits, teacher_logits, labels)
+            for name, value in parts.items():
+                self._metrics[name].append(value.detach())
+        else:
+            loss = F.cross_entropy(logits.float(), labels)
+        return (loss, {"logits": logits}) if return_outputs else loss
+
+    @torch.no_grad()
+    def _teacher_logits(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        with self.compute_loss_context_manager():
+            return self.teacher(pixel_values).float()
+
+    def training_step(
+        self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: torch.Tensor | int | None = None
+    ) -> torch.Tensor:
+        """Teacher forward once per batch, a meta step when due, then the student step."""
+        start = time.perf_counter()
+        inputs = self._prepare_inputs(inputs)
+        if self.teacher is not None:
+            inputs["teacher_logits"] = self._teacher_logits(inputs["pixel_values"])
+        if self.loss_params:
+            self._recent_batches.append(inputs)
+            if self._meta_due():
+                self._last_meta_step = self.state.global_step
+                meta_start = time.perf_counter()
+                self.meta_step(model)
+                self._meta_seconds += time.perf_counter() - meta_start
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        self._step_seconds += time.perf_counter() - start
+        return loss
+
+    # ----------------------------------------------------------------------------------------------------------
+    # the outer (meta) loop
+    def _meta_due(self) -> bool:
+        step = self.state.global_step
+        return (
+            step >= self.args.meta_warmup_steps
+            and step % self.args.meta_interval == 0
+            and step != self._last_meta_step
+            and self.meta_dataset is not None
+        )
+
+    def _next_meta_batch(self) -> dict[str, Any]:
+        if self._meta_iterator is None:
+            loader = DataLoader(
+                self.meta_dataset,
+                batch_size=self.args.meta_batch_size,
+                shuffle=True,
+                collate_fn=self.data_collator,
+                drop_last=len(self.meta_dataset) >= self.args.meta_batch_size,
+                num_workers=self.args.dataloader_num_workers,
+                generator=torch.Generator().manual_seed(self.args.seed),
+            )
+            self._meta_iterator = itertools.chain.from_iterable(itertools.repeat(loader))
+        return self._prepare_inputs(next(self._meta_iterator))
+
+    def meta_step(self, model: nn.Module) -> None:
+        """Update the loss network along the hypergradient of the validation loss (one outer step)."""
+        student = self.accelerator.unwrap_model(model)
+        params = {n: p for n, p in student.named_parameters() if p.requires_grad}
+        frozen = {n: p for n, p in student.named_parameters() if not p.requires_grad}
+        buffers = {n: b.clone() for n, b in student.named_buffers()}  # virtual steps must not touch BN statistics
+
+        def forward(weights: dict[str, torch.Tensor], batch: dict[str, Any]) -> torch.Tensor:
+            return functional_call(student, {**frozen, **buffers, **weights}, (batch["pixel_values"],))
+
+        problem = MetaProblem(
+            forward=forward,
+            train_loss=lambda logits, b: self.distillation_objective(logits, b["teacher_logits"], b["labels"])[0],
+            val_loss=lambda logits, b: F.cross_entropy(logits.float(), b["labels"]),
+            loss_params=self.loss_params,
+            train_batches=list(self._recent_batches),
+            val_batch=self._next_meta_batch(),
+            lr=self.args.lookahead_lr if self.args.lookahead_lr is not None else self._get_learning_rate(),
+            fd_epsilon=self.args.fd_epsilon,
+        )
+        estimator = get_hypergradient(self.args.hypergradient)
+        for p in self.loss_params:
+            p.requires_grad_(True)
+        try:
+            result = estimator(problem, params)
+        finally:
+            for p in self.loss_params:
+                p.requires_grad_(False)
+        grads = self._average_across_ranks(result.grads)
+        if not (torch.isfinite(result.val_loss) and all(torch.isfinite(g).all() for g in grads)):
+            warnings.warn(
+                f"Non-finite learned loss or hypergradient at step {self.state.global_step}: meta update skipped.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            self._metrics["meta/skipped"].append(torch.ones((), device=self.args.device))
+            return
+        for p, g in zip(self.loss_params, grads):
+            p.grad = g.to(p.dtype)
+        max_norm = self.args.meta_max_grad_norm if self.args.meta_max_grad_norm > 0 else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.loss_params, max_norm)
+        self.meta_optimizer.step()
+        self.meta_optimizer.zero_grad(set_to_none=True)
+        self._metrics["meta/val_loss"].append(result.val_loss)
+        self._metrics["meta/hypergrad_norm"].append(grad_norm.detach())
+        self._metrics["meta/skipped"].append(torch.zeros((), device=self.args.device))
+
+    def _average_across_ranks(self, grads: list[torch.Tensor]) -> list[torch.Tensor]:
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return grads
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        flat /= dist.get_world_size()
+        return [chunk.view_as(g) for chunk, g in zip(flat.split([g.numel() for g in grads]), grads)]
+
+    # ----------------------------------------------------------------------------------------------------------
+    # logging and saving
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Add the averaged loss components and meta statistics to the Trainer's training logs."""
+        if "loss" in logs and self._metrics:
+            for name, values in self._metrics.items():
+                logs[name] = torch.stack([v.float() for v in values]).mean().item()
+            self._metrics.clear()
+            if self.loss_params:
+                logs["meta/time_share"] = self._meta_seconds / max(self._step_seconds, 1e-9)
+                logs.update({f"lkd/{k}": float(v) for k, v in loss_summary(self.distill_loss).items()})
+        super().log(logs, start_time)
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        super()._save(output_dir, state_dict)
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        if self.args.should_save and self.loss_params and hasattr(self.distill_loss, "save_pretrained"):
+            self.distill_loss.save_pretrained(os.path.join(output_dir, LOSS_DIRNAME))
+
+
+def loss_summary(loss: nn.Module | None) -> dict[str, torch.Tensor]:
+    """The interpretable global knobs of a learned loss (temperature, weight), where it has them."""
+    return {k: getattr(loss, k).detach() for k in ("temperature", "weight") if isinstance(getattr(loss, k, None), torch.Tensor)}
+
+
+def split_meta_dataset(dataset: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset]:
+    """Split ``fraction`` of ``dataset`` off (seeded) as the meta/validation set; returns ``(train, meta)``."""
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"lkd_val_fraction must be in (0, 1), got {fraction}")
+    n = len(dataset)
+    n_meta = int(round(n * fraction))
+    if n_meta < 1 or n - n_meta < 1:
+        raise ValueError(
+            f"lkd_val_fraction={fraction} of {n} training examples leaves an empty split "
+            f"({n - n_meta} train / {n_meta} validation); use a larger dataset or pass meta_dataset=."
+        )
+    if hasattr(dataset, "train_test_split"):
+        split = dataset.train_test_split(test_size=n_meta, seed=seed)
+        return split["train"], split["test"]
+    train, meta = random_split(dataset, [n - n_meta, n_meta], generator=torch.Generator().manual_seed(seed))
+    return train, meta

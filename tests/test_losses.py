@@ -1,0 +1,129 @@
+"""Hand-made baselines against independent (numpy) computations, the loss registry, and LogitLossNet."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from lkd_hf.loss_networks import LogitLossNet
+from lkd_hf.losses import DISTLoss, DKDLoss, KDLoss, available_losses, build_loss, register_loss
+
+
+def _softmax(z, t=1.0):
+    e = np.exp((z - z.max(axis=1, keepdims=True)) / t)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+@pytest.fixture
+def logits():
+    g = torch.Generator().manual_seed(0)
+    s = torch.randn(8, 10, generator=g, dtype=torch.float64) * 3
+    t = torch.randn(8, 10, generator=g, dtype=torch.float64) * 3
+    y = torch.randint(0, 10, (8,), generator=g)
+    return s, t, y
+
+
+def test_kd_matches_independent_kl(logits):
+    s, t, y = logits
+    T = 4.0
+    ps, pt = _softmax(s.numpy(), T), _softmax(t.numpy(), T)
+    expected = T**2 * np.mean([sum(pt[i, c] * math.log(pt[i, c] / ps[i, c]) for c in range(10)) for i in range(8)])
+    assert KDLoss(T)(s, t, y).item() == pytest.approx(expected, rel=1e-10)
+
+
+def test_dist_matches_numpy_pearson(logits):
+    s, t, y = logits
+    beta, gamma, T = 1.5, 0.5, 2.0
+    ps, pt = _softmax(s.numpy(), T), _softmax(t.numpy(), T)
+    inter = 1 - np.mean([np.corrcoef(ps[i], pt[i])[0, 1] for i in range(8)])
+    intra = 1 - np.mean([np.corrcoef(ps[:, c], pt[:, c])[0, 1] for c in range(10)])
+    expected = T**2 * (beta * inter + gamma * intra)
+    assert DISTLoss(beta, gamma, T)(s, t, y).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_dkd_matches_decoupled_definition(logits):
+    s, t, y = logits
+    alpha, beta, T = 1.0, 8.0, 4.0
+    ps, pt = _softmax(s.numpy(), T), _softmax(t.numpy(), T)
+    tckd, nckd = [], []
+    for i, yi in enumerate(y.tolist()):
+        bs, bt = np.array([ps[i, yi], 1 - ps[i, yi]]), np.array([pt[i, yi], 1 - pt[i, yi]])
+        tckd.append(np.sum(bt * np.log(bt / bs)))
+        others = [c for c in range(10) if c != yi]
+        qs, qt = ps[i, others] / ps[i, others].sum(), pt[i, others] / pt[i, others].sum()
+        nckd.append(np.sum(qt * np.log(qt / qs)))
+    expected = T**2 * (alpha * np.mean(tckd) + beta * np.mean(nckd))
+    assert DKDLoss(alpha, beta, T)(s, t, y).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_registry_lists_known_losses_on_unknown_name():
+    assert {"ce", "kd", "dist", "dkd", "lkd"} <= set(available_losses())
+    with pytest.raises(ValueError, match=r"Unknown loss 'nope'.*ce, dist, dkd, kd"):
+        build_loss("nope", None)
+
+
+def test_register_custom_loss_and_refuse_duplicates():
+    @register_loss("test_l1_logits")
+    def _build(config):
+        return torch.nn.L1Loss()
+
+    assert isinstance(build_loss("test_l1_logits", None), torch.nn.L1Loss)
+    with pytest.raises(ValueError, match="already registered"):
+        register_loss("test_l1_logits")(_build)
+    with pytest.raises(ValueError, match=r"'\+'"):
+        register_loss("a+b")
+
+
+@pytest.mark.parametrize("num_classes", [2, 10, 1000])
+def test_logit_loss_net_reproduces_kd_at_init(num_classes):
+    g = torch.Generator().manual_seed(num_classes)
+    s, t = torch.randn(16, num_classes, generator=g) * 5, torch.randn(16, num_classes, generator=g) * 5
+    y = torch.randint(0, num_classes, (16,), generator=g)
+    net = LogitLossNet(temperature=4.0)
+    expected = KDLoss(4.0)(s, t, y)
+    torch.testing.assert_close(net(s, t, y), expected, rtol=1e-5, atol=1e-7)
+
+
+def _randomize(net, seed=0, std=0.5):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.randn(p.shape, generator=g, dtype=p.dtype) * std)
+    return net
+
+
+def test_logit_loss_net_is_permutation_equivariant():
+    s, t = torch.randn(6, 7), torch.randn(6, 7)
+    y = torch.randint(0, 7, (6,))
+    net = _randomize(LogitLossNet())
+    perm = torch.randperm(7)
+    inverse = torch.argsort(perm)
+    torch.testing.assert_close(net(s[:, perm], t[:, perm], inverse[y]), net(s, t, y))
+
+
+def test_logit_loss_net_bounded_below_and_finite_for_extreme_logits():
+    net = _randomize(LogitLossNet(), seed=1, std=2.0)
+    for scale in (1.0, 100.0, 1e4):
+        s, t = torch.randn(32, 50) * scale, torch.randn(32, 50) * scale
+        value = net(s, t, torch.randint(0, 50, (32,)))
+        assert torch.isfinite(value)
+        assert value.item() >= -1e-5
+
+
+def test_logit_loss_net_weight_knob_turns_distillation_off_and_temperature_is_learnable():
+    s, t, y = torch.randn(4, 5), torch.randn(4, 5), torch.randint(0, 5, (4,))
+    net = LogitLossNet(temperature=4.0)
+    assert net.temperature.item() == pytest.approx(4.0)
+    net(s, t, y).backward()
+    assert net.log_temperature.grad is not None and net.log_temperature.grad.abs() > 0
+    assert net.log_weight.grad is not None and net.log_weight.grad.abs() > 0
+    assert net.class_head.weight.grad.abs().sum() > 0  # the correction receives gradient from the start
+    with torch.no_grad():
+        net.log_weight.fill_(-30.0)  # clamped at -10: distillation essentially off
+    assert net(s, t, y).item() < 1e-3 * KDLoss(4.0)(s, t, y).item()
+
+
+def test_logit_loss_net_rejects_bad_temperature():
+    with pytest.raises(ValueError, match="temperature"):
+        LogitLossNet(temperature=0.0)

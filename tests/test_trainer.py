@@ -1,0 +1,256 @@
+"""LKDTrainer and LKDConfig: objective, meta step, bad-input errors, logging, evaluation, saving."""
+
+
+import datasets
+import numpy as np
+import pytest
+import timm
+import torch
+from transformers import HfArgumentParser
+
+from lkd_hf import LKDConfig, LKDTrainer, LogitLossNet
+from lkd_hf.trainer import LOSS_DIRNAME
+
+NUM_CLASSES = 10
+
+
+def make_dataset(
+    n: int, num_classes: int = NUM_CLASSES, size: int = 32, seed: int = 0, label_offset: int = 0, noise: float = 0.8
+):
+    """Learnable synthetic images: each class is a fixed random pattern plus noise."""
+    rng = np.random.default_rng(seed)
+    prototypes = np.random.default_rng(1234).normal(size=(num_classes, 3, size, size)).astype(np.float32)
+    labels = rng.integers(0, num_classes, size=n)
+    images = prototypes[labels] + noise * rng.normal(size=(n, 3, size, size)).astype(np.float32)
+    ds = datasets.Dataset.from_dict({"pixel_values": images, "labels": labels + label_offset})
+    return ds.with_format("torch")
+
+
+def make_models(num_classes: int = NUM_CLASSES, teacher_classes: int | None = None):
+    torch.manual_seed(0)
+    student = timm.create_model("test_resnet", num_classes=num_classes)
+    teacher = timm.create_model("test_resnet", num_classes=teacher_classes or num_classes)
+    return student, teacher
+
+
+def make_config(tmp_path, **overrides) -> LKDConfig:
+    defaults = dict(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=16,
+        per_device_eval_batch_size=64,
+        max_steps=6,
+        learning_rate=0.05,
+        optim="sgd",
+        logging_steps=3,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        use_cpu=True,
+        meta_interval=2,
+        seed=0,
+    )
+    defaults.update(overrides)
+    return LKDConfig(**defaults)
+
+
+# --- config ---------------------------------------------------------------------------------------------------
+def test_config_defaults_and_cli_parsing(tmp_path):
+    (config,) = HfArgumentParser(LKDConfig).parse_args_into_dataclasses(
+        args=["--output_dir", str(tmp_path), "--loss", "kd", "--temperature", "2", "--per_device_train_batch_size", "8",
+              "--hypergradient", "finite_difference", "--lookahead_steps", "3"]
+    )
+    assert (config.loss, config.temperature, config.hypergradient, config.lookahead_steps) == ("kd", 2.0, "finite_difference", 3)
+    assert config.remove_unused_columns is False
+    assert config.label_names == ["labels"]
+    assert config.meta_batch_size == 16  # 2x the training batch by default
+
+
+@pytest.mark.parametrize("fraction", [0.0, 1.0, 1.5, -0.1])
+def test_config_rejects_val_fraction_outside_unit_interval(tmp_path, fraction):
+    with pytest.raises(ValueError, match="lkd_val_fraction"):
+        make_config(tmp_path, lkd_val_fraction=fraction)
+
+
+def test_config_rejects_unknown_hypergradient(tmp_path):
+    with pytest.raises(ValueError, match="Known: finite_difference, unrolled"):
+        make_config(tmp_path, hypergradient="first_order")
+
+
+# --- bad input at construction ---------------------------------------------------------------------------------
+def test_unknown_loss_lists_known_losses(tmp_path):
+    student, teacher = make_models()
+    with pytest.raises(ValueError, match=r"Unknown loss 'kdd'. Known losses: .*dkd.*kd.*lkd"):
+        LKDTrainer(model=student, teacher=teacher, args=make_config(tmp_path, loss="kdd"), train_dataset=make_dataset(32))
+
+
+def test_class_count_mismatch_is_an_error(tmp_path):
+    student, teacher = make_models(teacher_classes=7)
+    with pytest.raises(ValueError, match=r"different numbers of classes \(7 vs 10\)"):
+        LKDTrainer(model=student, teacher=teacher, args=make_config(tmp_path), train_dataset=make_dataset(32))
+
+
+def test_teacher_sharing_parameters_with_student_is_an_error(tmp_path):
+    student, _ = make_models()
+    with pytest.raises(ValueError, match="shares .* parameter"):
+        LKDTrainer(model=student, teacher=student, args=make_config(tmp_path), train_dataset=make_dataset(32))
+
+
+def test_optimizer_over_teacher_parameters_is_an_error(tmp_path):
+    student, teacher = make_models()
+    optimizer = torch.optim.SGD(list(student.parameters()) + list(teacher.parameters()), lr=0.1)
+    with pytest.raises(ValueError, match="would update the teacher"):
+        LKDTrainer(
+            model=student, teacher=teacher, args=make_config(tmp_path, loss="kd"), train_dataset=make_dataset(32),
+            optimizers=(optimizer, None),
+        )
+
+
+def test_teacher_is_frozen_in_eval_mode_and_unchanged_by_training(tmp_path):
+    student, teacher = make_models()
+    teacher.train()
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    trainer = LKDTrainer(model=student, teacher=teacher, args=make_config(tmp_path), train_dataset=make_dataset(64))
+    assert not any(p.requires_grad for p in teacher.parameters())
+    trainer.train()
+    assert not trainer.teacher.training
+    for k, v in trainer.teacher.state_dict().items():
+        torch.testing.assert_close(v, before[k], rtol=0, atol=0)
+
+
+def test_teacher_required_unless_ce(tmp_path):
+    student, _ = make_models()
+    with pytest.raises(ValueError, match="pass `teacher=`"):
+        LKDTrainer(model=student, args=make_config(tmp_path, loss="kd"), train_dataset=make_dataset(32))
+    LKDTrainer(model=student, args=make_config(tmp_path, loss="ce"), train_dataset=make_dataset(32))
+
+
+def test_val_fraction_leaving_an_empty_split_is_an_error(tmp_path):
+    student, teacher = make_models()
+    with pytest.raises(ValueError, match="empty split"):
+        LKDTrainer(model=student, teacher=teacher, args=make_config(tmp_path, lkd_val_fraction=0.1), train_dataset=make_dataset(3))
+
+
+def test_labels_outside_class_range_are_an_error(tmp_path):
+    student, teacher = make_models()
+    trainer = LKDTrainer(
+        model=student, teacher=teacher, args=make_config(tmp_path, loss="kd"), train_dataset=make_dataset(32, label_offset=5)
+    )
+    with pytest.raises(ValueError, match=r"outside \[0, 10\)|\[0, 10\)"):
+        trainer.train()
+
+
+# --- the meta step ---------------------------------------------------------------------------------------------
+def _lkd_trainer(tmp_path, noise: float = 0.8, **overrides):
+    student, teacher = make_models()
+    args = make_config(tmp_path, **overrides)
+    return LKDTrainer(
+        model=student,
+        teacher=teacher,
+        args=args,
+        train_dataset=make_dataset(96, noise=noise),
+        eval_dataset=make_dataset(64, seed=1, noise=noise),
+    )
+
+
+def _one_batch(trainer):
+    batch = next(iter(trainer.get_train_dataloader()))
+    batch = trainer._prepare_inputs(batch)
+    batch["teacher_logits"] = trainer._teacher_logits(batch["pixel_values"])
+    return batch
+
+
+@pytest.mark.parametrize("hypergradient", ["unrolled", "finite_difference"])
+def test_meta_step_updates_only_the_loss_network(tmp_path, hypergradient):
+    trainer = _lkd_trainer(tmp_path, hypergradient=hypergradient, lookahead_lr=0.1)
+    trainer.create_optimizer_and_scheduler(num_training_steps=10)
+    student = trainer.model
+    student.train()
+    student_state = {k: v.clone() for k, v in student.state_dict().items()}  # includes BN running statistics
+    loss_before = [p.clone() for p in trainer.loss_params]
+    trainer._recent_batches.append(_one_batch(trainer))
+    trainer.meta_step(student)
+    for k, v in student.state_dict().items():
+        torch.testing.assert_close(v, student_state[k], rtol=0, atol=0, msg=f"meta step changed student {k}")
+    assert all(p.grad is None for p in student.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(loss_before, trainer.loss_params))
+    assert all(p.grad is None for p in trainer.loss_params)
+    assert trainer._metrics["meta/hypergrad_norm"][0] > 0
+
+
+def test_student_backward_does_not_touch_loss_network_gradients(tmp_path):
+    trainer = _lkd_trainer(tmp_path)
+    batch = _one_batch(trainer)
+    trainer.model.train()
+    trainer.compute_loss(trainer.model, batch).backward()
+    assert any(p.grad is not None for p in trainer.model.parameters())
+    assert all(p.grad is None for p in trainer.loss_params)
+
+
+def test_meta_gradient_is_clipped(tmp_path):
+    trainer = _lkd_trainer(tmp_path, meta_max_grad_norm=1e-6, meta_optimizer="sgd", meta_learning_rate=1.0, lookahead_lr=0.1)
+    trainer.create_optimizer_and_scheduler(num_training_steps=10)
+    trainer.model.train()
+    before = torch.cat([p.detach().reshape(-1).clone() for p in trainer.loss_params])
+    trainer._recent_batches.append(_one_batch(trainer))
+    trainer.meta_step(trainer.model)
+    after = torch.cat([p.detach().reshape(-1) for p in trainer.loss_params])
+    assert 0 < (after - before).norm().item() <= 1.01e-6  # SGD (momentum starts at 0): step = lr * clipped grad
+
+
+def test_non_finite_learned_loss_skips_meta_update_and_training_goes_on(tmp_path, monkeypatch):
+    trainer = _lkd_trainer(tmp_path, max_steps=4)
+    before = [p.clone() for p in trainer.loss_params]
+    original = LogitLossNet.forward
+
+    def nan_in_meta_steps(self, s, t, y):
+        value = original(self, s, t, y)
+        return value * float("nan") if self.log_weight.requires_grad else value
+
+    monkeypatch.setattr(LogitLossNet, "forward", nan_in_meta_steps)
+    with pytest.warns(RuntimeWarning, match="meta update skipped"):
+        trainer.train()
+    assert trainer.state.global_step == 4
+    for a, b in zip(before, trainer.loss_params):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+
+
+# --- training runs, logging, evaluation ------------------------------------------------------------------------
+@pytest.mark.parametrize("loss", ["ce", "kd", "dist", "dkd"])
+def test_hand_made_losses_train_and_log_components(tmp_path, loss):
+    trainer = _lkd_trainer(tmp_path, loss=loss)
+    trainer.train()
+    logged = {k for entry in trainer.state.log_history for k in entry}
+    assert "ce" in logged
+    assert ("distill" in logged) == (loss != "ce")
+    assert not any(k.startswith("meta/") for k in logged)
+
+
+def test_lkd_training_logs_meta_statistics_and_evaluates(tmp_path):
+    trainer = _lkd_trainer(tmp_path)
+    trainer.train()
+    logged = {k for entry in trainer.state.log_history for k in entry}
+    assert {"ce", "distill", "meta/val_loss", "meta/hypergrad_norm", "meta/time_share", "lkd/temperature", "lkd/weight"} <= logged
+    metrics = trainer.evaluate()
+    assert 0.0 <= metrics["eval_accuracy"] <= metrics["eval_top5_accuracy"] <= 1.0
+    assert np.isfinite(metrics["eval_loss"])
+
+
+@pytest.mark.slow
+def test_short_lkd_run_learns_the_loss_and_the_student(tmp_path):
+    """Loss network parameters move, held-out accuracy ends well above chance, and the saved loss reloads."""
+    trainer = _lkd_trainer(tmp_path, noise=0.4, max_steps=50, meta_interval=2, meta_learning_rate=1e-2, learning_rate=0.05)
+    initial = [p.clone() for p in trainer.loss_params]
+    trainer.train()
+    moved = sum((a - b).abs().sum().item() for a, b in zip(initial, trainer.loss_params))
+    assert moved > 1e-3
+    accuracy = trainer.evaluate()["eval_accuracy"]
+    assert accuracy > 0.3  # chance is 0.1
+    trainer.save_model()
+    loaded = LogitLossNet.from_pretrained(str(tmp_path / "out" / LOSS_DIRNAME))
+    s, t, y = torch.randn(5, 10), torch.randn(5, 10), torch.randint(0, 10, (5,))
+    torch.testing.assert_close(loaded(s, t, y), trainer.distill_loss.cpu()(s, t, y))
+    student = timm.create_model("test_resnet", num_classes=10)
+    from safetensors.torch import load_file
+
+    student.load_state_dict(load_file(str(tmp_path / "out" / "model.safetensors")))
