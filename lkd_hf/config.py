@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
 from .hypergradients import available_hypergradients
+from .snapshots import SNAPSHOT_STRATEGIES
 
 
 @dataclass
@@ -61,7 +63,42 @@ class LKDConfig(TrainingArguments):
         default=None,
         metadata={"help": "Step size of the virtual student step(s); default: the student's current learning rate."},
     )
-    lookahead_steps: int = field(default=1, metadata={"help": "Virtual student steps before the validation loss."})
+    lookahead_steps: int = field(
+        default=1, metadata={"help": "Virtual student steps K before the validation loss (the meta horizon)."}
+    )
+    lookahead_steps_std: float = field(
+        default=0.0,
+        metadata={"help": "If > 0, each meta step draws its horizon K ~ round(N(lookahead_steps, std)), clipped to "
+                  "[1, lookahead_steps + 2 std] ('Gaussian sampling'); 0 keeps K fixed."},
+    )
+    meta_val_source: str = field(
+        default="heldout",
+        metadata={"help": "Validation batch of a meta step: 'heldout' (a fresh batch of the meta set) or "
+                  "'train_batch' (the current training batch: batch data consistency)."},
+    )
+    snapshot_strategy: str = field(
+        default="uniform",
+        metadata={"help": "Student a meta step starts from: 'current', 'uniform' (over recorded snapshots and the "
+                  "live weights), 'gaussian' or 'fixed' (by step distance)."},
+    )
+    snapshot_interval: int = field(default=50, metadata={"help": "Record a student snapshot every N steps."})
+    snapshot_pool_size: int = field(
+        default=16, metadata={"help": "At most this many snapshots (thinned evenly over the run when full)."}
+    )
+    snapshot_distance: int = field(
+        default=200, metadata={"help": "Step distance of the 'fixed' strategy, standard deviation of 'gaussian'."}
+    )
+    snapshot_checkpoints: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Trainer checkpoint dirs of the same student architecture that seed the snapshot pool."},
+    )
+    loss_from: str | None = field(
+        default=None,
+        metadata={"help": "Load the learned loss network from a directory or Hub repo id (save_pretrained format)."},
+    )
+    freeze_loss: bool = field(
+        default=False, metadata={"help": "Keep the learned loss fixed: no meta steps (costs about as much as KD)."}
+    )
     fd_epsilon: float = field(
         default=0.01, metadata={"help": "finite_difference: perturbation size, relative to the weights' gradient norm."}
     )
@@ -86,11 +123,26 @@ class LKDConfig(TrainingArguments):
             raise ValueError(f"meta_interval must be >= 1, got {self.meta_interval}")
         if self.lookahead_steps < 1:
             raise ValueError(f"lookahead_steps must be >= 1, got {self.lookahead_steps}")
+        if self.lookahead_steps_std < 0:
+            raise ValueError(f"lookahead_steps_std must be >= 0, got {self.lookahead_steps_std}")
+        if self.meta_val_source not in ("heldout", "train_batch"):
+            raise ValueError(f"meta_val_source must be 'heldout' or 'train_batch', got {self.meta_val_source!r}")
+        if self.snapshot_strategy not in SNAPSHOT_STRATEGIES:
+            raise ValueError(
+                f"Unknown snapshot_strategy {self.snapshot_strategy!r}. Known: {', '.join(SNAPSHOT_STRATEGIES)}."
+            )
         if self.meta_optimizer not in ("adam", "sgd"):
             raise ValueError(f"meta_optimizer must be 'adam' or 'sgd', got {self.meta_optimizer!r}")
         if self.hypergradient not in available_hypergradients():
             raise ValueError(
                 f"Unknown hypergradient {self.hypergradient!r}. Known: {', '.join(available_hypergradients())}."
             )
+        if self.snapshot_interval < 1 or self.snapshot_pool_size < 2:
+            raise ValueError("snapshot_interval must be >= 1 and snapshot_pool_size >= 2.")
         if self.meta_batch_size is None:
             self.meta_batch_size = 2 * self.per_device_train_batch_size
+
+    @property
+    def max_lookahead_steps(self) -> int:
+        """The largest horizon a meta step may draw."""
+        return self.lookahead_steps + math.ceil(2 * self.lookahead_steps_std)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import itertools
 import os
+import random
 import time
 import warnings
 from typing import Any, Iterator
@@ -27,8 +28,10 @@ from transformers.utils import logging
 from .config import LKDConfig
 from .data import ImageCollator
 from .hypergradients import MetaProblem, get_hypergradient
+from .loss_networks import LogitLossNet
 from .losses import build_loss
 from .metrics import build_compute_metrics
+from .snapshots import SnapshotPool
 
 logger = logging.get_logger(__name__)
 
@@ -79,7 +82,11 @@ class LKDTrainer(Trainer):
             args = LKDConfig(output_dir="lkd_output")
         if not isinstance(args, LKDConfig):
             raise TypeError(f"LKDTrainer needs an LKDConfig, got {type(args).__name__}.")
+        if loss_network is None and args.loss_from is not None:
+            loss_network = LogitLossNet.from_pretrained(args.loss_from)
         distill_loss = loss_network if loss_network is not None else build_loss(args.loss, args)
+        if distill_loss is not None and args.freeze_loss:
+            distill_loss.requires_grad_(False)
         num_classes = model_num_classes(model)
         if distill_loss is not None:
             teacher = self._check_teacher(model, teacher, num_classes)
@@ -107,7 +114,9 @@ class LKDTrainer(Trainer):
         self.distill_loss = None if distill_loss is None else distill_loss.to(self.args.device, torch.float32)
         self.meta_dataset = meta_dataset
         self._metrics: dict[str, list[torch.Tensor]] = collections.defaultdict(list)
-        self._recent_batches: collections.deque = collections.deque(maxlen=args.lookahead_steps)
+        self._recent_batches: collections.deque = collections.deque(maxlen=args.max_lookahead_steps)
+        self._horizon_rng = random.Random(args.seed)
+        self.snapshot_pool: SnapshotPool | None = None
         self._last_meta_step = -1
         self._meta_seconds = 0.0
         self._step_seconds = 0.0
@@ -116,6 +125,15 @@ class LKDTrainer(Trainer):
         if self.loss_params:
             self._broadcast_loss_params()
             self.meta_optimizer = self._create_meta_optimizer()
+            self.snapshot_pool = SnapshotPool(
+                max_size=args.snapshot_pool_size,
+                interval=args.snapshot_interval,
+                strategy=args.snapshot_strategy,
+                distance=args.snapshot_distance,
+                seed=args.seed,
+            )
+            for checkpoint in args.snapshot_checkpoints:
+                self.snapshot_pool.add_checkpoint(checkpoint)
             for p in self.loss_params:  # only meta steps may produce gradients for the loss network
                 p.requires_grad_(False)
 
@@ -215,6 +233,10 @@ class LKDTrainer(Trainer):
             inputs["teacher_logits"] = self._teacher_logits(inputs["pixel_values"])
         if self.loss_params:
             self._recent_batches.append(inputs)
+            student = self.accelerator.unwrap_model(model)
+            self.snapshot_pool.maybe_record(
+                self.state.global_step, {n: p for n, p in student.named_parameters() if p.requires_grad}
+            )
             if self._meta_due():
                 self._last_meta_step = self.state.global_step
                 meta_start = time.perf_counter()
@@ -253,6 +275,9 @@ class LKDTrainer(Trainer):
         """Update the loss network along the hypergradient of the validation loss (one outer step)."""
         student = self.accelerator.unwrap_model(model)
         params = {n: p for n, p in student.named_parameters() if p.requires_grad}
+        snapshot = self.snapshot_pool.sample(self.state.global_step) if self.snapshot_pool is not None else None
+        if snapshot is not None:
+            params = {n: snapshot.params[n].to(p.device, p.dtype) for n, p in params.items()}
         frozen = {n: p for n, p in student.named_parameters() if not p.requires_grad}
         buffers = {n: b.clone() for n, b in student.named_buffers()}  # virtual steps must not touch BN statistics
 
@@ -264,8 +289,8 @@ class LKDTrainer(Trainer):
             train_loss=lambda logits, b: self.distillation_objective(logits, b["teacher_logits"], b["labels"])[0],
             val_loss=lambda logits, b: F.cross_entropy(logits.float(), b["labels"]),
             loss_params=self.loss_params,
-            train_batches=list(self._recent_batches),
-            val_batch=self._next_meta_batch(),
+            train_batches=list(self._recent_batches)[-self._sample_horizon():],
+            val_batch=self._recent_batches[-1] if self.args.meta_val_source == "train_batch" else self._next_meta_batch(),
             lr=self.args.lookahead_lr if self.args.lookahead_lr is not None else self._get_learning_rate(),
             fd_epsilon=self.args.fd_epsilon,
         )
@@ -295,6 +320,15 @@ class LKDTrainer(Trainer):
         self._metrics["meta/val_loss"].append(result.val_loss)
         self._metrics["meta/hypergrad_norm"].append(grad_norm.detach())
         self._metrics["meta/skipped"].append(torch.zeros((), device=self.args.device))
+        self._metrics["meta/start_step_lag"].append(
+            torch.tensor(float(self.state.global_step - snapshot.step if snapshot is not None else 0))
+        )
+
+    def _sample_horizon(self) -> int:
+        """The meta horizon K: fixed, or drawn from a Gaussian (``lookahead_steps_std > 0``)."""
+        std = self.args.lookahead_steps_std
+        k = self.args.lookahead_steps if std <= 0 else round(self._horizon_rng.gauss(self.args.lookahead_steps, std))
+        return int(min(max(k, 1), self.args.max_lookahead_steps))
 
     def _average_across_ranks(self, grads: list[torch.Tensor]) -> list[torch.Tensor]:
         if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
@@ -314,6 +348,7 @@ class LKDTrainer(Trainer):
             self._metrics.clear()
             if self.loss_params:
                 logs["meta/time_share"] = self._meta_seconds / max(self._step_seconds, 1e-9)
+                logs["meta/pool_mb"] = self.snapshot_pool.nbytes / 2**20
                 logs.update({f"lkd/{k}": float(v) for k, v in loss_summary(self.distill_loss).items()})
         super().log(logs, start_time)
 

@@ -254,3 +254,49 @@ def test_short_lkd_run_learns_the_loss_and_the_student(tmp_path):
     from safetensors.torch import load_file
 
     student.load_state_dict(load_file(str(tmp_path / "out" / "model.safetensors")))
+
+
+# --- snapshots, horizons, loss reuse ---------------------------------------------------------------------------
+def test_meta_steps_start_from_recorded_snapshots(tmp_path):
+    trainer = _lkd_trainer(
+        tmp_path, max_steps=12, meta_interval=2, snapshot_interval=2, snapshot_strategy="fixed", snapshot_distance=4,
+        logging_steps=12,
+    )
+    trainer.train()
+    assert [s.step for s in trainer.snapshot_pool.snapshots] == [0, 2, 4, 6, 8, 10]
+    logs = trainer.state.log_history[0]
+    assert logs["meta/pool_mb"] > 0
+    assert logs["meta/start_step_lag"] > 0  # the hypergradients were taken at earlier students
+
+
+def test_gaussian_horizon_draws_varied_k_within_bounds(tmp_path):
+    trainer = _lkd_trainer(tmp_path, lookahead_steps=3, lookahead_steps_std=1.0)
+    draws = [trainer._sample_horizon() for _ in range(300)]
+    assert min(draws) >= 1 and max(draws) <= 5 and len(set(draws)) >= 4
+    assert 2.7 < sum(draws) / len(draws) < 3.3
+
+
+def test_multi_step_horizon_and_train_batch_validation_run(tmp_path):
+    trainer = _lkd_trainer(tmp_path, lookahead_steps=2, meta_val_source="train_batch", hypergradient="finite_difference")
+    trainer.train()
+    assert any("meta/val_loss" in entry for entry in trainer.state.log_history)
+
+
+def test_frozen_loss_from_a_saved_loss_network_runs_without_meta_steps(tmp_path):
+    learned = LogitLossNet(temperature=2.0)
+    with torch.no_grad():
+        learned.log_weight.fill_(-0.5)
+        learned.class_head.bias.fill_(0.3)
+    learned.save_pretrained(str(tmp_path / "learned"))
+    student, teacher = make_models()
+    train = make_dataset(64)
+    args = make_config(tmp_path, loss_from=str(tmp_path / "learned"), freeze_loss=True)
+    trainer = LKDTrainer(model=student, teacher=teacher, args=args, train_dataset=train)
+    assert trainer.loss_params == [] and trainer.meta_dataset is None
+    assert len(trainer.train_dataset) == 64  # nothing held out: no meta steps
+    s, t, y = torch.randn(4, 10), torch.randn(4, 10), torch.randint(0, 10, (4,))
+    torch.testing.assert_close(trainer.distill_loss.cpu()(s, t, y), learned(s, t, y))
+    trainer.distill_loss.to(trainer.args.device)
+    trainer.train()
+    logged = {k for entry in trainer.state.log_history for k in entry}
+    assert "distill" in logged and not any(k.startswith("meta/") for k in logged)

@@ -1,0 +1,99 @@
+"""A bounded pool of student snapshots recorded during training, sampled as starting points of meta steps.
+
+LKD learns the loss "with various convergence rates of predictions" by computing hypergradients at students
+taken from across training, not only at the current weights (``LKD_METHOD.md``, "Uniform sampling of
+previously-trained students"). The pool keeps at most ``max_size`` snapshots spread over the *whole* run: when it
+is full, every second snapshot is dropped and the recording interval doubles.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass
+
+import torch
+from safetensors.torch import load_file
+
+SNAPSHOT_STRATEGIES = ("current", "uniform", "gaussian", "fixed")
+
+
+@dataclass
+class Snapshot:
+    step: int
+    params: dict[str, torch.Tensor]
+
+
+class SnapshotPool:
+    """Student weights recorded every ``interval`` steps (on ``device``, CPU by default), at most ``max_size``.
+
+    Args:
+        strategy: which snapshot a meta step starts from: ``current`` (always the live weights), ``uniform`` (uniform
+            over the pool and the live weights), ``gaussian`` (a snapshot about ``|N(0, distance)|`` steps back), or
+            ``fixed`` (the snapshot nearest to ``distance`` steps back).
+        distance: the step distance of ``gaussian`` (its standard deviation) and ``fixed``.
+    """
+
+    def __init__(
+        self,
+        max_size: int = 16,
+        interval: int = 100,
+        strategy: str = "uniform",
+        distance: int = 500,
+        device: str | torch.device = "cpu",
+        seed: int = 0,
+    ) -> None:
+        if strategy not in SNAPSHOT_STRATEGIES:
+            raise ValueError(f"Unknown snapshot strategy {strategy!r}. Known: {', '.join(SNAPSHOT_STRATEGIES)}.")
+        if max_size < 2 or interval < 1:
+            raise ValueError(f"Need max_size >= 2 and interval >= 1, got {max_size} and {interval}.")
+        self.max_size, self.interval, self.strategy, self.distance = max_size, interval, strategy, distance
+        self.device = torch.device(device)
+        self.snapshots: list[Snapshot] = []
+        self._rng = random.Random(seed)
+
+    def __len__(self) -> int:
+        return len(self.snapshots)
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the pool's tensors."""
+        return sum(t.numel() * t.element_size() for s in self.snapshots for t in s.params.values())
+
+    def maybe_record(self, step: int, params: dict[str, torch.Tensor]) -> bool:
+        """Record ``params`` if ``step`` is a recording step; thin the pool when it overflows."""
+        if step % self.interval != 0 or (self.snapshots and self.snapshots[-1].step == step):
+            return False
+        self.add(step, params)
+        return True
+
+    def add(self, step: int, params: dict[str, torch.Tensor]) -> None:
+        """Add a snapshot (copied to the pool's device), keeping the pool sorted by step and bounded."""
+        copy = {n: p.detach().to(self.device, copy=True) for n, p in params.items()}
+        self.snapshots.append(Snapshot(step, copy))
+        self.snapshots.sort(key=lambda s: s.step)
+        if len(self.snapshots) > self.max_size:
+            self.snapshots = self.snapshots[::2]
+            self.interval *= 2
+
+    def add_checkpoint(self, checkpoint_dir: str, step: int | None = None) -> None:
+        """Seed the pool with the student weights of an earlier Trainer checkpoint (``model.safetensors``)."""
+        path = os.path.join(checkpoint_dir, "model.safetensors")
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"No model.safetensors in checkpoint {checkpoint_dir!r}.")
+        if step is None:
+            name = os.path.basename(os.path.normpath(checkpoint_dir))
+            step = int(name.rsplit("-", 1)[-1]) if name.rsplit("-", 1)[-1].isdigit() else -1
+        self.add(step, load_file(path))
+
+    def sample(self, current_step: int) -> Snapshot | None:
+        """The snapshot a meta step starts from, or ``None`` for the live weights."""
+        if self.strategy == "current" or not self.snapshots:
+            return None
+        if self.strategy == "uniform":
+            index = self._rng.randrange(len(self.snapshots) + 1)
+            return None if index == len(self.snapshots) else self.snapshots[index]
+        back = abs(self._rng.gauss(0.0, self.distance)) if self.strategy == "gaussian" else self.distance
+        target = current_step - back
+        best = min(self.snapshots, key=lambda s: abs(s.step - target))
+        return None if abs(current_step - target) < abs(best.step - target) else best
