@@ -37,6 +37,9 @@ class QuickstartArguments:
     train_subset: int = field(default=2000, metadata={"help": "Training images the students see."})
     batch_size: int = field(default=64, metadata={"help": "Training batch size."})
     learning_rate: float = field(default=0.05, metadata={"help": "SGD (Nesterov) learning rate, cosine schedule."})
+    lkd_meta_interval: int = field(default=5, metadata={"help": "LKD: a meta step every N student steps."})
+    lkd_lookahead_steps: int = field(default=1, metadata={"help": "LKD: virtual steps K of each meta step."})
+    lkd_snapshot_strategy: str = field(default="uniform", metadata={"help": "LKD: student a meta step starts from."})
     output_dir: str = field(default="outputs/quickstart", metadata={"help": "Where models and the table go."})
     seed: int = field(default=0, metadata={"help": "Seed of the split and of the training runs."})
 
@@ -98,7 +101,12 @@ def main() -> None:
     for method in [m.strip() for m in q.methods.split(",") if m.strip()]:
         torch.manual_seed(q.seed)
         student = timm.create_model(q.student_model, num_classes=num_classes)
-        args = training_config(q, os.path.join(q.output_dir, method), q.student_epochs, loss=method)
+        lkd_fields = dict(
+            meta_interval=q.lkd_meta_interval,
+            lookahead_steps=q.lkd_lookahead_steps,
+            snapshot_strategy=q.lkd_snapshot_strategy,
+        )
+        args = training_config(q, os.path.join(q.output_dir, method), q.student_epochs, loss=method, **lkd_fields)
         trainer = LKDTrainer(
             model=student,
             teacher=None if method == "ce" else teacher,
