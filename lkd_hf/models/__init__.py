@@ -11,8 +11,9 @@ Create them with ``timm.create_model(name, num_classes=..., in_chans=...)``.
 """
 
 from . import cifar_resnet, convnet, wrn
+from ._base import create_lkd_model
 from .cifar_resnet import CifarBasicBlock, CifarResNet
-from .convnet import ConvNet, create_lkd_model
+from .convnet import ConvNet
 from .wrn import WideResNet
 
 __all__ = ["ConvNet", "CifarResNet", "CifarBasicBlock", "WideResNet", "create_lkd_model"]

@@ -13,89 +13,23 @@ global average pooling, dropout and a linear classifier. The models follow timm'
 (``forward_features`` / ``forward_head`` / ``forward_intermediates`` / ``prune_intermediate_layers`` /
 ``reset_classifier``, ``pretrained_cfg``, ``features_only=True``).
 
-This module also holds :func:`create_lkd_model`, the ``build_model_with_cfg`` wrapper shared by all ``lkd_hf``
-model families: it keeps the model's ``pretrained_cfg`` (``input_size``, ``mean``, ``std``) consistent with a
-non-default ``in_chans`` so that ``timm.data.resolve_data_config({}, model=model)`` describes the model built.
+:func:`create_lkd_model` (defined in :mod:`lkd_hf.models._base`, re-exported here) is the
+``build_model_with_cfg`` wrapper shared by all ``lkd_hf`` model families: it keeps the model's
+``pretrained_cfg`` (``input_size``, ``mean``, ``std``) consistent with a non-default ``in_chans`` so that
+``timm.data.resolve_data_config({}, model=model)`` describes the model built.
 """
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Type, TypeVar, Union
+from typing import Any, Dict, List, Tuple, Type
 
 import torch
-import torch.nn.functional as F
-from timm.layers import create_classifier, get_device_dtype
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
-from timm.models._builder import resolve_pretrained_cfg
-from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint, checkpoint_seq
 from torch import nn
 
+from ._base import StagedNet, create_lkd_model, lkd_cfg, register_variants
+
 __all__ = ["ConvNet", "create_lkd_model"]
-
-ModelT = TypeVar("ModelT", bound=nn.Module)
-
-
-# ------------------------------------------------------------------------------------------------------------
-# Shared builder
-# ------------------------------------------------------------------------------------------------------------
-
-
-def _adapt_stats(values: Union[float, Sequence[float]], in_chans: int) -> Tuple[float, ...]:
-    """Per-channel normalisation stats for ``in_chans`` channels: kept if they match, one value repeated, else
-    the mean of the values repeated (the policy of timm's prefetch loaders)."""
-    values = (values,) if isinstance(values, (int, float)) else tuple(values)
-    if len(values) == in_chans:
-        return values
-    value = values[0] if len(values) == 1 else sum(values) / len(values)
-    return (value,) * in_chans
-
-
-def _in_chans_overlay(cfg: Dict[str, Any], in_chans: int) -> Dict[str, Any]:
-    """``pretrained_cfg`` entries to replace so the config describes a model with ``in_chans`` channels."""
-    overlay: Dict[str, Any] = {}
-    for key in ("input_size", "test_input_size"):
-        size = cfg.get(key)
-        if size is not None and size[0] != in_chans:
-            overlay[key] = (in_chans, *size[1:])
-    if overlay:
-        for key in ("mean", "std"):
-            if cfg.get(key) is not None:
-                overlay[key] = _adapt_stats(cfg[key], in_chans)
-    return overlay
-
-
-def create_lkd_model(
-        model_cls: Type[ModelT],
-        variant: str,
-        pretrained: bool = False,
-        **kwargs: Any,
-) -> ModelT:
-    """``timm.models.build_model_with_cfg`` with the ``pretrained_cfg`` adapted to a non-default ``in_chans``.
-
-    timm's ``resolve_data_config`` reads ``input_size`` / ``mean`` / ``std`` straight from
-    ``model.pretrained_cfg``; for a model created with e.g. ``in_chans=3`` from a 1-channel config, those
-    entries are overlaid with a 3-channel ``input_size`` and 3-entry ``mean`` / ``std`` (single values
-    repeated, several values averaged). Entries given in a caller's ``pretrained_cfg_overlay`` are respected
-    unless they contradict ``in_chans``.
-    """
-    in_chans = kwargs.get("in_chans")
-    if in_chans is not None:
-        user_overlay = kwargs.get("pretrained_cfg_overlay") or {}
-        cfg = resolve_pretrained_cfg(
-            variant,
-            pretrained_cfg=kwargs.get("pretrained_cfg"),
-            pretrained_cfg_overlay=user_overlay,
-        ).to_dict()
-        overlay = _in_chans_overlay(cfg, in_chans)
-        if overlay:
-            kwargs["pretrained_cfg_overlay"] = {**user_overlay, **overlay}
-    return build_model_with_cfg(model_cls, variant, pretrained, **kwargs)
-
-
-# ------------------------------------------------------------------------------------------------------------
-# Model
-# ------------------------------------------------------------------------------------------------------------
 
 
 class ConvBnAct(nn.Module):
@@ -154,7 +88,7 @@ class ConvStage(nn.Module):
         return x
 
 
-class ConvNet(nn.Module):
+class ConvNet(StagedNet):
     """VGG-style CNN: stages of 3x3 conv-BN-ReLU separated by 2x2 max-pools, global pooling, dropout, linear.
 
     Args:
@@ -166,6 +100,8 @@ class ConvNet(nn.Module):
         global_pool: timm global pooling type ('avg', 'max', 'avgmax', 'catavgmax', '' for none).
         act_layer / norm_layer: activation and normalisation layers.
     """
+
+    stem_tap = False  # no stem: feature tap i is stage i
 
     def __init__(
             self,
@@ -180,15 +116,11 @@ class ConvNet(nn.Module):
             device=None,
             dtype=None,
     ):
-        super().__init__()
+        super().__init__(num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate)
         dd = {"device": device, "dtype": dtype}
         widths = tuple(int(w) for w in widths)
         assert len(widths) >= 1, "ConvNet needs at least one stage"
         assert convs_per_stage >= 1, "ConvNet needs at least one conv per stage"
-        self.num_classes = num_classes
-        self.in_chans = in_chans
-        self.drop_rate = drop_rate
-        self.grad_checkpointing = False
 
         stages = []
         self.feature_info = []
@@ -203,10 +135,7 @@ class ConvNet(nn.Module):
         self.stages = nn.Sequential(*stages)
 
         self.num_features = prev_chs
-        self.global_pool, self.fc = create_classifier(
-            self.num_features, num_classes, pool_type=global_pool, **dd,
-        )
-        self.head_hidden_size = self.num_features * self.global_pool.feat_mult()
+        self._create_head(global_pool, **dd)
 
         self.init_weights()
 
@@ -230,109 +159,22 @@ class ConvNet(nn.Module):
         for s in self.stages:
             s.grad_checkpointing = enable
 
-    @torch.jit.ignore
-    def get_classifier(self, name_only: bool = False) -> Union[str, nn.Module]:
-        return "fc" if name_only else self.fc
+    def _stages(self) -> List[nn.Module]:
+        return list(self.stages)
 
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        """Replace the classifier (``num_classes=0``: none); ``global_pool=None`` keeps the pooling type."""
-        dd = get_device_dtype(self)
-        self.num_classes = num_classes
-        if global_pool is None:
-            global_pool = self.global_pool.pool_type
-        self.global_pool, self.fc = create_classifier(
-            self.num_features, num_classes, pool_type=global_pool, **dd,
-        )
-        self.head_hidden_size = self.num_features * self.global_pool.feat_mult()
-        self.global_pool.train(self.training)
-        self.fc.train(self.training)
+    def _forward_stage(self, stage: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return checkpoint(stage, x)
+        return stage(x)
 
-    def forward_intermediates(
-            self,
-            x: torch.Tensor,
-            indices: Optional[Union[int, List[int]]] = None,
-            norm: bool = False,
-            stop_early: bool = False,
-            output_fmt: str = "NCHW",
-            intermediates_only: bool = False,
-    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
-        """Forward features that returns intermediates (the stage outputs, see ``feature_info``).
-
-        Args:
-            x: Input image tensor.
-            indices: Take last n stages if int, all if None, select matching indices if sequence (negative
-                indices count from the end; out-of-range indices raise).
-            norm: Unused (no final norm layer), for API compatibility.
-            stop_early: Stop iterating over stages when last desired intermediate hit.
-            output_fmt: Shape of intermediate feature outputs (only 'NCHW').
-            intermediates_only: Only return intermediate features.
-
-        Returns:
-            Features and list of intermediate features or just intermediate features.
-        """
-        assert output_fmt in ("NCHW",), "Output shape must be NCHW."
-        intermediates = []
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-
-        if torch.jit.is_scripting() or not stop_early:  # can't slice blocks in torchscript
-            stages = self.stages
-        else:
-            stages = self.stages[:max_index + 1]
-        for feat_idx, stage in enumerate(stages):
-            if self.grad_checkpointing and not torch.jit.is_scripting():
-                x = checkpoint(stage, x)
-            else:
-                x = stage(x)
-            if feat_idx in take_indices:
-                intermediates.append(x)
-
-        if intermediates_only:
-            return intermediates
-
-        return x, intermediates
-
-    def prune_intermediate_layers(
-            self,
-            indices: Union[int, List[int]] = 1,
-            prune_norm: bool = False,
-            prune_head: bool = True,
-    ) -> List[int]:
-        """Prune layers not required for specified intermediates.
-
-        Args:
-            indices: Indices of intermediate layers to keep.
-            prune_norm: Unused (no final norm layer), for API compatibility.
-            prune_head: Whether to prune the classifier head.
-
-        Returns:
-            List of indices that were kept.
-        """
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        prune_end = max_index < len(self.stages) - 1
-        self.stages = self.stages[:max_index + 1]
-        if prune_end:
-            # features now end at the last kept tap, the head is sized for the final features so it goes too
-            self.num_features = self.head_hidden_size = self.feature_info[max_index]["num_chs"]
-        if prune_head or prune_end:
-            self.reset_classifier(0, "")
-        return take_indices
+    def _prune_stages(self, num_keep: int) -> None:
+        self.stages = self.stages[:num_keep]
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         if self.grad_checkpointing and not torch.jit.is_scripting():
             x = checkpoint_seq(self.stages, x)
         else:
             x = self.stages(x)
-        return x
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.global_pool(x)
-        if self.drop_rate:
-            x = F.dropout(x, p=float(self.drop_rate), training=self.training)
-        return x if pre_logits else self.fc(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.forward_features(x)
-        x = self.forward_head(x)
         return x
 
 
@@ -352,45 +194,29 @@ def _create_convnet(variant: str, pretrained: bool = False, **kwargs: Any) -> Co
     )
 
 
-def _cfg(**kwargs: Any) -> Dict[str, Any]:
-    return {
-        "url": "",
-        "num_classes": 10,
-        "input_size": (1, 28, 28),
-        "pool_size": (7, 7),
-        "crop_pct": 1.0,
-        "interpolation": "bilinear",
-        "mean": (0.5,),
-        "std": (0.5,),
-        "first_conv": "stages.0.blocks.0.conv",
-        "classifier": "fc",
-        **kwargs,
-    }
-
-
-default_cfgs = generate_default_cfgs({
-    "lkd_convnet_teacher": _cfg(),
-    "lkd_convnet_s4": _cfg(),
-    "lkd_convnet_s16": _cfg(),
-})
-
-
-@register_model
-def lkd_convnet_teacher(pretrained: bool = False, **kwargs: Any) -> ConvNet:
-    """Teacher ConvNet: widths (32, 64, 128), 2 convs per stage (6 convs), classifier dropout 0.2."""
-    model_args = dict(widths=(32, 64, 128), convs_per_stage=2, drop_rate=0.2)
-    return _create_convnet("lkd_convnet_teacher", pretrained, **dict(model_args, **kwargs))
-
-
-@register_model
-def lkd_convnet_s4(pretrained: bool = False, **kwargs: Any) -> ConvNet:
-    """Very small student ConvNet: widths (4, 8, 16), 1 conv per stage (3 convs)."""
-    model_args = dict(widths=(4, 8, 16), convs_per_stage=1)
-    return _create_convnet("lkd_convnet_s4", pretrained, **dict(model_args, **kwargs))
-
-
-@register_model
-def lkd_convnet_s16(pretrained: bool = False, **kwargs: Any) -> ConvNet:
-    """Mid-size student ConvNet: widths (16, 32, 64), 1 conv per stage (3 convs)."""
-    model_args = dict(widths=(16, 32, 64), convs_per_stage=1)
-    return _create_convnet("lkd_convnet_s16", pretrained, **dict(model_args, **kwargs))
+default_cfgs = register_variants(
+    globals(),
+    _create_convnet,
+    lkd_cfg(
+        num_classes=10,
+        input_size=(1, 28, 28),
+        pool_size=(7, 7),
+        mean=(0.5,),
+        std=(0.5,),
+        first_conv="stages.0.blocks.0.conv",
+    ),
+    {
+        "lkd_convnet_teacher": (
+            dict(widths=(32, 64, 128), convs_per_stage=2, drop_rate=0.2),
+            "Teacher ConvNet: widths (32, 64, 128), 2 convs per stage (6 convs), classifier dropout 0.2.",
+        ),
+        "lkd_convnet_s4": (
+            dict(widths=(4, 8, 16), convs_per_stage=1),
+            "Very small student ConvNet: widths (4, 8, 16), 1 conv per stage (3 convs).",
+        ),
+        "lkd_convnet_s16": (
+            dict(widths=(16, 32, 64), convs_per_stage=1),
+            "Mid-size student ConvNet: widths (16, 32, 64), 1 conv per stage (3 convs).",
+        ),
+    },
+)

@@ -17,18 +17,14 @@ norm=True)``. The taps equal CRD's ``forward(x, is_feat=True)`` features ``f0``-
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Tuple, Type, Union
+from typing import Any, Dict, Type
 
 import torch
 import torch.nn.functional as F
-from timm.layers import create_classifier, get_device_dtype
-from timm.models import generate_default_cfgs, register_model
-from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
 from torch import nn
 
-from .cifar_resnet import CIFAR100_MEAN, CIFAR100_STD
-from .convnet import create_lkd_model
+from ._base import StagedNet, cifar_cfg, create_lkd_model, register_variants
 
 __all__ = ["WideResNet", "WideBasicBlock", "NetworkBlock"]
 
@@ -115,7 +111,7 @@ class NetworkBlock(nn.Module):
         return self.layer(x)
 
 
-class WideResNet(nn.Module):
+class WideResNet(StagedNet):
     """Wide ResNet WRN-depth-k for CIFAR (CRD / RepDistiller).
 
     Args:
@@ -128,6 +124,8 @@ class WideResNet(nn.Module):
         global_pool: timm global pooling type ('avg', 'max', 'avgmax', 'catavgmax', '' for none).
         act_layer / norm_layer: activation and normalisation layers.
     """
+
+    stage_names = ("block1", "block2", "block3")
 
     def __init__(
             self,
@@ -143,15 +141,11 @@ class WideResNet(nn.Module):
             device=None,
             dtype=None,
     ):
-        super().__init__()
+        super().__init__(num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate)
         dd = {"device": device, "dtype": dtype}
         assert (depth - 4) % 6 == 0 and depth >= 10, "depth should be 6n+4 (e.g. 16, 28, 40)"
         n = (depth - 4) // 6
         channels = [16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor]
-        self.num_classes = num_classes
-        self.in_chans = in_chans
-        self.drop_rate = drop_rate
-        self.grad_checkpointing = False
 
         # Stem
         self.conv1 = nn.Conv2d(in_chans, channels[0], kernel_size=3, stride=1, padding=1, bias=False, **dd)
@@ -175,10 +169,7 @@ class WideResNet(nn.Module):
 
         # Head (pooling and classifier)
         self.num_features = channels[3]
-        self.global_pool, self.fc = create_classifier(
-            self.num_features, num_classes, pool_type=global_pool, **dd,
-        )
-        self.head_hidden_size = self.num_features * self.global_pool.feat_mult()
+        self._create_head(global_pool, **dd)
 
         self.init_weights()
 
@@ -207,112 +198,20 @@ class WideResNet(nn.Module):
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable
-        for n in ("block1", "block2", "block3"):
-            block = getattr(self, n)
+        for block in self._stages():
             if isinstance(block, NetworkBlock):
                 block.grad_checkpointing = enable
 
-    @torch.jit.ignore
-    def get_classifier(self, name_only: bool = False) -> Union[str, nn.Module]:
-        return "fc" if name_only else self.fc
+    def _forward_stem(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv1(x)
 
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        """Replace the classifier (``num_classes=0``: none); ``global_pool=None`` keeps the pooling type."""
-        dd = get_device_dtype(self)
-        self.num_classes = num_classes
-        if global_pool is None:
-            global_pool = self.global_pool.pool_type
-        self.global_pool, self.fc = create_classifier(
-            self.num_features, num_classes, pool_type=global_pool, **dd,
-        )
-        self.head_hidden_size = self.num_features * self.global_pool.feat_mult()
-        self.global_pool.train(self.training)
-        self.fc.train(self.training)
+    def _prune_final_norm(self) -> None:
+        self.bn1 = nn.Identity()
+        self.act = nn.Identity()
 
-    def forward_intermediates(
-            self,
-            x: torch.Tensor,
-            indices: Optional[Union[int, List[int]]] = None,
-            norm: bool = False,
-            stop_early: bool = False,
-            output_fmt: str = "NCHW",
-            intermediates_only: bool = False,
-    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
-        """Forward features that returns intermediates (stem + three stages, see ``feature_info``).
-
-        Args:
-            x: Input image tensor.
-            indices: Take last n blocks if int, all if None, select matching indices if sequence.
-            norm: Apply the final BN-ReLU to the last stage's intermediate (if taken).
-            stop_early: Stop iterating over blocks when last desired intermediate hit.
-            output_fmt: Shape of intermediate feature outputs (only 'NCHW').
-            intermediates_only: Only return intermediate features.
-
-        Returns:
-            Features and list of intermediate features or just intermediate features.
-        """
-        assert output_fmt in ("NCHW",), "Output shape must be NCHW."
-        intermediates = []
-        take_indices, max_index = feature_take_indices(len(self.feature_info), indices)
-
-        # forward pass
-        feat_idx = 0
-        x = self.conv1(x)
-        if feat_idx in take_indices:
-            intermediates.append(x)
-
-        last_idx = len(self.feature_info) - 1
-        stages = [self.block1, self.block2, self.block3]
-        if stop_early:
-            stages = stages[:max_index]
-        x_norm: Optional[torch.Tensor] = None
-        for feat_idx, stage in enumerate(stages, start=1):
-            x = stage(x)
-            if feat_idx in take_indices:
-                if norm and feat_idx == last_idx:
-                    x_norm = self._final_norm(x)
-                    intermediates.append(x_norm)
-                else:
-                    intermediates.append(x)
-
-        if intermediates_only:
-            return intermediates
-
-        if feat_idx == last_idx:
-            x = x_norm if x_norm is not None else self._final_norm(x)
-
-        return x, intermediates
-
-    def prune_intermediate_layers(
-            self,
-            indices: Union[int, List[int]] = 1,
-            prune_norm: bool = False,
-            prune_head: bool = True,
-    ) -> List[int]:
-        """Prune layers not required for specified intermediates.
-
-        Args:
-            indices: Indices of intermediate layers to keep.
-            prune_norm: Whether to prune the final BN-ReLU.
-            prune_head: Whether to prune the classifier head.
-
-        Returns:
-            List of indices that were kept.
-        """
-        take_indices, max_index = feature_take_indices(len(self.feature_info), indices)
-        prune_end = max_index < len(self.feature_info) - 1
-        if prune_norm or prune_end:
-            # the final norm is sized for (and only applied to) the last stage
-            self.bn1 = nn.Identity()
-            self.act = nn.Identity()
-        for n in ("block1", "block2", "block3")[max_index:]:
+    def _prune_stages(self, num_keep: int) -> None:
+        for n in self.stage_names[num_keep:]:
             setattr(self, n, nn.Identity())
-        if prune_end:
-            # features now end at the last kept tap, the head is sized for the final features so it goes too
-            self.num_features = self.head_hidden_size = self.feature_info[max_index]["num_chs"]
-        if prune_head or prune_end:
-            self.reset_classifier(0, "")
-        return take_indices
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv1(x)
@@ -322,17 +221,6 @@ class WideResNet(nn.Module):
         x = self._final_norm(x)
         return x
 
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.global_pool(x)
-        if self.drop_rate:
-            x = F.dropout(x, p=float(self.drop_rate), training=self.training)
-        return x if pre_logits else self.fc(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.forward_features(x)
-        x = self.forward_head(x)
-        return x
-
 
 def _create_wrn(variant: str, pretrained: bool = False, **kwargs: Any) -> WideResNet:
     return create_lkd_model(
@@ -340,54 +228,26 @@ def _create_wrn(variant: str, pretrained: bool = False, **kwargs: Any) -> WideRe
     )
 
 
-def _cfg(**kwargs: Any) -> Dict[str, Any]:
-    return {
-        "url": "",
-        "num_classes": 100,
-        "input_size": (3, 32, 32),
-        "pool_size": (8, 8),
-        "crop_pct": 1.0,
-        "interpolation": "bilinear",
-        "mean": CIFAR100_MEAN,
-        "std": CIFAR100_STD,
-        "first_conv": "conv1",
-        "classifier": "fc",
-        "origin_url": "https://github.com/HobbitLong/RepDistiller",
-        "paper_ids": "arXiv:1605.07146,arXiv:1910.10699",
-        **kwargs,
-    }
-
-
-default_cfgs = generate_default_cfgs({
-    name: _cfg() for name in ("cifar_wrn_40_2", "cifar_wrn_40_1", "cifar_wrn_16_2", "cifar_wrn_16_1")
-})
-
-
-def _make(
-        variant: str, depth: int, widen_factor: int, pretrained: bool, kwargs: Dict[str, Any],
-) -> WideResNet:
-    return _create_wrn(variant, pretrained, **dict(dict(depth=depth, widen_factor=widen_factor), **kwargs))
-
-
-@register_model
-def cifar_wrn_40_2(pretrained: bool = False, **kwargs: Any) -> WideResNet:
-    """WRN-40-2 for CIFAR, ~2.25M parameters at 100 classes."""
-    return _make("cifar_wrn_40_2", 40, 2, pretrained, kwargs)
-
-
-@register_model
-def cifar_wrn_40_1(pretrained: bool = False, **kwargs: Any) -> WideResNet:
-    """WRN-40-1 for CIFAR, ~0.57M parameters at 100 classes."""
-    return _make("cifar_wrn_40_1", 40, 1, pretrained, kwargs)
-
-
-@register_model
-def cifar_wrn_16_2(pretrained: bool = False, **kwargs: Any) -> WideResNet:
-    """WRN-16-2 for CIFAR, ~0.70M parameters at 100 classes."""
-    return _make("cifar_wrn_16_2", 16, 2, pretrained, kwargs)
-
-
-@register_model
-def cifar_wrn_16_1(pretrained: bool = False, **kwargs: Any) -> WideResNet:
-    """WRN-16-1 for CIFAR, ~0.18M parameters at 100 classes."""
-    return _make("cifar_wrn_16_1", 16, 1, pretrained, kwargs)
+default_cfgs = register_variants(
+    globals(),
+    _create_wrn,
+    cifar_cfg(paper_ids="arXiv:1605.07146,arXiv:1910.10699"),
+    {
+        "cifar_wrn_40_2": (
+            dict(depth=40, widen_factor=2),
+            "WRN-40-2 for CIFAR, ~2.25M parameters at 100 classes.",
+        ),
+        "cifar_wrn_40_1": (
+            dict(depth=40, widen_factor=1),
+            "WRN-40-1 for CIFAR, ~0.57M parameters at 100 classes.",
+        ),
+        "cifar_wrn_16_2": (
+            dict(depth=16, widen_factor=2),
+            "WRN-16-2 for CIFAR, ~0.70M parameters at 100 classes.",
+        ),
+        "cifar_wrn_16_1": (
+            dict(depth=16, widen_factor=1),
+            "WRN-16-1 for CIFAR, ~0.18M parameters at 100 classes.",
+        ),
+    },
+)
