@@ -60,9 +60,13 @@ class SnapshotPool:
         """Memory held by the pool's tensors."""
         return sum(t.numel() * t.element_size() for s in self.snapshots for t in s.params.values())
 
+    def is_due(self, step: int) -> bool:
+        """Whether ``step`` is a recording step not recorded yet."""
+        return step % self.interval == 0 and not (self.snapshots and self.snapshots[-1].step == step)
+
     def maybe_record(self, step: int, params: dict[str, torch.Tensor]) -> bool:
         """Record ``params`` if ``step`` is a recording step; thin the pool when it overflows."""
-        if step % self.interval != 0 or (self.snapshots and self.snapshots[-1].step == step):
+        if not self.is_due(step):
             return False
         self.add(step, params)
         return True

@@ -233,10 +233,11 @@ class LKDTrainer(Trainer):
             inputs["teacher_logits"] = self._teacher_logits(inputs["pixel_values"])
         if self.loss_params:
             self._recent_batches.append(inputs)
-            student = self.accelerator.unwrap_model(model)
-            self.snapshot_pool.maybe_record(
-                self.state.global_step, {n: p for n, p in student.named_parameters() if p.requires_grad}
-            )
+            if self.snapshot_pool.is_due(self.state.global_step):
+                student = self.accelerator.unwrap_model(model)
+                self.snapshot_pool.add(
+                    self.state.global_step, {n: p for n, p in student.named_parameters() if p.requires_grad}
+                )
             if self._meta_due():
                 self._last_meta_step = self.state.global_step
                 meta_start = time.perf_counter()
@@ -366,8 +367,6 @@ def loss_summary(loss: nn.Module | None) -> dict[str, torch.Tensor]:
 
 def split_meta_dataset(dataset: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset]:
     """Split ``fraction`` of ``dataset`` off (seeded) as the meta/validation set; returns ``(train, meta)``."""
-    if not 0.0 < fraction < 1.0:
-        raise ValueError(f"lkd_val_fraction must be in (0, 1), got {fraction}")
     n = len(dataset)
     n_meta = int(round(n * fraction))
     if n_meta < 1 or n - n_meta < 1:

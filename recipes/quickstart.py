@@ -97,15 +97,15 @@ def main() -> None:
     num_classes = data["train"].features["label"].num_classes
     teacher, teacher_accuracy = get_teacher(q, num_classes)
 
+    lkd_fields = dict(
+        meta_interval=q.lkd_meta_interval,
+        lookahead_steps=q.lkd_lookahead_steps,
+        snapshot_strategy=q.lkd_snapshot_strategy,
+    )
     rows = []
     for method in [m.strip() for m in q.methods.split(",") if m.strip()]:
         torch.manual_seed(q.seed)
         student = timm.create_model(q.student_model, num_classes=num_classes)
-        lkd_fields = dict(
-            meta_interval=q.lkd_meta_interval,
-            lookahead_steps=q.lkd_lookahead_steps,
-            snapshot_strategy=q.lkd_snapshot_strategy,
-        )
         args = training_config(q, os.path.join(q.output_dir, method), q.student_epochs, loss=method, **lkd_fields)
         trainer = LKDTrainer(
             model=student,
