@@ -92,6 +92,10 @@ class LKDConfig(TrainingArguments):
         default_factory=list,
         metadata={"help": "Trainer checkpoint dirs of the same student architecture that seed the snapshot pool."},
     )
+    snapshot_storage_dir: str | None = field(
+        default=None,
+        metadata={"help": "Keep snapshots as safetensors files in this directory instead of CPU memory (large models)."},
+    )
     loss_from: str | None = field(
         default=None,
         metadata={"help": "Load the learned loss network from a directory or Hub repo id (save_pretrained format)."},

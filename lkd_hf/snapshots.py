@@ -3,7 +3,9 @@
 LKD learns the loss "with various convergence rates of predictions" by computing hypergradients at students
 taken from across training, not only at the current weights (``LKD_METHOD.md``, "Uniform sampling of
 previously-trained students"). The pool keeps at most ``max_size`` snapshots spread over the *whole* run: when it
-is full, every second snapshot is dropped and the recording interval doubles.
+is full, every second snapshot is dropped and the recording interval doubles. Snapshots live in CPU memory by
+default, or as safetensors files in a directory (``storage_dir``) for models too large to keep ``max_size`` copies in
+memory.
 """
 
 from __future__ import annotations
@@ -13,15 +15,23 @@ import random
 from dataclasses import dataclass
 
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 SNAPSHOT_STRATEGIES = ("current", "uniform", "gaussian", "fixed")
 
 
 @dataclass
 class Snapshot:
+    """Student weights at ``step``: held in memory (``tensors``) or in a safetensors file (``path``)."""
+
     step: int
-    params: dict[str, torch.Tensor]
+    tensors: dict[str, torch.Tensor] | None = None
+    path: str | None = None
+
+    @property
+    def params(self) -> dict[str, torch.Tensor]:
+        """The weights (read from disk for a disk-backed snapshot)."""
+        return self.tensors if self.tensors is not None else load_file(self.path)
 
 
 class SnapshotPool:
@@ -32,6 +42,8 @@ class SnapshotPool:
             over the pool and the live weights), ``gaussian`` (a snapshot about ``|N(0, distance)|`` steps back), or
             ``fixed`` (the snapshot nearest to ``distance`` steps back).
         distance: the step distance of ``gaussian`` (its standard deviation) and ``fixed``.
+        storage_dir: if given, snapshots are written there as ``snapshot-<step>.safetensors`` files (and deleted
+            when thinned) instead of being kept in memory.
     """
 
     def __init__(
@@ -42,6 +54,7 @@ class SnapshotPool:
         distance: int = 500,
         device: str | torch.device = "cpu",
         seed: int = 0,
+        storage_dir: str | None = None,
     ) -> None:
         if strategy not in SNAPSHOT_STRATEGIES:
             raise ValueError(f"Unknown snapshot strategy {strategy!r}. Known: {', '.join(SNAPSHOT_STRATEGIES)}.")
@@ -49,6 +62,9 @@ class SnapshotPool:
             raise ValueError(f"Need max_size >= 2 and interval >= 1, got {max_size} and {interval}.")
         self.max_size, self.interval, self.strategy, self.distance = max_size, interval, strategy, distance
         self.device = torch.device(device)
+        self.storage_dir = storage_dir
+        if storage_dir is not None:
+            os.makedirs(storage_dir, exist_ok=True)
         self.snapshots: list[Snapshot] = []
         self._rng = random.Random(seed)
 
@@ -57,8 +73,13 @@ class SnapshotPool:
 
     @property
     def nbytes(self) -> int:
-        """Memory held by the pool's tensors."""
-        return sum(t.numel() * t.element_size() for s in self.snapshots for t in s.params.values())
+        """Memory held by the pool's in-memory tensors (0 for a disk-backed pool)."""
+        return sum(t.numel() * t.element_size() for s in self.snapshots if s.tensors for t in s.tensors.values())
+
+    @property
+    def disk_bytes(self) -> int:
+        """Bytes of the pool's snapshot files."""
+        return sum(os.path.getsize(s.path) for s in self.snapshots if s.path is not None)
 
     def is_due(self, step: int) -> bool:
         """Whether ``step`` is a recording step not recorded yet."""
@@ -73,10 +94,18 @@ class SnapshotPool:
 
     def add(self, step: int, params: dict[str, torch.Tensor]) -> None:
         """Add a snapshot (copied to the pool's device), keeping the pool sorted by step and bounded."""
-        copy = {n: p.detach().to(self.device, copy=True) for n, p in params.items()}
-        self.snapshots.append(Snapshot(step, copy))
+        if self.storage_dir is None:
+            snapshot = Snapshot(step, tensors={n: p.detach().to(self.device, copy=True) for n, p in params.items()})
+        else:
+            path = os.path.join(self.storage_dir, f"snapshot-{step}.safetensors")
+            save_file({n: p.detach().cpu().contiguous() for n, p in params.items()}, path)
+            snapshot = Snapshot(step, path=path)
+        self.snapshots.append(snapshot)
         self.snapshots.sort(key=lambda s: s.step)
         if len(self.snapshots) > self.max_size:
+            for dropped in self.snapshots[1::2]:
+                if dropped.path is not None:
+                    os.remove(dropped.path)
             self.snapshots = self.snapshots[::2]
             self.interval *= 2
 
@@ -89,6 +118,12 @@ class SnapshotPool:
             name = os.path.basename(os.path.normpath(checkpoint_dir))
             step = int(name.rsplit("-", 1)[-1]) if name.rsplit("-", 1)[-1].isdigit() else -1
         self.add(step, load_file(path))
+
+    def sample_recorded(self) -> Snapshot:
+        """A recorded snapshot drawn uniformly (never the live weights)."""
+        if not self.snapshots:
+            raise ValueError("The snapshot pool is empty.")
+        return self.snapshots[self._rng.randrange(len(self.snapshots))]
 
     def sample(self, current_step: int) -> Snapshot | None:
         """The snapshot a meta step starts from, or ``None`` for the live weights."""

@@ -23,6 +23,7 @@ from torch import nn
 from torch.func import functional_call
 from torch.utils.data import DataLoader, Dataset, random_split
 from transformers import Trainer
+from tqdm.auto import tqdm
 from transformers.utils import logging
 
 from .config import LKDConfig
@@ -31,7 +32,7 @@ from .hypergradients import MetaProblem, get_hypergradient
 from .loss_networks import LogitLossNet
 from .losses import build_loss
 from .metrics import build_compute_metrics
-from .snapshots import SnapshotPool
+from .snapshots import Snapshot, SnapshotPool
 
 logger = logging.get_logger(__name__)
 
@@ -131,6 +132,7 @@ class LKDTrainer(Trainer):
                 strategy=args.snapshot_strategy,
                 distance=args.snapshot_distance,
                 seed=args.seed,
+                storage_dir=args.snapshot_storage_dir,
             )
             for checkpoint in args.snapshot_checkpoints:
                 self.snapshot_pool.add_checkpoint(checkpoint)
@@ -218,6 +220,12 @@ class LKDTrainer(Trainer):
             loss = F.cross_entropy(logits.float(), labels)
         return (loss, {"logits": logits}) if return_outputs else loss
 
+    def _with_teacher_outputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        """Add the teacher's outputs to a prepared batch (computed once, reused by the student and meta steps)."""
+        if self.teacher is not None:
+            inputs["teacher_logits"] = self._teacher_logits(inputs["pixel_values"])
+        return inputs
+
     @torch.no_grad()
     def _teacher_logits(self, pixel_values: torch.Tensor) -> torch.Tensor:
         with self.compute_loss_context_manager():
@@ -228,9 +236,7 @@ class LKDTrainer(Trainer):
     ) -> torch.Tensor:
         """Teacher forward once per batch, a meta step when due, then the student step."""
         start = time.perf_counter()
-        inputs = self._prepare_inputs(inputs)
-        if self.teacher is not None:
-            inputs["teacher_logits"] = self._teacher_logits(inputs["pixel_values"])
+        inputs = self._with_teacher_outputs(self._prepare_inputs(inputs))
         if self.loss_params:
             self._recent_batches.append(inputs)
             if self.snapshot_pool.is_due(self.state.global_step):
@@ -272,13 +278,19 @@ class LKDTrainer(Trainer):
             self._meta_iterator = itertools.chain.from_iterable(itertools.repeat(loader))
         return self._prepare_inputs(next(self._meta_iterator))
 
-    def meta_step(self, model: nn.Module) -> None:
-        """Update the loss network along the hypergradient of the validation loss (one outer step)."""
+    def meta_step(self, model: nn.Module, snapshot: Snapshot | None = None) -> None:
+        """Update the loss network along the hypergradient of the validation loss (one outer step).
+
+        The virtual steps start from ``snapshot`` if given, else from one the snapshot pool samples (``None``: the
+        live weights), and use the last ``K`` training batches.
+        """
         student = self.accelerator.unwrap_model(model)
         params = {n: p for n, p in student.named_parameters() if p.requires_grad}
-        snapshot = self.snapshot_pool.sample(self.state.global_step) if self.snapshot_pool is not None else None
+        if snapshot is None:
+            snapshot = self.snapshot_pool.sample(self.state.global_step)
         if snapshot is not None:
-            params = {n: snapshot.params[n].to(p.device, p.dtype) for n, p in params.items()}
+            stored = snapshot.params
+            params = {n: stored[n].to(p.device, p.dtype) for n, p in params.items()}
         frozen = {n: p for n, p in student.named_parameters() if not p.requires_grad}
         buffers = {n: b.clone() for n, b in student.named_buffers()}  # virtual steps must not touch BN statistics
 
@@ -292,9 +304,11 @@ class LKDTrainer(Trainer):
             loss_params=self.loss_params,
             train_batches=list(self._recent_batches)[-self._sample_horizon():],
             val_batch=self._recent_batches[-1] if self.args.meta_val_source == "train_batch" else self._next_meta_batch(),
-            lr=self.args.lookahead_lr if self.args.lookahead_lr is not None else self._get_learning_rate(),
+            lr=self._lookahead_lr(),
             fd_epsilon=self.args.fd_epsilon,
         )
+        with torch.no_grad():
+            val_before = problem.val_loss(forward(params, problem.val_batch), problem.val_batch)
         estimator = get_hypergradient(self.args.hypergradient)
         for p in self.loss_params:
             p.requires_grad_(True)
@@ -318,12 +332,51 @@ class LKDTrainer(Trainer):
         grad_norm = torch.nn.utils.clip_grad_norm_(self.loss_params, max_norm)
         self.meta_optimizer.step()
         self.meta_optimizer.zero_grad(set_to_none=True)
-        self._metrics["meta/val_loss"].append(result.val_loss)
+        self._metrics["meta/val_loss_before"].append(val_before)
+        self._metrics["meta/val_loss_after"].append(result.val_loss)
         self._metrics["meta/hypergrad_norm"].append(grad_norm.detach())
         self._metrics["meta/skipped"].append(torch.zeros((), device=self.args.device))
         self._metrics["meta/start_step_lag"].append(
             torch.tensor(float(self.state.global_step - snapshot.step if snapshot is not None else 0))
         )
+
+    def _lookahead_lr(self) -> float:
+        """``lookahead_lr``, else the student's current learning rate (its initial one before training)."""
+        if self.args.lookahead_lr is not None:
+            return self.args.lookahead_lr
+        return self._get_learning_rate() if self.lr_scheduler is not None else self.args.learning_rate
+
+    def learn_loss(self, num_steps: int) -> dict[str, float]:
+        """Train only the loss network(s), from the frozen student snapshots in the pool; the student is not trained.
+
+        The pool must hold snapshots, e.g. seeded from an earlier run's checkpoints (``snapshot_checkpoints``).
+        Each of the ``num_steps`` meta steps draws a snapshot uniformly, takes ``K`` fresh training batches (with
+        their teacher outputs) for the virtual steps and a validation batch, and updates the loss network. Logs
+        every ``logging_steps`` meta steps to ``report_to`` (with ``global_step`` counting meta steps) and returns
+        the last logged statistics. Save the result with ``trainer.distill_loss.save_pretrained(dir)``.
+        """
+        if not self.loss_params:
+            raise ValueError("learn_loss needs a learnable loss (e.g. loss='lkd') that is not frozen.")
+        if not len(self.snapshot_pool):
+            raise ValueError("The snapshot pool is empty: seed it with LKDConfig(snapshot_checkpoints=[...]).")
+        model = self.model.to(self.args.device).train()
+        batches = itertools.chain.from_iterable(itertools.repeat(self.get_train_dataloader()))
+        logs: dict[str, float] = {}
+        progress = tqdm(range(num_steps), desc="learning the loss", disable=self.args.disable_tqdm)
+        for step in progress:
+            self.state.global_step = step
+            snapshot = self.snapshot_pool.sample_recorded()
+            for _ in range(self._sample_horizon()):
+                self._recent_batches.append(self._with_teacher_outputs(self._prepare_inputs(next(batches))))
+            self.meta_step(model, snapshot)
+            if (step + 1) % self.args.logging_steps == 0 or step + 1 == num_steps:
+                self.state.global_step = step + 1
+                logs = {name: torch.stack([v.float() for v in values]).mean().item() for name, values in self._metrics.items()}
+                logs.update({f"lkd/{k}": float(v) for k, v in loss_summary(self.distill_loss).items()})
+                self._metrics.clear()
+                super().log(dict(logs))
+                progress.set_postfix({k: round(v, 4) for k, v in logs.items() if k.startswith(("meta/val", "lkd/"))})
+        return logs
 
     def _sample_horizon(self) -> int:
         """The meta horizon K: fixed, or drawn from a Gaussian (``lookahead_steps_std > 0``)."""
@@ -350,6 +403,8 @@ class LKDTrainer(Trainer):
             if self.loss_params:
                 logs["meta/time_share"] = self._meta_seconds / max(self._step_seconds, 1e-9)
                 logs["meta/pool_mb"] = self.snapshot_pool.nbytes / 2**20
+                if self.snapshot_pool.storage_dir is not None:
+                    logs["meta/pool_disk_mb"] = self.snapshot_pool.disk_bytes / 2**20
                 logs.update({f"lkd/{k}": float(v) for k, v in loss_summary(self.distill_loss).items()})
         super().log(logs, start_time)
 

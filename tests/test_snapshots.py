@@ -81,3 +81,22 @@ def test_bad_pool_settings_are_errors():
         SnapshotPool(strategy="nearest")
     with pytest.raises(ValueError, match="max_size >= 2"):
         SnapshotPool(max_size=1)
+
+
+def test_disk_pool_writes_files_reads_them_back_and_deletes_thinned_ones(tmp_path):
+    pool = SnapshotPool(max_size=2, interval=1, storage_dir=str(tmp_path / "pool"))
+    for step in range(3):
+        pool.maybe_record(step, params(step))
+    assert [s.step for s in pool.snapshots] == [0, 2]
+    assert sorted(os.listdir(tmp_path / "pool")) == ["snapshot-0.safetensors", "snapshot-2.safetensors"]
+    assert pool.nbytes == 0 and pool.disk_bytes > 0
+    assert torch.equal(pool.snapshots[1].params["w"], torch.full((10,), 2.0))
+
+
+def test_sample_recorded_never_returns_the_live_weights():
+    pool = SnapshotPool(interval=1, seed=0)
+    with pytest.raises(ValueError, match="empty"):
+        pool.sample_recorded()
+    for step in (0, 1, 2):
+        pool.maybe_record(step, params(step))
+    assert {pool.sample_recorded().step for _ in range(60)} == {0, 1, 2}

@@ -1,5 +1,6 @@
 """LKDTrainer and LKDConfig: objective, meta step, bad-input errors, logging, evaluation, saving."""
 
+import os
 
 import datasets
 import numpy as np
@@ -230,7 +231,7 @@ def test_lkd_training_logs_meta_statistics_and_evaluates(tmp_path):
     trainer = _lkd_trainer(tmp_path)
     trainer.train()
     logged = {k for entry in trainer.state.log_history for k in entry}
-    assert {"ce", "distill", "meta/val_loss", "meta/hypergrad_norm", "meta/time_share", "lkd/temperature", "lkd/weight"} <= logged
+    assert {"ce", "distill", "meta/val_loss_before", "meta/val_loss_after", "meta/hypergrad_norm", "meta/time_share", "lkd/temperature", "lkd/weight"} <= logged
     metrics = trainer.evaluate()
     assert 0.0 <= metrics["eval_accuracy"] <= metrics["eval_top5_accuracy"] <= 1.0
     assert np.isfinite(metrics["eval_loss"])
@@ -279,7 +280,7 @@ def test_gaussian_horizon_draws_varied_k_within_bounds(tmp_path):
 def test_multi_step_horizon_and_train_batch_validation_run(tmp_path):
     trainer = _lkd_trainer(tmp_path, lookahead_steps=2, meta_val_source="train_batch", hypergradient="finite_difference")
     trainer.train()
-    assert any("meta/val_loss" in entry for entry in trainer.state.log_history)
+    assert any("meta/val_loss_after" in entry for entry in trainer.state.log_history)
 
 
 def test_frozen_loss_from_a_saved_loss_network_runs_without_meta_steps(tmp_path):
@@ -300,3 +301,52 @@ def test_frozen_loss_from_a_saved_loss_network_runs_without_meta_steps(tmp_path)
     trainer.train()
     logged = {k for entry in trainer.state.log_history for k in entry}
     assert "distill" in logged and not any(k.startswith("meta/") for k in logged)
+
+
+def test_disk_backed_snapshot_pool_gives_the_same_meta_steps_as_memory(tmp_path):
+    def run(**overrides):
+        trainer = _lkd_trainer(
+            tmp_path, max_steps=10, meta_interval=2, snapshot_interval=2, snapshot_strategy="fixed",
+            snapshot_distance=4, logging_steps=10, **overrides,
+        )
+        trainer.train()
+        return trainer
+
+    memory = run()
+    disk = run(snapshot_storage_dir=str(tmp_path / "pool"))
+    assert disk.snapshot_pool.nbytes == 0 and disk.snapshot_pool.disk_bytes > 0
+    assert sorted(os.listdir(tmp_path / "pool")) == [f"snapshot-{s}.safetensors" for s in (0, 2, 4, 6, 8)]
+    assert disk.state.log_history[0]["meta/pool_disk_mb"] > 0
+    for a, b in zip(memory.loss_params, disk.loss_params):
+        torch.testing.assert_close(a, b)
+
+
+def test_learn_loss_trains_only_the_loss_network_from_checkpoint_snapshots(tmp_path):
+    student, teacher = make_models()
+    train = make_dataset(128)
+    kd_args = make_config(tmp_path, loss="kd", max_steps=6, save_strategy="steps", save_steps=3)
+    LKDTrainer(model=student, teacher=teacher, args=kd_args, train_dataset=train).train()
+    checkpoints = [str(tmp_path / "out" / f"checkpoint-{k}") for k in (3, 6)]
+
+    before = {n: p.detach().clone() for n, p in student.state_dict().items()}
+    args = make_config(
+        tmp_path, output_dir=str(tmp_path / "learn"), snapshot_checkpoints=checkpoints, lookahead_steps=2,
+        logging_steps=2, meta_learning_rate=0.05,
+    )
+    trainer = LKDTrainer(model=student, teacher=teacher, args=args, train_dataset=train)
+    assert [s.step for s in trainer.snapshot_pool.snapshots] == [3, 6]
+    initial = [p.detach().clone() for p in trainer.loss_params]
+    logs = trainer.learn_loss(4)
+    assert any(not torch.equal(a, b) for a, b in zip(initial, trainer.loss_params))
+    assert all(torch.equal(before[n], p) for n, p in student.state_dict().items())  # the student is not trained
+    assert {"meta/val_loss_before", "meta/val_loss_after", "lkd/temperature"} <= set(logs)
+    assert [e["step"] for e in trainer.state.log_history] == [2, 4]
+
+
+def test_learn_loss_needs_snapshots_and_a_learnable_loss(tmp_path):
+    with pytest.raises(ValueError, match="snapshot_checkpoints"):
+        _lkd_trainer(tmp_path).learn_loss(1)
+    student, teacher = make_models()
+    trainer = LKDTrainer(model=student, teacher=teacher, args=make_config(tmp_path, loss="kd"), train_dataset=make_dataset(32))
+    with pytest.raises(ValueError, match="learnable loss"):
+        trainer.learn_loss(1)

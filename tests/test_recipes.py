@@ -1,0 +1,62 @@
+"""The recipes run offline end to end on tiny settings (bundled ``digits`` data, tiny models, a few steps)."""
+
+import importlib.util
+import os
+import pathlib
+import sys
+
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+
+from lkd_hf import LKDConfig, LKDTrainer, LogitLossNet, build_datasets
+from lkd_hf.data import dataset_num_classes
+
+RECIPES = pathlib.Path(__file__).resolve().parents[1] / "recipes"
+
+
+def load_recipe(name: str):
+    spec = importlib.util.spec_from_file_location(f"recipe_{name}", RECIPES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve field types through the module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_learn_loss_recipe_learns_from_checkpoints_and_the_loss_is_reusable_frozen(tmp_path):
+    torch.manual_seed(0)
+    data = build_datasets("digits", timm.create_model("lkd_convnet_s4"), augment="none")
+    classes = dataset_num_classes(data["train"])
+    teacher = timm.create_model("lkd_convnet_s16", num_classes=classes)
+    os.makedirs(tmp_path / "teacher")
+    save_file(teacher.state_dict(), str(tmp_path / "teacher" / "model.safetensors"))
+    kd_run = dict(per_device_train_batch_size=32, use_cpu=True, report_to="none", disable_tqdm=True)
+    student = timm.create_model("lkd_convnet_s4", num_classes=classes)
+    LKDTrainer(
+        model=student, teacher=teacher, train_dataset=data["train"],
+        args=LKDConfig(output_dir=str(tmp_path / "kd"), loss="kd", max_steps=4, save_steps=2, **kd_run),
+    ).train()
+
+    out = load_recipe("learn_loss").main([
+        "--student_checkpoints", str(tmp_path / "kd"), "--student_model", "lkd_convnet_s4",
+        "--teacher_model", "lkd_convnet_s16", "--teacher_weights", str(tmp_path / "teacher"), "--dataset", "digits",
+        "--meta_steps", "3", "--meta_learning_rate", "0.05", "--output_dir", str(tmp_path / "learned"),
+        "--per_device_train_batch_size", "32", "--use_cpu", "--report_to", "none", "--disable_tqdm", "true",
+    ])
+    learned = LogitLossNet.from_pretrained(out)
+    assert not torch.equal(learned.log_weight, LogitLossNet().log_weight) or not torch.equal(
+        learned.class_head.weight, LogitLossNet().class_head.weight
+    )
+
+    frozen = LKDTrainer(
+        model=timm.create_model("lkd_convnet_s4", num_classes=classes), teacher=teacher, train_dataset=data["train"],
+        args=LKDConfig(output_dir=str(tmp_path / "reuse"), loss_from=out, freeze_loss=True, max_steps=2, **kd_run),
+    )
+    frozen.train()
+    assert frozen.loss_params == [] and frozen.meta_optimizer is None
+
+
+def test_learn_loss_recipe_needs_checkpoints(tmp_path):
+    with pytest.raises(ValueError, match="No student checkpoints"):
+        load_recipe("learn_loss").expand_checkpoints([])
