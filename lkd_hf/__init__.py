@@ -14,25 +14,41 @@ from . import models  # noqa: F401  (registers lkd_hf's small models in timm)
 from .config import LKDConfig
 from .data import BUNDLED_DATASETS, ImageCollator, build_datasets, image_transform, load_image_splits, with_transform
 from .hypergradients import available_hypergradients, register_hypergradient
-from .loss_networks import LogitLossNet
-from .losses import DISTLoss, DKDLoss, KDLoss, available_losses, build_loss, register_loss
+from .features import Connector, StudentWithConnectors, forward_with_features
+from .loss_networks import FeatureLossNet, LogitLossNet
+from .losses import (
+    ATLoss,
+    DISTLoss,
+    DKDLoss,
+    FitNetLoss,
+    KDLoss,
+    available_losses,
+    build_loss,
+    register_loss,
+)
 from .metrics import build_compute_metrics
 from .trainer import LKDTrainer
 
 __all__ = [
+    "ATLoss",
     "BUNDLED_DATASETS",
+    "Connector",
     "DISTLoss",
     "DKDLoss",
+    "FeatureLossNet",
+    "FitNetLoss",
     "ImageCollator",
     "KDLoss",
     "LKDConfig",
     "LKDTrainer",
     "LogitLossNet",
+    "StudentWithConnectors",
     "available_hypergradients",
     "available_losses",
     "build_compute_metrics",
     "build_datasets",
     "build_loss",
+    "forward_with_features",
     "image_transform",
     "load_image_splits",
     "register_hypergradient",

@@ -26,8 +26,9 @@ class LKDConfig(TrainingArguments):
     # --- the student objective -------------------------------------------------------------------------------
     loss: str = field(
         default="lkd",
-        metadata={"help": "Distillation loss by registered name: 'lkd' (learned), 'kd', 'dist', 'dkd', or 'ce' (no "
-                  "teacher). See lkd_hf.available_losses()."},
+        metadata={"help": "Distillation loss by registered name: a logit loss ('lkd' (learned), 'kd', 'dist', 'dkd', "
+                  "'ce' (no teacher)) and/or a feature loss ('feat' (learned), 'fitnet', 'at'), joined by '+', e.g. "
+                  "'lkd+feat' or 'kd+fitnet'. See lkd_hf.available_losses()."},
     )
     ce_weight: float = field(default=1.0, metadata={"help": "Weight of the cross-entropy on the labels."})
     distill_weight: float = field(default=1.0, metadata={"help": "Weight of the distillation term."})
@@ -40,6 +41,19 @@ class LKDConfig(TrainingArguments):
     dkd_alpha: float = field(default=1.0, metadata={"help": "DKD: weight of target-class KD (TCKD)."})
     dkd_beta: float = field(default=8.0, metadata={"help": "DKD: weight of non-target-class KD (NCKD)."})
     loss_hidden_dim: int = field(default=32, metadata={"help": "Width of the learned loss network's MLP."})
+    feature_weight: float = field(default=1.0, metadata={"help": "Weight of the feature distillation term."})
+    feature_taps: list[str] = field(
+        default_factory=lambda: ["-1"],
+        metadata={"help": "Student stages whose features are distilled (used when the loss names a feature loss): "
+                  "indices into the model's feature_info (e.g. -1, or 1 2 3), or module names (forward hooks)."},
+    )
+    teacher_feature_taps: list[str] | None = field(
+        default=None,
+        metadata={"help": "Teacher stages paired with feature_taps, in the same order (default: the same indices)."},
+    )
+    feature_loss_hidden_dim: int = field(
+        default=16, metadata={"help": "Width of the learned feature loss network's per-element MLP."}
+    )
 
     # --- the outer (meta) loop -------------------------------------------------------------------------------
     meta_interval: int = field(default=5, metadata={"help": "Update the learned loss every N student steps."})
@@ -143,6 +157,14 @@ class LKDConfig(TrainingArguments):
             )
         if self.snapshot_interval < 1 or self.snapshot_pool_size < 2:
             raise ValueError("snapshot_interval must be >= 1 and snapshot_pool_size >= 2.")
+        self.feature_taps = _parse_taps(self.feature_taps)
+        if self.teacher_feature_taps is not None:
+            self.teacher_feature_taps = _parse_taps(self.teacher_feature_taps)
+            if len(self.teacher_feature_taps) != len(self.feature_taps):
+                raise ValueError(
+                    f"teacher_feature_taps ({self.teacher_feature_taps}) must pair one to one with feature_taps "
+                    f"({self.feature_taps})."
+                )
         if self.meta_batch_size is None:
             self.meta_batch_size = 2 * self.per_device_train_batch_size
 
@@ -150,3 +172,8 @@ class LKDConfig(TrainingArguments):
     def max_lookahead_steps(self) -> int:
         """The largest horizon a meta step may draw."""
         return self.lookahead_steps + math.ceil(2 * self.lookahead_steps_std)
+
+
+def _parse_taps(taps: list) -> list[int | str]:
+    """Tap indices given as strings on the command line ('-1') become ints; module names stay strings."""
+    return [int(t) if isinstance(t, str) and t.lstrip("-").isdigit() else t for t in taps]

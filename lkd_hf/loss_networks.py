@@ -15,6 +15,20 @@
   last layers are zero-initialised, ``L`` equals Hinton KD(T=4) exactly at initialisation;
 * ``log_weight`` (weight of the distillation term) and ``log_temperature`` are the well-conditioned global
   knobs: the outer loop can turn distillation down/off and retune the temperature.
+
+``FeatureLossNet`` is the feature-side loss network (one network for every feature tap and model pair):
+
+* per element ``(n, c, h, w)`` of the (connector-mapped) student feature ``s`` and teacher feature ``t``, inputs
+  built from scale-normalised values (divided by the per-sample RMS of the teacher feature) and from pooled
+  context that does not depend on the channel count or resolution (per-position means over channels and
+  per-channel means over positions); one small MLP shared by all elements, so the network is independent of
+  channel count and resolution and invariant to permuting the channels;
+* the loss is MSE (FitNet) with a learned, bounded per-element re-weighting and a learned global weight:
+
+  ``L = exp(log_weight) * mean_{n,c,h,w} (s - t)^2 * (1 + tanh(m))``, ``m = MLP(inputs)``
+
+  Hence ``0 <= L <= 2 * exp(log_weight) * MSE`` (bounded below, finite), ``L = 0`` when ``s == t``, and since the
+  last layer is zero-initialised, ``L`` equals the MSE exactly at initialisation.
 """
 
 from __future__ import annotations
@@ -25,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .losses.logit import kd_loss
 from .losses.registry import register_loss
@@ -122,3 +137,104 @@ class LogitLossNet(
 @register_loss("lkd")
 def _build_lkd(config) -> LogitLossNet:
     return LogitLossNet(temperature=config.temperature, hidden_dim=config.loss_hidden_dim)
+
+
+_FEAT_NUM_ELEMENT_INPUTS = 3  # s_n, t_n, d_n
+_FEAT_NUM_CONTEXT_INPUTS = 4  # per position: mean_c d_n^2, mean_c t_n^2; per channel: mean_hw d_n^2, mean_hw t_n^2
+_FEAT_INPUT_CLIP = 10.0
+_FEAT_EPS = 1e-6
+
+
+class FeatureLossNet(
+    nn.Module,
+    PyTorchModelHubMixin,
+    library_name="lkd_hf",
+    tags=["knowledge-distillation", "lkd", "loss-network", "feature-distillation"],
+    repo_url="https://github.com/lkd-hf/lkd_hf",
+):
+    """Learned feature distillation loss for one feature tap, initialised to reproduce MSE (FitNet) exactly.
+
+    ``forward(s, t)`` takes the connector-mapped student feature and the teacher feature, both of shape
+    ``(batch, channels, height, width)``, and returns
+
+    ``L = exp(log_weight) * mean_{n,c,h,w} d^2 * (1 + tanh(m))``, with ``d = s - t`` and ``m = MLP(x)`` per element.
+
+    The MLP (one hidden layer, SiLU, zero-initialised output layer) sees per element
+    ``x = [s_n, t_n, d_n, log1p(mean_c d_n^2), log1p(mean_c t_n^2), log1p(mean_hw d_n^2), log1p(mean_hw t_n^2)]``
+    where ``s_n, t_n, d_n`` are ``s, t, d`` divided by the per-sample RMS of the (detached) teacher feature plus
+    ``1e-6``, clipped to ``[-10, 10]``; the ``mean_c`` terms are broadcast over channels (one value per
+    position), the ``mean_hw`` terms over positions (one value per channel). The per-position and per-channel
+    parts of the first layer are applied on the pooled tensors before broadcasting, so the only full-size
+    intermediates are the ``hidden_dim``-wide activations; set ``gradient_checkpointing = True`` to recompute
+    them in the backward pass instead of storing them (works with double backward, too).
+
+    Args:
+        hidden_dim: width of the per-element MLP (``9 * hidden_dim + 2`` parameters in all).
+        learn_weight: whether the outer loop may change the global weight of the feature term.
+    """
+
+    def __init__(self, hidden_dim: int = 16, learn_weight: bool = True) -> None:
+        super().__init__()
+        if hidden_dim < 1:
+            raise ValueError(f"hidden_dim must be positive, got {hidden_dim}")
+        self.log_weight = nn.Parameter(torch.zeros(()), requires_grad=learn_weight)
+        self.input_layer = nn.Linear(_FEAT_NUM_ELEMENT_INPUTS + _FEAT_NUM_CONTEXT_INPUTS, hidden_dim)
+        self.head = nn.Linear(hidden_dim, 1)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+        self.gradient_checkpointing = False  # runtime memory switch, not part of the saved config
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The current global weight of the feature distillation term."""
+        return self.log_weight.clamp(_MIN_LOG_WEIGHT, _MAX_LOG_WEIGHT).exp()
+
+    def _modulation(self, student: torch.Tensor, teacher: torch.Tensor, inv_scale: torch.Tensor) -> torch.Tensor:
+        """Per-element MLP output ``m`` of shape ``(batch, channels, height, width)``."""
+        clip = _FEAT_INPUT_CLIP
+        s_n = (student * inv_scale).clamp(-clip, clip)
+        t_n = (teacher * inv_scale).clamp(-clip, clip)
+        d_n = ((student - teacher) * inv_scale).clamp(-clip, clip)
+        d2, t2 = d_n.square(), t_n.square()
+        position_context = torch.stack([d2.mean(1, keepdim=True), t2.mean(1, keepdim=True)], dim=-1).log1p()
+        channel_context = torch.stack([d2.mean((2, 3), keepdim=True), t2.mean((2, 3), keepdim=True)], dim=-1).log1p()
+        del d2, t2
+        w = self.input_layer.weight
+        n_el = _FEAT_NUM_ELEMENT_INPUTS
+        hidden = F.linear(torch.stack([s_n, t_n, d_n], dim=-1), w[:, :n_el], self.input_layer.bias)
+        hidden = hidden + F.linear(position_context, w[:, n_el : n_el + 2])  # (B, 1, H, W, hidden), broadcast
+        hidden.add_(F.linear(channel_context, w[:, n_el + 2 :]))  # (B, C, 1, 1, hidden), broadcast
+        return F.linear(F.silu(hidden), self.head.weight, self.head.bias).squeeze(-1)
+
+    def forward(self, student_feature: torch.Tensor, teacher_feature: torch.Tensor) -> torch.Tensor:
+        """Scalar loss for features of identical shape ``(batch, channels, height, width)``."""
+        if student_feature.shape != teacher_feature.shape or student_feature.dim() != 4:
+            raise ValueError(
+                f"FeatureLossNet needs (batch, channels, height, width) features of identical shape, got student "
+                f"{tuple(student_feature.shape)} and teacher {tuple(teacher_feature.shape)} (map the student's with "
+                f"a connector first)."
+            )
+        dtype = self.log_weight.dtype  # fp32 under mixed precision (loss networks stay in full precision)
+        student, teacher = student_feature.to(dtype), teacher_feature.to(dtype)
+        rms = teacher.detach().square().mean(dim=(1, 2, 3), keepdim=True).sqrt()
+        inv_scale = 1.0 / (rms + _FEAT_EPS)
+        if self.gradient_checkpointing and torch.is_grad_enabled():
+            modulation = checkpoint(self._modulation, student, teacher, inv_scale, use_reentrant=False)
+        else:
+            modulation = self._modulation(student, teacher, inv_scale)
+        squared = (student - teacher).square()
+        # mean(d^2) + mean(d^2 * tanh(m)) == mean(d^2 * (1 + tanh(m))); written so that it is exactly MSE at init.
+        return self.weight * (squared.mean() + (squared * torch.tanh(modulation)).mean())
+
+    def mse_reference(self, student_feature: torch.Tensor, teacher_feature: torch.Tensor) -> torch.Tensor:
+        """Plain MSE (FitNet) in this network's dtype (what the network computes at initialisation)."""
+        dtype = self.log_weight.dtype
+        return F.mse_loss(student_feature.to(dtype), teacher_feature.to(dtype))
+
+    def extra_repr(self) -> str:
+        return f"weight={float(self.weight.detach()):.3f}"
+
+
+@register_loss("feat", kind="feature")
+def _build_feat(config) -> FeatureLossNet:
+    return FeatureLossNet(hidden_dim=getattr(config, "feature_loss_hidden_dim", 16))

@@ -109,16 +109,6 @@ class SnapshotPool:
             self.snapshots = self.snapshots[::2]
             self.interval *= 2
 
-    def add_checkpoint(self, checkpoint_dir: str, step: int | None = None) -> None:
-        """Seed the pool with the student weights of an earlier Trainer checkpoint (``model.safetensors``)."""
-        path = os.path.join(checkpoint_dir, "model.safetensors")
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"No model.safetensors in checkpoint {checkpoint_dir!r}.")
-        if step is None:
-            name = os.path.basename(os.path.normpath(checkpoint_dir))
-            step = int(name.rsplit("-", 1)[-1]) if name.rsplit("-", 1)[-1].isdigit() else -1
-        self.add(step, load_file(path))
-
     def sample_recorded(self) -> Snapshot:
         """A recorded snapshot drawn uniformly (never the live weights)."""
         if not self.snapshots:

@@ -21,22 +21,29 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
+from huggingface_hub import snapshot_download
+from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Dataset, random_split
 from transformers import Trainer
+from transformers.utils import SAFE_WEIGHTS_NAME
 from tqdm.auto import tqdm
 from transformers.utils import logging
 
 from .config import LKDConfig
-from .data import ImageCollator
+from .data import ImageCollator, resolve_data_config
 from .hypergradients import MetaProblem, get_hypergradient
-from .loss_networks import LogitLossNet
+from .features import StudentWithConnectors, forward_with_features
+from .loss_networks import FeatureLossNet, LogitLossNet
 from .losses import build_loss
+from .losses.registry import parse_loss_spec
 from .metrics import build_compute_metrics
 from .snapshots import Snapshot, SnapshotPool
 
 logger = logging.get_logger(__name__)
 
 LOSS_DIRNAME = "lkd_loss"
+FEATURE_LOSS_SUBDIR = "feature"
+CONNECTORS_NAME = "connectors.safetensors"
 
 
 def model_num_classes(model: nn.Module) -> int | None:
@@ -59,8 +66,9 @@ class LKDTrainer(Trainer):
         train_dataset / eval_dataset: datasets of ``{"pixel_values", "labels"}`` examples.
         meta_dataset: held-out data for the meta (validation) loss. Default: ``args.lkd_val_fraction`` of
             ``train_dataset`` is split off (seeded by ``args.seed``) and the student trains on the rest.
-        loss_network: a ready distillation loss module (e.g. a loaded :class:`~lkd_hf.LogitLossNet`) used instead of
-            building ``args.loss`` from the registry.
+        loss_network: a ready logit distillation loss module (e.g. a loaded :class:`~lkd_hf.LogitLossNet`) used
+            instead of building the logit loss of ``args.loss`` from the registry.
+        feature_loss_network: the same for the feature loss (e.g. a loaded :class:`~lkd_hf.FeatureLossNet`).
         data_collator / compute_metrics: default to :class:`~lkd_hf.data.ImageCollator` (validates labels) and
             top-1/top-5 accuracy.
         **kwargs: passed on to :class:`transformers.Trainer`.
@@ -75,6 +83,7 @@ class LKDTrainer(Trainer):
         eval_dataset: Dataset | dict[str, Dataset] | None = None,
         meta_dataset: Dataset | None = None,
         loss_network: nn.Module | None = None,
+        feature_loss_network: nn.Module | None = None,
         data_collator: Any = None,
         compute_metrics: Any = None,
         **kwargs: Any,
@@ -83,15 +92,26 @@ class LKDTrainer(Trainer):
             args = LKDConfig(output_dir="lkd_output")
         if not isinstance(args, LKDConfig):
             raise TypeError(f"LKDTrainer needs an LKDConfig, got {type(args).__name__}.")
-        if loss_network is None and args.loss_from is not None:
-            loss_network = LogitLossNet.from_pretrained(args.loss_from)
-        distill_loss = loss_network if loss_network is not None else build_loss(args.loss, args)
-        if distill_loss is not None and args.freeze_loss:
-            distill_loss.requires_grad_(False)
+        spec = parse_loss_spec(args.loss)
+        if args.loss_from is not None:
+            loss_network, feature_loss_network = load_loss_networks(args.loss_from, loss_network, feature_loss_network)
+        distill_loss = loss_network if loss_network is not None else build_loss(spec.logit, args) if spec.logit else None
+        feature_loss = feature_loss_network
+        if feature_loss is None and spec.feature is not None:
+            feature_loss = build_loss(spec.feature, args)
+        loss_modules = [m for m in (distill_loss, feature_loss) if m is not None]
+        if args.freeze_loss:
+            for module in loss_modules:
+                module.requires_grad_(False)
         num_classes = model_num_classes(model)
-        if distill_loss is not None:
+        if loss_modules:
             teacher = self._check_teacher(model, teacher, num_classes)
-        self.loss_params = [p for p in distill_loss.parameters() if p.requires_grad] if distill_loss else []
+        if feature_loss is not None:
+            model = StudentWithConnectors.build(
+                model, teacher, args.feature_taps, args.teacher_feature_taps or args.feature_taps,
+                input_size=self._input_size(model, train_dataset),
+            )
+        self.loss_params = [p for m in loss_modules for p in m.parameters() if p.requires_grad]
 
         if self.loss_params and train_dataset is not None and meta_dataset is None:
             train_dataset, meta_dataset = split_meta_dataset(train_dataset, args.lkd_val_fraction, args.seed)
@@ -113,6 +133,7 @@ class LKDTrainer(Trainer):
         self.loss_is_scaled_for_ga = False  # compute_loss returns a per-batch mean
         self.teacher = None if teacher is None else self.accelerator.prepare_model(teacher, evaluation_mode=True)
         self.distill_loss = None if distill_loss is None else distill_loss.to(self.args.device, torch.float32)
+        self.feature_loss = None if feature_loss is None else feature_loss.to(self.args.device, torch.float32)
         self.meta_dataset = meta_dataset
         self._metrics: dict[str, list[torch.Tensor]] = collections.defaultdict(list)
         self._recent_batches: collections.deque = collections.deque(maxlen=args.max_lookahead_steps)
@@ -135,7 +156,7 @@ class LKDTrainer(Trainer):
                 storage_dir=args.snapshot_storage_dir,
             )
             for checkpoint in args.snapshot_checkpoints:
-                self.snapshot_pool.add_checkpoint(checkpoint)
+                self.snapshot_pool.add(checkpoint_step(checkpoint), self._checkpoint_params(checkpoint))
             for p in self.loss_params:  # only meta steps may produce gradients for the loss network
                 p.requires_grad_(False)
 
@@ -172,6 +193,33 @@ class LKDTrainer(Trainer):
         if any(id(p) in teacher_params for group in optimizer.param_groups for p in group["params"]):
             raise ValueError("The optimizer passed to LKDTrainer would update the teacher's parameters.")
 
+    @staticmethod
+    def _input_size(model: nn.Module, dataset: Dataset | None) -> tuple[int, int, int]:
+        """``(C, H, W)`` of the training images (the first example), else the model's data config."""
+        if dataset is not None and len(dataset) > 0:
+            return tuple(torch.as_tensor(dataset[0]["pixel_values"]).shape)
+        return tuple(resolve_data_config(model)["input_size"])
+
+    @property
+    def student(self) -> nn.Module:
+        """The plain student model (without the feature connectors), e.g. for export."""
+        model = self.accelerator.unwrap_model(self.model)
+        return model.student if isinstance(model, StudentWithConnectors) else model
+
+    def _checkpoint_params(self, checkpoint_dir: str) -> dict[str, torch.Tensor]:
+        """Student (and connector) weights of a Trainer checkpoint, named as in the trained module."""
+        path = os.path.join(checkpoint_dir, SAFE_WEIGHTS_NAME)
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"No {SAFE_WEIGHTS_NAME} in checkpoint {checkpoint_dir!r}.")
+        params = load_file(path)
+        if not isinstance(self.model, StudentWithConnectors):
+            return params
+        params = {f"student.{n}": t for n, t in params.items()}
+        connectors = os.path.join(checkpoint_dir, CONNECTORS_NAME)
+        if os.path.exists(connectors):
+            params.update({f"connectors.{n}": t for n, t in load_file(connectors).items()})
+        return params
+
     def _create_meta_optimizer(self) -> torch.optim.Optimizer:
         if self.args.meta_optimizer == "sgd":
             return torch.optim.SGD(
@@ -187,9 +235,15 @@ class LKDTrainer(Trainer):
     # ----------------------------------------------------------------------------------------------------------
     # the student objective
     def distillation_objective(
-        self, student_logits: torch.Tensor, teacher_logits: torch.Tensor | None, labels: torch.Tensor
+        self,
+        student_logits: torch.Tensor,
+        teacher_logits: torch.Tensor | None,
+        labels: torch.Tensor,
+        student_features: list[torch.Tensor] | None = None,
+        teacher_features: list[torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """``ce_weight * CE + distill_weight * distill_loss`` and its components (for logging)."""
+        """``ce_weight * CE + distill_weight * distill_loss + feature_weight * sum_k feature_loss_k`` and its
+        components (for logging: ``ce``, ``distill``, ``feature`` and ``feature/<tap>`` per tap)."""
         ce = F.cross_entropy(student_logits.float(), labels)
         parts = {"ce": ce}
         total = self.args.ce_weight * ce
@@ -197,6 +251,12 @@ class LKDTrainer(Trainer):
             distill = self.distill_loss(student_logits, teacher_logits, labels)
             parts["distill"] = distill
             total = total + self.args.distill_weight * distill
+        if self.feature_loss is not None:
+            per_tap = [self.feature_loss(s, t) for s, t in zip(student_features, teacher_features)]
+            parts["feature"] = torch.stack(per_tap).sum()
+            taps = self.accelerator.unwrap_model(self.model).taps
+            parts.update({f"feature/{tap}": value for tap, value in zip(taps, per_tap)})
+            total = total + self.args.feature_weight * parts["feature"]
         return total, parts
 
     def compute_loss(
@@ -207,29 +267,38 @@ class LKDTrainer(Trainer):
         num_items_in_batch: torch.Tensor | int | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Training: the distillation objective. Evaluation: the student's cross-entropy."""
-        logits = model(inputs["pixel_values"])
         labels = inputs["labels"]
         if model.training:
-            teacher_logits = inputs.get("teacher_logits")
-            if teacher_logits is None and self.teacher is not None:
-                teacher_logits = self._teacher_logits(inputs["pixel_values"])
-            loss, parts = self.distillation_objective(logits, teacher_logits, labels)
+            if "teacher_logits" not in inputs:
+                inputs = self._with_teacher_outputs(dict(inputs))
+            features = None
+            if self.feature_loss is not None:
+                logits, features = model(inputs["pixel_values"], return_features=True)
+            else:
+                logits = model(inputs["pixel_values"])
+            loss, parts = self.distillation_objective(
+                logits, inputs.get("teacher_logits"), labels, features, inputs.get("teacher_features")
+            )
             for name, value in parts.items():
                 self._metrics[name].append(value.detach())
         else:
+            logits = model(inputs["pixel_values"])
             loss = F.cross_entropy(logits.float(), labels)
         return (loss, {"logits": logits}) if return_outputs else loss
 
     def _with_teacher_outputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
         """Add the teacher's outputs to a prepared batch (computed once, reused by the student and meta steps)."""
-        if self.teacher is not None:
-            inputs["teacher_logits"] = self._teacher_logits(inputs["pixel_values"])
+        if self.teacher is None:
+            return inputs
+        with torch.no_grad(), self.compute_loss_context_manager():
+            if self.feature_loss is None:
+                inputs["teacher_logits"] = self.teacher(inputs["pixel_values"]).float()
+            else:
+                teacher = self.accelerator.unwrap_model(self.teacher)
+                taps = self.accelerator.unwrap_model(self.model).teacher_taps
+                logits, inputs["teacher_features"] = forward_with_features(teacher, inputs["pixel_values"], taps)
+                inputs["teacher_logits"] = logits.float()
         return inputs
-
-    @torch.no_grad()
-    def _teacher_logits(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        with self.compute_loss_context_manager():
-            return self.teacher(pixel_values).float()
 
     def training_step(
         self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: torch.Tensor | int | None = None
@@ -288,19 +357,31 @@ class LKDTrainer(Trainer):
         params = {n: p for n, p in student.named_parameters() if p.requires_grad}
         if snapshot is None:
             snapshot = self.snapshot_pool.sample(self.state.global_step)
-        if snapshot is not None:
+        if snapshot is not None:  # weights missing from the snapshot (e.g. new connectors) stay live
             stored = snapshot.params
-            params = {n: stored[n].to(p.device, p.dtype) for n, p in params.items()}
+            params = {n: stored[n].to(p.device, p.dtype) if n in stored else p for n, p in params.items()}
         frozen = {n: p for n, p in student.named_parameters() if not p.requires_grad}
         buffers = {n: b.clone() for n, b in student.named_buffers()}  # virtual steps must not touch BN statistics
 
-        def forward(weights: dict[str, torch.Tensor], batch: dict[str, Any]) -> torch.Tensor:
-            return functional_call(student, {**frozen, **buffers, **weights}, (batch["pixel_values"],))
+        def forward(weights: dict[str, torch.Tensor], batch: dict[str, Any]) -> Any:
+            """Logits, or ``(logits, connected features)`` on training batches of a feature loss."""
+            kwargs = {"return_features": True} if "teacher_features" in batch else {}
+            return functional_call(student, {**frozen, **buffers, **weights}, (batch["pixel_values"],), kwargs)
+
+        def train_loss(output: Any, batch: dict[str, Any]) -> torch.Tensor:
+            logits, features = output if isinstance(output, tuple) else (output, None)
+            return self.distillation_objective(
+                logits, batch["teacher_logits"], batch["labels"], features, batch.get("teacher_features")
+            )[0]
+
+        def val_loss(output: Any, batch: dict[str, Any]) -> torch.Tensor:
+            logits = output[0] if isinstance(output, tuple) else output
+            return F.cross_entropy(logits.float(), batch["labels"])
 
         problem = MetaProblem(
             forward=forward,
-            train_loss=lambda logits, b: self.distillation_objective(logits, b["teacher_logits"], b["labels"])[0],
-            val_loss=lambda logits, b: F.cross_entropy(logits.float(), b["labels"]),
+            train_loss=train_loss,
+            val_loss=val_loss,
             loss_params=self.loss_params,
             train_batches=list(self._recent_batches)[-self._sample_horizon():],
             val_batch=self._recent_batches[-1] if self.args.meta_val_source == "train_batch" else self._next_meta_batch(),
@@ -314,6 +395,13 @@ class LKDTrainer(Trainer):
             p.requires_grad_(True)
         try:
             result = estimator(problem, params)
+        except RuntimeError as error:
+            if self.args.hypergradient == "unrolled" and "derivative for" in str(error):
+                raise RuntimeError(
+                    f"hypergradient='unrolled' differentiates twice through the student, which "
+                    f"{type(student).__name__} does not support ({error}). Use hypergradient='finite_difference'."
+                ) from error
+            raise
         finally:
             for p in self.loss_params:
                 p.requires_grad_(False)
@@ -372,11 +460,17 @@ class LKDTrainer(Trainer):
             if (step + 1) % self.args.logging_steps == 0 or step + 1 == num_steps:
                 self.state.global_step = step + 1
                 logs = {name: torch.stack([v.float() for v in values]).mean().item() for name, values in self._metrics.items()}
-                logs.update({f"lkd/{k}": float(v) for k, v in loss_summary(self.distill_loss).items()})
+                logs.update(self._loss_knobs())
                 self._metrics.clear()
                 super().log(dict(logs))
                 progress.set_postfix({k: round(v, 4) for k, v in logs.items() if k.startswith(("meta/val", "lkd/"))})
         return logs
+
+    def _loss_knobs(self) -> dict[str, float]:
+        """The learned losses' global knobs for logging: ``lkd/temperature``, ``lkd/weight``, ``lkd/feature_weight``."""
+        knobs = {f"lkd/{k}": float(v) for k, v in loss_summary(self.distill_loss).items()}
+        knobs.update({f"lkd/feature_{k}": float(v) for k, v in loss_summary(self.feature_loss).items()})
+        return knobs
 
     def _sample_horizon(self) -> int:
         """The meta horizon K: fixed, or drawn from a Gaussian (``lookahead_steps_std > 0``)."""
@@ -405,14 +499,74 @@ class LKDTrainer(Trainer):
                 logs["meta/pool_mb"] = self.snapshot_pool.nbytes / 2**20
                 if self.snapshot_pool.storage_dir is not None:
                     logs["meta/pool_disk_mb"] = self.snapshot_pool.disk_bytes / 2**20
-                logs.update({f"lkd/{k}": float(v) for k, v in loss_summary(self.distill_loss).items()})
+                logs.update(self._loss_knobs())
         super().log(logs, start_time)
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        super()._save(output_dir, state_dict)
+        """Save the plain student (loadable by ``timm.create_model`` + ``load_state_dict``) as ``model.safetensors``,
+        the feature connectors as ``connectors.safetensors`` and learned loss networks under ``lkd_loss/``."""
         output_dir = output_dir if output_dir is not None else self.args.output_dir
-        if self.args.should_save and self.loss_params and hasattr(self.distill_loss, "save_pretrained"):
-            self.distill_loss.save_pretrained(os.path.join(output_dir, LOSS_DIRNAME))
+        connectors = None
+        if isinstance(self.accelerator.unwrap_model(self.model), StudentWithConnectors):
+            state_dict = state_dict if state_dict is not None else self.accelerator.unwrap_model(self.model).state_dict()
+            connectors = {n[len("connectors."):]: t for n, t in state_dict.items() if n.startswith("connectors.")}
+            state_dict = {n[len("student."):]: t for n, t in state_dict.items() if n.startswith("student.")}
+        super()._save(output_dir, state_dict)
+        if not self.args.should_save:
+            return
+        if connectors is not None:
+            save_file({n: t.contiguous() for n, t in connectors.items()}, os.path.join(output_dir, CONNECTORS_NAME))
+        if self.loss_params:
+            save_loss_networks(os.path.join(output_dir, LOSS_DIRNAME), self.distill_loss, self.feature_loss)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+        """Also restores the connectors of a feature-distillation run (saved beside the plain student)."""
+        model = model if model is not None else self.model
+        if not isinstance(self.accelerator.unwrap_model(model), StudentWithConnectors):
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        wrapper = self.accelerator.unwrap_model(model)
+        wrapper.load_state_dict(self._checkpoint_params(resume_from_checkpoint))
+
+
+def checkpoint_step(checkpoint_dir: str) -> int:
+    """The global step of a ``checkpoint-<step>`` directory (-1 if its name does not tell)."""
+    suffix = os.path.basename(os.path.normpath(checkpoint_dir)).rsplit("-", 1)[-1]
+    return int(suffix) if suffix.isdigit() else -1
+
+
+def save_loss_networks(directory: str, logit_loss: nn.Module | None, feature_loss: nn.Module | None) -> None:
+    """Save the learned loss networks: the logit one in ``directory``, the feature one in ``directory/feature``."""
+    if logit_loss is not None and hasattr(logit_loss, "save_pretrained"):
+        logit_loss.save_pretrained(directory)
+    if feature_loss is not None and hasattr(feature_loss, "save_pretrained"):
+        feature_loss.save_pretrained(os.path.join(directory, FEATURE_LOSS_SUBDIR))
+
+
+def load_loss_networks(
+    source: str, logit_loss: nn.Module | None = None, feature_loss: nn.Module | None = None
+) -> tuple[nn.Module | None, nn.Module | None]:
+    """Load the loss networks saved by :func:`save_loss_networks` from a directory or Hub repo id.
+
+    Networks passed in are kept; a network missing from ``source`` stays ``None``.
+    """
+    if os.path.isdir(source):
+        directory = source
+    else:
+        try:
+            directory = snapshot_download(source)
+        except Exception as error:  # offline, unknown repo, no auth: say what was tried
+            raise OSError(
+                f"Cannot load loss networks from {source!r}: it is not a local directory and downloading it from the "
+                f"Hugging Face Hub failed ({type(error).__name__}: {error})."
+            ) from error
+    if logit_loss is None and os.path.exists(os.path.join(directory, "config.json")):
+        logit_loss = LogitLossNet.from_pretrained(directory)
+    feature_dir = os.path.join(directory, FEATURE_LOSS_SUBDIR)
+    if feature_loss is None and os.path.isdir(feature_dir):
+        feature_loss = FeatureLossNet.from_pretrained(feature_dir)
+    if logit_loss is None and feature_loss is None:
+        raise ValueError(f"No saved loss network in {source!r} (expected config.json and/or {FEATURE_LOSS_SUBDIR}/).")
+    return logit_loss, feature_loss
 
 
 def loss_summary(loss: nn.Module | None) -> dict[str, torch.Tensor]:

@@ -59,7 +59,7 @@ def test_dkd_matches_decoupled_definition(logits):
 
 def test_registry_lists_known_losses_on_unknown_name():
     assert {"ce", "kd", "dist", "dkd", "lkd"} <= set(available_losses())
-    with pytest.raises(ValueError, match=r"Unknown loss 'nope'.*ce, dist, dkd, kd"):
+    with pytest.raises(ValueError, match=r"Unknown loss .nope.*ce, dist, dkd"):
         build_loss("nope", None)
 
 

@@ -5,7 +5,6 @@ import os
 
 import pytest
 import torch
-from safetensors.torch import save_file
 
 from lkd_hf.snapshots import SnapshotPool
 
@@ -62,18 +61,6 @@ def test_gaussian_strategy_draws_varied_distances_around_the_scale():
     mean_lag = sum(lags) / len(lags)
     assert 120 < mean_lag < 200  # E|N(0, 200)| = 160
     assert len(set(lags)) > 5 and max(lags) >= 400
-
-
-def test_pool_seeded_from_trainer_checkpoint(tmp_path):
-    checkpoint = tmp_path / "checkpoint-30"
-    os.makedirs(checkpoint)
-    save_file(params(3.0), str(checkpoint / "model.safetensors"))
-    pool = SnapshotPool(strategy="uniform")
-    pool.add_checkpoint(str(checkpoint))
-    assert [s.step for s in pool.snapshots] == [30]
-    assert torch.equal(pool.snapshots[0].params["b"], torch.full((2,), 3.0))
-    with pytest.raises(FileNotFoundError, match="model.safetensors"):
-        pool.add_checkpoint(str(tmp_path))
 
 
 def test_bad_pool_settings_are_errors():
