@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import difflib
 import math
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from collections.abc import Sequence
+from typing import Union
 
 import torch
 import torch.nn.functional as F
@@ -45,7 +46,7 @@ __all__ = [
 ]
 
 Tap = Union[int, str]
-Shape3 = Tuple[int, int, int]
+Shape3 = tuple[int, int, int]
 
 _MAX_LISTED_MODULES = 20
 
@@ -55,7 +56,7 @@ _MAX_LISTED_MODULES = 20
 # ------------------------------------------------------------------------------------------------------------
 
 
-def _feature_info(model: nn.Module) -> List[dict]:
+def _feature_info(model: nn.Module) -> list[dict]:
     """``model.feature_info`` as a list of dicts (``[]`` when the model has none)."""
     info = getattr(model, "feature_info", None)
     if info is None:
@@ -64,14 +65,14 @@ def _feature_info(model: nn.Module) -> List[dict]:
     return list(info) if isinstance(info, (list, tuple)) else []
 
 
-def _describe_stages(info: List[dict]) -> str:
+def _describe_stages(info: list[dict]) -> str:
     return "\n".join(
         f"  {i}: module {f.get('module')!r}, {f.get('num_chs')} channels, reduction {f.get('reduction')}"
         for i, f in enumerate(info)
     )
 
 
-def _describe_modules(model: nn.Module, info: List[dict]) -> str:
+def _describe_modules(model: nn.Module, info: list[dict]) -> str:
     """The ``feature_info`` stages if the model has them, else its first named modules."""
     if info:
         return "feature_info stages (index: module):\n" + _describe_stages(info)
@@ -86,7 +87,7 @@ def _supports_intermediates(model: nn.Module) -> bool:
     return all(callable(getattr(model, name, None)) for name in ("forward_intermediates", "forward_head"))
 
 
-def resolve_taps(model: nn.Module, taps: Sequence[Tap]) -> List[Tap]:
+def resolve_taps(model: nn.Module, taps: Sequence[Tap]) -> list[Tap]:
     """Validate ``taps`` for ``model`` and normalise int taps to non-negative stage indices.
 
     Args:
@@ -107,8 +108,8 @@ def resolve_taps(model: nn.Module, taps: Sequence[Tap]) -> List[Tap]:
         raise ValueError("taps is empty: give at least one stage index (int) or module name (str)")
     model_name = type(model).__name__
     info = _feature_info(model)
-    module_names: Optional[set] = None
-    resolved: List[Tap] = []
+    module_names: set | None = None
+    resolved: list[Tap] = []
     for tap in taps:
         if isinstance(tap, bool) or not isinstance(tap, (int, str)):
             raise TypeError(f"a tap is a stage index (int) or a module name (str), got {tap!r}")
@@ -145,7 +146,7 @@ def resolve_taps(model: nn.Module, taps: Sequence[Tap]) -> List[Tap]:
 # ------------------------------------------------------------------------------------------------------------
 
 
-def to_nchw(feature: Tensor, num_prefix_tokens: Optional[int] = None) -> Tensor:
+def to_nchw(feature: Tensor, num_prefix_tokens: int | None = None) -> Tensor:
     """A hooked module output as an NCHW map.
 
     * ``(B, C, H, W)`` is returned as is (4-D outputs are assumed NCHW; NHWC stages such as Swin's are
@@ -176,7 +177,7 @@ def to_nchw(feature: Tensor, num_prefix_tokens: Optional[int] = None) -> Tensor:
     )
 
 
-def forward_with_features(model: nn.Module, x: Tensor, taps: Sequence[Tap]) -> Tuple[Tensor, List[Tensor]]:
+def forward_with_features(model: nn.Module, x: Tensor, taps: Sequence[Tap]) -> tuple[Tensor, list[Tensor]]:
     """Logits and the tapped NCHW feature maps (in tap order) of one forward pass of ``model``.
 
     ``taps`` are validated with :func:`resolve_taps` (errors list what is available). Int taps are read with
@@ -189,7 +190,7 @@ def forward_with_features(model: nn.Module, x: Tensor, taps: Sequence[Tap]) -> T
     taps = resolve_taps(model, taps)
     indices = sorted({t for t in taps if isinstance(t, int)})
     names = list(dict.fromkeys(t for t in taps if isinstance(t, str)))
-    hooked: Dict[str, List[object]] = {name: [] for name in names}
+    hooked: dict[str, list[object]] = {name: [] for name in names}
     modules = dict(model.named_modules()) if names else {}
     handles = []
     try:
@@ -197,7 +198,7 @@ def forward_with_features(model: nn.Module, x: Tensor, taps: Sequence[Tap]) -> T
             def hook(module: nn.Module, args: tuple, output: object, _name: str = name) -> None:
                 hooked[_name].append(output)
             handles.append(modules[name].register_forward_hook(hook))
-        by_index: Dict[int, Tensor] = {}
+        by_index: dict[int, Tensor] = {}
         if indices:
             final, intermediates = model.forward_intermediates(x, indices=indices, output_fmt="NCHW")
             by_index = dict(zip(indices, intermediates))
@@ -208,7 +209,7 @@ def forward_with_features(model: nn.Module, x: Tensor, taps: Sequence[Tap]) -> T
         for handle in handles:
             handle.remove()
 
-    by_name: Dict[str, Tensor] = {}
+    by_name: dict[str, Tensor] = {}
     num_prefix_tokens = getattr(model, "num_prefix_tokens", None)
     for name, outputs in hooked.items():
         if len(outputs) != 1:
@@ -224,7 +225,7 @@ def forward_with_features(model: nn.Module, x: Tensor, taps: Sequence[Tap]) -> T
     return logits, [by_index[t] if isinstance(t, int) else by_name[t] for t in taps]
 
 
-def _device_dtype(model: nn.Module) -> Tuple[torch.device, torch.dtype]:
+def _device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
     for tensor in model.parameters():
         return tensor.device, tensor.dtype
     for tensor in model.buffers():
@@ -233,7 +234,7 @@ def _device_dtype(model: nn.Module) -> Tuple[torch.device, torch.dtype]:
     return torch.device("cpu"), torch.get_default_dtype()
 
 
-def feature_shapes(model: nn.Module, taps: Sequence[Tap], input_size: Shape3) -> List[Shape3]:
+def feature_shapes(model: nn.Module, taps: Sequence[Tap], input_size: Shape3) -> list[Shape3]:
     """``(C, H, W)`` of each tap for ``input_size = (C, H, W)`` inputs, from a dry run.
 
     Runs a batch of 2 zeros on the model's device / dtype under ``torch.no_grad()`` with the model in eval
@@ -326,11 +327,11 @@ class StudentWithConnectors(nn.Module):
         student: nn.Module,
         taps: Sequence[Tap],
         connectors: nn.ModuleList,
-        teacher_taps: Optional[Sequence[Tap]] = None,
+        teacher_taps: Sequence[Tap] | None = None,
     ) -> None:
         super().__init__()
         self.student = student
-        self.taps: List[Tap] = resolve_taps(student, taps)
+        self.taps: list[Tap] = resolve_taps(student, taps)
         if len(connectors) != len(self.taps):
             raise ValueError(
                 f"{len(self.taps)} taps but {len(connectors)} connectors; give one connector per tap"
@@ -338,7 +339,7 @@ class StudentWithConnectors(nn.Module):
         if teacher_taps is not None and len(teacher_taps) != len(self.taps):
             raise ValueError(f"{len(self.taps)} student taps but {len(teacher_taps)} teacher taps")
         self.connectors = connectors
-        self.teacher_taps: Optional[List[Tap]] = None if teacher_taps is None else list(teacher_taps)
+        self.teacher_taps: list[Tap] | None = None if teacher_taps is None else list(teacher_taps)
 
     @classmethod
     def build(
@@ -367,7 +368,7 @@ class StudentWithConnectors(nn.Module):
 
     def forward(
         self, pixel_values: Tensor, return_features: bool = False,
-    ) -> Union[Tensor, Tuple[Tensor, List[Tensor]]]:
+    ) -> Tensor | tuple[Tensor, list[Tensor]]:
         """The student's logits, or ``(logits, connected features)`` when ``return_features`` is true."""
         if not return_features:
             return self.student(pixel_values)

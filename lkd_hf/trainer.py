@@ -388,8 +388,11 @@ class LKDTrainer(Trainer):
             lr=self._lookahead_lr(),
             fd_epsilon=self.args.fd_epsilon,
         )
-        with torch.no_grad():
-            val_before = problem.val_loss(forward(params, problem.val_batch), problem.val_batch)
+        if "meta/val_loss_before" not in self._metrics:  # once per logging window: it costs a validation forward
+            with torch.no_grad():
+                self._metrics["meta/val_loss_before"].append(
+                    problem.val_loss(forward(params, problem.val_batch), problem.val_batch)
+                )
         estimator = get_hypergradient(self.args.hypergradient)
         for p in self.loss_params:
             p.requires_grad_(True)
@@ -420,7 +423,6 @@ class LKDTrainer(Trainer):
         grad_norm = torch.nn.utils.clip_grad_norm_(self.loss_params, max_norm)
         self.meta_optimizer.step()
         self.meta_optimizer.zero_grad(set_to_none=True)
-        self._metrics["meta/val_loss_before"].append(val_before)
         self._metrics["meta/val_loss_after"].append(result.val_loss)
         self._metrics["meta/hypergrad_norm"].append(grad_norm.detach())
         self._metrics["meta/skipped"].append(torch.zeros((), device=self.args.device))

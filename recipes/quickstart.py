@@ -1,11 +1,12 @@
 """Offline quickstart: distill a tiny CNN on animal-mnist with CE, KD and the learned LKD loss (CPU, minutes).
 
     python recipes/quickstart.py                       # or: make demo
-    python recipes/quickstart.py --methods ce,kd,dist,dkd,lkd --student_epochs 30
+    python recipes/quickstart.py --methods ce,kd,dist,dkd,kd+fitnet,lkd,lkd+feat --student_epochs 30
 
 1. Trains a 6-conv teacher on the 7000 training images (cached in ``<output_dir>/teacher``; reused next time).
 2. Trains the student (``lkd_convnet_s4``, ~1.7k parameters) on a fixed 2000-image subset with each method, the
    same optimizer, schedule, augmentation and steps. LKD's meta (validation) images come out of those 2000.
+   ``lkd+feat`` adds the learned feature loss on the last stage (``feature_taps=[-1]``).
 3. Prints test top-1 and wall time per method, and saves the learned loss network (``<output_dir>/lkd/lkd_loss``),
    reusable with ``LogitLossNet.from_pretrained``.
 """
@@ -31,7 +32,9 @@ class QuickstartArguments:
     dataset: str = field(default="animal-mnist", metadata={"help": "A bundled dataset, a Hub id or an image folder."})
     teacher_model: str = field(default="lkd_convnet_teacher", metadata={"help": "timm name of the teacher."})
     student_model: str = field(default="lkd_convnet_s4", metadata={"help": "timm name of the student."})
-    methods: str = field(default="ce,kd,lkd", metadata={"help": "Comma-separated registered loss names."})
+    methods: str = field(
+        default="ce,kd,lkd,lkd+feat", metadata={"help": "Comma-separated loss specs (registered names joined by '+')."}
+    )
     teacher_epochs: float = field(default=10.0, metadata={"help": "Teacher training epochs (on all train images)."})
     student_epochs: float = field(default=20.0, metadata={"help": "Student training epochs (on the subset)."})
     train_subset: int = field(default=2000, metadata={"help": "Training images the students see."})
