@@ -1,0 +1,591 @@
+"""Accuracy benchmark: does the learned LKD loss beat hand-made distillation losses? (animal-mnist, CPU)
+
+    HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python benchmarks/accuracy.py            # full table (~55 min, 2 cores)
+    HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python benchmarks/accuracy.py --quick    # smoke check (~2 min)
+    python benchmarks/accuracy.py --resume                      # continue an interrupted full run
+    python benchmarks/accuracy.py --teacher_dir outputs/quickstart/teacher   # reuse the quickstart's teacher
+    python benchmarks/accuracy.py --quick --pairs "teacher->resnet8" --methods ce,kd,lkd+feat
+
+Setting (the same for every method, pair and seed):
+
+* Data: bundled animal-mnist, deduplicated, the fixed seed-0 split 7000 train / 1000 validation / 1716 test of
+  ``build_datasets("animal-mnist", ...)``. Students train on the first ``--train_subset`` (2000) images of the
+  train split; the validation split is only used to select ``kd-tuned``'s hyper-parameters; the test split is
+  never used for training, meta steps or selection. All images are transformed for the *teacher*
+  (1x28x28, its normalisation), because teacher and student see the same batch; every student here is
+  fully convolutional with global pooling, so it runs on that input.
+* Teacher: ``lkd_convnet_teacher`` trained once with CE on the 7000 training images by
+  ``recipes/quickstart.py``'s ``get_teacher`` (10 epochs) and cached in ``--teacher_dir``.
+* Student recipe: ``recipes/quickstart.py``'s ``training_config`` (SGD Nesterov 0.9, lr 0.05, cosine, weight
+  decay 5e-4, batch 64), ``augment="light"``, ``--epochs`` epochs. Test top-1 is the **last epoch's** (no
+  best-epoch selection).
+* LKD's meta (validation) images come out of the same training budget: ``lkd_val_fraction`` (0.1) of the
+  subset is held out (200 of 2000 images) and LKD trains on the rest, for the same number of epochs.
+
+Pairs (``PAIRS``): ``teacher->s4`` (``lkd_convnet_s4``, 1.7k params), ``teacher->s16`` (``lkd_convnet_s16``,
+24k params) and the heterogeneous ``teacher->resnet8`` (CIFAR ResNet-8, ``in_chans=1``: a residual network
+instead of the teacher's plain CNN).
+
+Methods (``METHODS``): ``ce`` (no teacher), ``kd`` (Hinton, T=4, CE 1 + KD 1), ``kd-tuned`` (KD with T in
+{2, 4, 8} x distill_weight in {0.5, 1, 2}, CE 1, picked by validation top-1 of seed 0 per pair, then run on all
+seeds; the seed-0 grid run is reused as the seed-0 result), ``dist`` (DIST, beta = gamma = tau = 1), ``dkd``
+(DKD, alpha 1, beta 8, T 4), ``kd+fitnet`` (KD + FitNet hint on the last stage), ``lkd`` (learned logit loss),
+``lkd+feat`` (learned logit + feature loss, ``feature_taps=[-1]``) and ``lkd-frozen`` (a logit loss learned by
+the ``lkd`` run of another pair, same seed, loaded with ``freeze_loss=True``; the donor pair is ``DONORS[pair]``
+and its ``lkd`` run is done first if it is missing). Baseline hyper-parameters are the papers' defaults
+(``lkd_hf``'s defaults); none was tuned on the test split.
+
+Outputs in ``--output_dir``: ``results.json`` (one record per run; ``--resume`` skips the runs already in it),
+``results.md`` (the tables printed at the end), ``accuracy.png`` (test top-1 per method per pair, mean and std
+over seeds) and ``learned_loss.png`` (a saved learned ``LogitLossNet`` against the KD(T=4) loss it started from).
+
+Cost (measured on 2 idle CPU cores, ``trainer.train()`` wall seconds per epoch of 2000 images, s4 / s16 / resnet8):
+ce 1.3 / 2.3 / 3.9, kd 2.9 / 3.7 / 5.6, dist 4.0 / 3.6 / 5.4, dkd 3.7 / 3.9 / 5.1, kd+fitnet 4.1 / 4.1 / 5.9,
+lkd 4.6 / 5.0 / 7.9, lkd+feat 8.0 / 9.8 / 13.3, lkd-frozen 3.6 / 4.0 / 6.1; each run adds ~1.5 s (set-up, test
+evaluation). The full table is 3 seeds x 8 methods x 3 pairs plus 11 KD runs per pair for ``kd-tuned`` (9 grid
+runs on seed 0, 2 more seeds), about 500 s per epoch in all: the default 6 epochs take ~55 min (training the
+teacher, if it is not cached, adds ~3.5 min). ``--quick`` (1 pair, 5 methods, 1 seed, 2 epochs) takes ~2 min.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root: recipes/
+
+import timm  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from transformers import HfArgumentParser, PrinterCallback  # noqa: E402
+
+from lkd_hf import LKDTrainer, LogitLossNet, build_datasets  # noqa: E402
+from lkd_hf.losses.logit import kd_loss  # noqa: E402
+from lkd_hf.trainer import LOSS_DIRNAME, loss_summary  # noqa: E402
+from recipes.quickstart import QuickstartArguments, get_teacher, training_config  # noqa: E402
+
+DEFAULT_OUTPUT_DIR = "outputs/benchmark_accuracy"
+TEACHER_MODEL = "lkd_convnet_teacher"
+
+
+@dataclass(frozen=True)
+class Pair:
+    student: str
+    student_kwargs: dict = field(default_factory=dict)
+    hypergradient: str = "unrolled"  # "finite_difference" for students without double backward
+
+
+PAIRS: dict[str, Pair] = {
+    "teacher->s4": Pair("lkd_convnet_s4"),
+    "teacher->s16": Pair("lkd_convnet_s16"),
+    "teacher->resnet8": Pair("cifar_resnet8", {"in_chans": 1}),
+}
+DONORS: dict[str, str] = {  # lkd-frozen on <key> uses the loss learned by the lkd run on <value> (same seed)
+    "teacher->s4": "teacher->s16",
+    "teacher->s16": "teacher->s4",
+    "teacher->resnet8": "teacher->s16",
+}
+METHODS: dict[str, dict[str, Any]] = {  # LKDConfig fields of each method (kd-tuned / lkd-frozen: completed at run time)
+    "ce": dict(loss="ce"),
+    "kd": dict(loss="kd", temperature=4.0, distill_weight=1.0),
+    "kd-tuned": dict(loss="kd"),
+    "dist": dict(loss="dist"),
+    "dkd": dict(loss="dkd"),
+    "kd+fitnet": dict(loss="kd+fitnet", temperature=4.0),
+    "lkd": dict(loss="lkd"),
+    "lkd+feat": dict(loss="lkd+feat"),
+    "lkd-frozen": dict(loss="lkd", freeze_loss=True),
+}
+LEARNED = ("lkd", "lkd+feat")  # methods whose loss networks are meta-trained
+KD_GRID_TEMPERATURES = (2.0, 4.0, 8.0)
+KD_GRID_WEIGHTS = (0.5, 1.0, 2.0)
+QUICK = dict(pairs="teacher->s4", methods="ce,kd,kd-tuned,lkd,lkd-frozen", num_seeds=1, epochs=2.0)
+FULL = dict(pairs=",".join(PAIRS), methods=",".join(METHODS), num_seeds=3, epochs=6.0)
+CONFIG_KEYS = ("epochs", "train_subset", "batch_size", "learning_rate", "split_seed", "lkd_meta_interval",
+               "lkd_lookahead_steps", "lkd_snapshot_strategy", "lkd_val_fraction", "teacher_dir")  # --resume: equal
+
+
+@dataclass
+class AccuracyArguments:
+    quick: bool = field(default=False, metadata={"help": f"Smoke check; defaults become {QUICK}."})
+    pairs: str | None = field(
+        default=None, metadata={"help": f"Comma-separated pairs of {list(PAIRS)} (default: all)."}
+    )
+    methods: str | None = field(default=None, metadata={"help": f"Comma-separated of {list(METHODS)} (default: all)."})
+    num_seeds: int | None = field(default=None, metadata={"help": "Seeds 0..N-1 per method (default 3)."})
+    epochs: float | None = field(default=None, metadata={"help": "Student epochs, every method (default 6)."})
+    train_subset: int = field(
+        default=2000, metadata={"help": "Training images of every student (LKD's meta set included)."}
+    )
+    batch_size: int = field(default=64, metadata={"help": "Training batch size."})
+    learning_rate: float = field(default=0.05, metadata={"help": "SGD (Nesterov) learning rate, cosine schedule."})
+    split_seed: int = field(default=0, metadata={"help": "Seed of the train/validation/test split (fixed)."})
+    lkd_meta_interval: int = field(default=5, metadata={"help": "LKD: a meta step every N student steps."})
+    lkd_lookahead_steps: int = field(default=1, metadata={"help": "LKD: virtual steps K of each meta step."})
+    lkd_snapshot_strategy: str = field(default="uniform", metadata={"help": "LKD: student a meta step starts from."})
+    lkd_val_fraction: float = field(
+        default=0.1, metadata={"help": "LKD: fraction of the subset held out for meta steps."}
+    )
+    teacher_dir: str | None = field(
+        default=None,
+        metadata={"help": f"Cached teacher directory, named 'teacher' (default: {DEFAULT_OUTPUT_DIR}/teacher, "
+                  "shared by --quick and full runs; trained there once if missing)."},
+    )
+    teacher_epochs: float = field(default=10.0, metadata={"help": "Teacher epochs if it has to be trained."})
+    output_dir: str | None = field(
+        default=None, metadata={"help": f"Default: {DEFAULT_OUTPUT_DIR} ({DEFAULT_OUTPUT_DIR}/quick with --quick)."}
+    )
+    resume: bool = field(default=False, metadata={"help": "Skip the runs whose record is already in results.json."})
+    threads: int | None = field(default=None, metadata={"help": "torch.set_num_threads (default: torch's)."})
+
+    def __post_init__(self) -> None:
+        defaults = QUICK if self.quick else FULL
+        for name, value in defaults.items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
+        if self.output_dir is None:
+            self.output_dir = os.path.join(DEFAULT_OUTPUT_DIR, "quick") if self.quick else DEFAULT_OUTPUT_DIR
+        if self.teacher_dir is None:
+            self.teacher_dir = os.path.join(DEFAULT_OUTPUT_DIR, "teacher")
+        if os.path.basename(os.path.normpath(self.teacher_dir)) != "teacher":
+            raise ValueError(
+                f"--teacher_dir must be a directory named 'teacher' (get_teacher's layout), got {self.teacher_dir!r}."
+            )
+        for name, known in (("pairs", PAIRS), ("methods", METHODS)):
+            unknown = [x for x in split_list(getattr(self, name)) if x not in known]
+            if unknown:
+                raise ValueError(f"Unknown {name} {unknown}; known: {list(known)}.")
+
+    @property
+    def pair_list(self) -> list[str]:
+        return split_list(self.pairs)
+
+    @property
+    def method_list(self) -> list[str]:
+        return split_list(self.methods)
+
+    @property
+    def seeds(self) -> list[int]:
+        return list(range(self.num_seeds))
+
+
+def split_list(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+# ------------------------------------------------------------------------------------------------------------
+# results file
+# ------------------------------------------------------------------------------------------------------------
+
+
+class Results:
+    """``results.json``: the benchmark's settings, the teacher and one record per run (saved after every run)."""
+
+    def __init__(self, args: AccuracyArguments) -> None:
+        self.path = os.path.join(args.output_dir, "results.json")
+        self.config = {k: getattr(args, k) for k in CONFIG_KEYS}
+        self.data: dict[str, Any] = {"config": self.config, "teacher": None, "runs": []}
+        if os.path.exists(self.path):
+            if not args.resume:
+                print(f"{self.path} exists: starting over (pass --resume to continue it).")
+            else:
+                with open(self.path) as f:
+                    data = json.load(f)
+                if data.get("config") != self.config:
+                    raise ValueError(f"--resume: {self.path} was made with {data.get('config')}, not {self.config}.")
+                self.data = data
+                print(f"Resuming {self.path}: {len(self.data['runs'])} runs done.")
+
+    def get(self, pair: str, method: str, seed: int) -> dict[str, Any] | None:
+        for record in self.data["runs"]:
+            if (record["pair"], record["method"], record["seed"]) == (pair, method, seed):
+                return record
+        return None
+
+    def add(self, record: dict[str, Any]) -> None:
+        self.data["runs"] = [r for r in self.data["runs"] if (r["pair"], r["method"], r["seed"]) != (
+            record["pair"], record["method"], record["seed"])] + [record]
+        self.save()
+
+    def set_teacher(self, teacher: dict[str, Any]) -> None:
+        self.data["teacher"] = teacher
+        self.save()
+
+    def save(self) -> None:
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        tmp = self.path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(self.data, f, indent=1)
+        os.replace(tmp, self.path)
+
+    def records(self, pair: str, method: str) -> list[dict[str, Any]]:
+        return [r for r in self.data["runs"] if r["pair"] == pair and r["method"] == method]
+
+
+# ------------------------------------------------------------------------------------------------------------
+# one run
+# ------------------------------------------------------------------------------------------------------------
+
+
+class Benchmark:
+    """Trains students and records their test top-1 and wall time in :class:`Results`."""
+
+    def __init__(self, args: AccuracyArguments) -> None:
+        self.args = args
+        self.results = Results(args)
+        self.recipe = QuickstartArguments(
+            teacher_model=TEACHER_MODEL,
+            teacher_epochs=args.teacher_epochs,
+            batch_size=args.batch_size,
+            learning_rate=args.learning_rate,
+            output_dir=os.path.dirname(os.path.normpath(args.teacher_dir)),
+            seed=args.split_seed,
+        )
+        self.num_classes = 10
+        self.kd_tuned: dict[str, tuple[float, float]] = {}  # pair -> KD (temperature, distill_weight) picked on val
+        self.teacher, teacher_accuracy = get_teacher(self.recipe, self.num_classes)
+        self.results.set_teacher({"model": TEACHER_MODEL, "test_top1": teacher_accuracy, "dir": args.teacher_dir})
+        # Every pair trains on the same images, transformed for the teacher (teacher and student see one batch).
+        self.data = build_datasets(
+            "animal-mnist", self.teacher, seed=args.split_seed, augment="light", train_subset=args.train_subset
+        )
+
+    def run_dir(self, pair: str, method: str, seed: int) -> str:
+        return os.path.join(self.args.output_dir, "runs", pair.replace("->", "_to_"), method, f"seed{seed}")
+
+    def lkd_fields(self, pair: str) -> dict[str, Any]:
+        a = self.args
+        return dict(meta_interval=a.lkd_meta_interval, lookahead_steps=a.lkd_lookahead_steps,
+                    snapshot_strategy=a.lkd_snapshot_strategy, lkd_val_fraction=a.lkd_val_fraction,
+                    hypergradient=PAIRS[pair].hypergradient)
+
+    def run(self, pair: str, method: str, seed: int, fields: dict[str, Any], *, validate: bool = False,
+            **extra: Any) -> dict[str, Any]:
+        """Train one student of ``pair`` with the LKDConfig ``fields``, record it (and return the record)."""
+        done = self.results.get(pair, method, seed)
+        if done is not None:
+            return done
+        spec = PAIRS[pair]
+        torch.manual_seed(seed)
+        student = timm.create_model(spec.student, num_classes=self.num_classes, **spec.student_kwargs)
+        output_dir = self.run_dir(pair, method, seed)
+        config = training_config(dataclasses.replace(self.recipe, seed=seed), output_dir, self.args.epochs,
+                                 disable_tqdm=True, log_level="warning", **fields)
+        trainer = LKDTrainer(model=student, teacher=None if fields["loss"] == "ce" else self.teacher, args=config,
+                             train_dataset=self.data["train"], eval_dataset=self.data["test"])
+        trainer.remove_callback(PrinterCallback)
+        meta_images = len(trainer.meta_dataset) if trainer.meta_dataset is not None and trainer.loss_params else 0
+        start = time.perf_counter()
+        trainer.train()
+        wall = time.perf_counter() - start
+        record = dict(
+            pair=pair, method=method, seed=seed, student=spec.student,
+            student_params=sum(p.numel() for p in trainer.student.parameters()),
+            loss=fields["loss"], test_top1=trainer.evaluate()["eval_accuracy"], wall_s=wall,
+            steps=trainer.state.global_step, train_images=len(trainer.train_dataset), meta_images=meta_images,
+            **{k: fields[k] for k in ("temperature", "distill_weight") if k in fields}, **extra,
+        )
+        if validate:
+            record["val_top1"] = trainer.evaluate(eval_dataset=self.data["validation"])["eval_accuracy"]
+        record.update({f"lkd/{k}": float(v) for k, v in loss_summary(trainer.distill_loss).items()})
+        record.update({f"lkd/feature_{k}": float(v) for k, v in loss_summary(trainer.feature_loss).items()})
+        if trainer.loss_params:
+            trainer.save_model()  # the learned loss network(s) -> <output_dir>/lkd_loss (for lkd-frozen, plots)
+        self.results.add(record)
+        print(format_record(record))
+        return record
+
+    # --- methods ------------------------------------------------------------------------------------------
+    def run_method(self, pair: str, method: str, seed: int) -> dict[str, Any]:
+        if method == "kd-tuned":
+            return self.run_kd_tuned(pair, seed)
+        if method == "lkd-frozen":
+            return self.run_frozen(pair, seed)
+        fields = dict(METHODS[method])
+        if method in LEARNED:
+            fields.update(self.lkd_fields(pair))
+        return self.run(pair, method, seed, fields)
+
+    def kd_grid(self, pair: str) -> tuple[float, float]:
+        """KD's (temperature, distill_weight) with the best validation top-1 on seed 0 (grid runs recorded)."""
+        if pair in self.kd_tuned:
+            return self.kd_tuned[pair]
+        best = None
+        for t in KD_GRID_TEMPERATURES:
+            for w in KD_GRID_WEIGHTS:
+                fields = dict(loss="kd", temperature=t, distill_weight=w, ce_weight=1.0)
+                record = self.run(pair, grid_name(t, w), 0, fields, validate=True)
+                if best is None or record["val_top1"] > best["val_top1"]:
+                    best = record
+        print(f"[{pair}] kd-tuned: T={best['temperature']:g}, distill_weight={best['distill_weight']:g} "
+              f"(validation top-1 {best['val_top1']:.4f}, seed 0)")
+        self.kd_tuned[pair] = best["temperature"], best["distill_weight"]
+        return self.kd_tuned[pair]
+
+    def run_kd_tuned(self, pair: str, seed: int) -> dict[str, Any]:
+        t, w = self.kd_grid(pair)
+        if seed == 0:  # the grid's seed-0 run is this run: reuse it
+            if self.results.get(pair, "kd-tuned", 0) is None:
+                record = dict(self.results.get(pair, grid_name(t, w), 0), method="kd-tuned", reused=grid_name(t, w))
+                self.results.add(record)
+            return self.results.get(pair, "kd-tuned", 0)
+        return self.run(pair, "kd-tuned", seed, dict(loss="kd", temperature=t, distill_weight=w, ce_weight=1.0))
+
+    def run_frozen(self, pair: str, seed: int) -> dict[str, Any]:
+        """LKD with the loss learned by the ``lkd`` run of ``DONORS[pair]`` (same seed), frozen."""
+        done = self.results.get(pair, "lkd-frozen", seed)
+        if done is not None:
+            return done
+        donor = DONORS[pair]
+        loss_dir = os.path.join(self.run_dir(donor, "lkd", seed), LOSS_DIRNAME)
+        donor_record = self.results.get(donor, "lkd", seed)
+        if donor_record is None or not os.path.exists(os.path.join(loss_dir, "config.json")):
+            if donor_record is not None:  # recorded, but its saved loss is gone: run it again
+                self.results.data["runs"].remove(donor_record)
+            self.run_method(donor, "lkd", seed)
+        return self.run(pair, "lkd-frozen", seed, dict(METHODS["lkd-frozen"], loss_from=loss_dir), loss_from=donor)
+
+
+def grid_name(temperature: float, weight: float) -> str:
+    return f"kd-grid-T{temperature:g}-w{weight:g}"
+
+
+def format_record(r: dict[str, Any]) -> str:
+    knobs = ", ".join(f"{k}={r[k]:.3f}" for k in r if k.startswith("lkd/"))
+    meta = f", {r['meta_images']} of {r['train_images'] + r['meta_images']} images held out for meta steps" \
+        if r["meta_images"] else ""
+    val = f", val top-1 {r['val_top1']:.4f}" if "val_top1" in r else ""
+    return (f"[{r['pair']}] {r['method']:<18} seed {r['seed']}: test top-1 {r['test_top1']:.4f}{val}, "
+            f"{r['wall_s']:.1f} s, {r['steps']} steps{meta}{', ' + knobs if knobs else ''}")
+
+
+# ------------------------------------------------------------------------------------------------------------
+# report
+# ------------------------------------------------------------------------------------------------------------
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def pair_table(results: Results, pair: str, methods: list[str]) -> list[str]:
+    """Markdown rows for one pair: teacher, then each method (mean ± std over seeds, wall time, ratio to kd)."""
+    teacher = results.data["teacher"]
+    kd_wall = [r["wall_s"] for r in results.records(pair, "kd")]
+    kd_mean = statistics.fmean(kd_wall) if kd_wall else None
+    lines = [
+        f"### {pair} ({PAIRS[pair].student})",
+        "",
+        "| method | test top-1 (%) mean ± std | seeds | wall time mean (s) | ratio to kd |",
+        "|---|---|---|---|---|",
+        f"| teacher ({teacher['model']}) | {100 * teacher['test_top1']:.2f} | - | - | - |",
+    ]
+    for method in methods:
+        records = results.records(pair, method)
+        if not records:
+            continue
+        acc_mean, acc_std = mean_std([100 * r["test_top1"] for r in records])
+        wall = statistics.fmean(r["wall_s"] for r in records)
+        ratio = f"{wall / kd_mean:.2f}" if kd_mean else "-"
+        label = method
+        if method == "kd-tuned":
+            label += f" (T={records[0]['temperature']:g}, w={records[0]['distill_weight']:g})"
+        elif method == "lkd-frozen":
+            label += f" (loss of {records[0]['loss_from']})"
+        lines.append(f"| {label} | {acc_mean:.2f} ± {acc_std:.2f} | {len(records)} | {wall:.1f} | {ratio} |")
+    lkd_wall = [r["wall_s"] for r in results.records(pair, "lkd")]
+    if kd_mean and lkd_wall:
+        lines += ["", f"LKD overhead ratio (lkd wall time / kd wall time): {statistics.fmean(lkd_wall) / kd_mean:.2f}"]
+    meta = [r for m in LEARNED for r in results.records(pair, m) if r["meta_images"]]
+    if meta:
+        lines += ["", f"LKD holds out {meta[0]['meta_images']} of {meta[0]['train_images'] + meta[0]['meta_images']} "
+                  f"training images for its meta steps and trains on the other {meta[0]['train_images']}."]
+    grid = [r for t in KD_GRID_TEMPERATURES for w in KD_GRID_WEIGHTS for r in results.records(pair, grid_name(t, w))]
+    if grid:
+        lines += ["", "kd-tuned grid, validation top-1 (%) of seed 0: " + ", ".join(
+            f"T={r['temperature']:g}/w={r['distill_weight']:g} {100 * r['val_top1']:.2f}" for r in grid)]
+    return lines + [""] + gap_lines(results, pair) + [""]
+
+
+def gap_lines(results: Results, pair: str) -> list[str]:
+    """LKD (and variants) minus tuned KD, and whether the gap exceeds one std of the difference."""
+    tuned = [100 * r["test_top1"] for r in results.records(pair, "kd-tuned")]
+    if not tuned:
+        return []
+    tuned_mean, tuned_std = mean_std(tuned)
+    lines = []
+    for method in ("lkd", "lkd+feat", "lkd-frozen"):
+        values = [100 * r["test_top1"] for r in results.records(pair, method)]
+        if not values:
+            continue
+        mean, std = mean_std(values)
+        gap, gap_std = mean - tuned_mean, math.hypot(std, tuned_std)
+        if min(len(values), len(tuned)) < 2:
+            verdict = "std n/a with 1 seed"
+        else:
+            verdict = f"{'exceeds' if abs(gap) > gap_std else 'within'} 1 std of the difference, {gap_std:.2f}"
+        lines.append(f"- {method} − kd-tuned: {gap:+.2f} points ({verdict})")
+    return lines
+
+
+def report(results: Results, args: AccuracyArguments) -> str:
+    methods = args.method_list
+    header = [
+        f"## Accuracy benchmark: animal-mnist, {args.train_subset} training images, {args.epochs:g} epochs, "
+        f"seeds {args.seeds}, last-epoch test top-1 on 1716 test images",
+        "",
+    ]
+    lines = header + [line for pair in args.pair_list for line in pair_table(results, pair, methods)]
+    walls: dict[str, list[float]] = {}
+    for r in results.data["runs"]:
+        if r["pair"] in args.pair_list and "reused" not in r:
+            method = "kd-grid" if r["method"].startswith("kd-grid") else r["method"]
+            walls.setdefault(method, []).append(r["wall_s"])
+    lines += ["Seconds per run by method (all pairs): " + ", ".join(
+        f"{m} {statistics.fmean(v):.1f} (n={len(v)})" for m, v in walls.items())]
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# plots
+# ------------------------------------------------------------------------------------------------------------
+
+
+def plot_accuracy(results: Results, args: AccuracyArguments, path: str) -> None:
+    """One panel per pair: test top-1 mean ± std over seeds per method; the teacher as a dashed line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pairs = args.pair_list
+    fig, axes = plt.subplots(1, len(pairs), figsize=(4.5 * len(pairs), 4), squeeze=False)
+    teacher = 100 * results.data["teacher"]["test_top1"]
+    for ax, pair in zip(axes[0], pairs):
+        methods = [m for m in args.method_list if results.records(pair, m)]
+        stats = [mean_std([100 * r["test_top1"] for r in results.records(pair, m)]) for m in methods]
+        ax.bar(range(len(methods)), [m for m, _ in stats], yerr=[s for _, s in stats], capsize=3,
+               color=["tab:orange" if m.startswith("lkd") else "tab:blue" for m in methods])
+        ax.axhline(teacher, color="k", linestyle="--", linewidth=1)
+        for x, (mean, std) in enumerate(stats):
+            ax.text(x, mean + std + 0.3, f"{mean:.1f}", ha="center", va="bottom", fontsize=7)
+        low = min((m - s for m, s in stats), default=teacher)
+        ax.set_ylim(max(0.0, low - 5), min(100.0, teacher + 2))
+        ax.set_xticks(range(len(methods)), methods, rotation=45, ha="right")
+        ax.set_title(f"{pair} ({PAIRS[pair].student}); teacher {teacher:.1f}% (dashed)", fontsize=9)
+        ax.set_ylabel("test top-1 (%)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+@torch.no_grad()
+def fixed_teacher_logits(teacher: torch.nn.Module, test) -> tuple[torch.Tensor, int]:
+    """Teacher logits of one real test image: the correctly classified one of median teacher confidence."""
+    teacher.eval()
+    examples = test[: len(test)]
+    batch, labels = torch.stack(examples["pixel_values"]), torch.tensor(examples["labels"])
+    logits = torch.cat([teacher(chunk) for chunk in batch.split(256)])
+    confidence, predicted = logits.softmax(-1).max(-1)
+    correct = (predicted == labels).nonzero().squeeze(1)
+    order = correct[confidence[correct].argsort()]
+    index = int(order[len(order) // 2])
+    return logits[index], int(labels[index])
+
+
+@torch.no_grad()
+def plot_learned_loss(loss_dir: str, teacher_logits: torch.Tensor, label: int, title: str, path: str) -> None:
+    """The learned LogitLossNet vs KD(T=4) for a fixed teacher distribution: (a) against the student's logit
+    margin on the label, (b) against the teacher-student KL at T=4 (student logits = s * teacher logits)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    net = LogitLossNet.from_pretrained(loss_dir).eval()
+    z_t = teacher_logits.float()[None]
+    y = torch.tensor([label])
+
+    def losses(z_s: torch.Tensor) -> tuple[float, float]:
+        return float(net(z_s[None], z_t, y)), float(kd_loss(z_s[None], z_t, 4.0))
+
+    fig, (ax_a, ax_b) = plt.subplots(1, 2, figsize=(10, 4))
+    margins = torch.linspace(-5, 15, 81)
+    curves = [losses(m * F.one_hot(y[0], z_t.shape[-1]).float()) for m in margins]
+    learned = f"learned (T={float(net.temperature):.2f}, w={float(net.weight):.2f})"
+    ax_a.plot(margins, [c[0] for c in curves], label=learned)
+    ax_a.plot(margins, [c[1] for c in curves], "--", label="KD, T=4 (its initialisation)")
+    ax_a.set_xlabel("student logit margin on the label (others 0)")
+    ax_a.set_ylabel("distillation loss")
+    ax_a.set_title("(a) loss vs the student's margin")
+    ax_a.legend(fontsize=8)
+    for scales, style, name in ((torch.linspace(0, 1, 41), "-", "softer"), (torch.linspace(1, 3, 41), ":", "sharper")):
+        points = [(float(kd_loss(s * z_t, z_t, 4.0)) / 16.0, *losses(s * z_t[0])) for s in scales]
+        ax_b.plot([p[0] for p in points], [p[1] for p in points], style, color="tab:blue",
+                  label=f"learned, student {name} than the teacher")
+        ax_b.plot([p[0] for p in points], [p[2] for p in points], style, color="tab:orange",
+                  label=f"KD T=4, student {name}")
+    ax_b.set_xlabel("KL(teacher || student) at T=4 (student logits = s x teacher logits)")
+    ax_b.set_title("(b) loss vs teacher-student KL")
+    ax_b.legend(fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# main
+# ------------------------------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    (args,) = HfArgumentParser(AccuracyArguments).parse_args_into_dataclasses()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    bench = Benchmark(args)
+    methods, pairs = args.method_list, args.pair_list
+    print(f"Pairs {pairs}, methods {methods}, seeds {args.seeds}, {args.epochs:g} epochs on "
+          f"{len(bench.data['train'])} images; output in {args.output_dir}")
+    if "kd-tuned" in methods:
+        for pair in pairs:
+            bench.kd_grid(pair)
+    for seed in args.seeds:
+        for pair in pairs:
+            for method in methods:
+                if method != "lkd-frozen":
+                    bench.run_method(pair, method, seed)
+        if "lkd-frozen" in methods:  # after every pair's lkd run of this seed: the donors are there
+            for pair in pairs:
+                bench.run_method(pair, "lkd-frozen", seed)
+
+    text = report(bench.results, args)
+    print("\n" + text)
+    with open(os.path.join(args.output_dir, "results.md"), "w") as f:
+        f.write(text + "\n")
+    plot_accuracy(bench.results, args, os.path.join(args.output_dir, "accuracy.png"))
+    learned = [r for r in bench.results.data["runs"] if r["method"] == "lkd" and r["pair"] in pairs]
+    if learned:
+        r = min(learned, key=lambda r: (pairs.index(r["pair"]), r["seed"]))
+        z_t, label = fixed_teacher_logits(bench.teacher, bench.data["test"])
+        title = (f"learned LogitLossNet of lkd on {r['pair']}, seed {r['seed']}; fixed teacher distribution: "
+                 f"a test image of class {label}")
+        plot_learned_loss(os.path.join(bench.run_dir(r["pair"], "lkd", r["seed"]), LOSS_DIRNAME), z_t, label, title,
+                          os.path.join(args.output_dir, "learned_loss.png"))
+    print(f"\nSaved {args.output_dir}/results.json, results.md, accuracy.png"
+          f"{', learned_loss.png' if learned else ''}; total {time.perf_counter() - started:.0f} s.")
+
+
+if __name__ == "__main__":
+    main()
