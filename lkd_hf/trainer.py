@@ -443,7 +443,8 @@ class LKDTrainer(Trainer):
         Each of the ``num_steps`` meta steps draws a snapshot uniformly, takes ``K`` fresh training batches (with
         their teacher outputs) for the virtual steps and a validation batch, and updates the loss network. Logs
         every ``logging_steps`` meta steps to ``report_to`` (with ``global_step`` counting meta steps) and returns
-        the last logged statistics. Save the result with ``trainer.distill_loss.save_pretrained(dir)``.
+        the last logged statistics. Save the result with
+        ``save_loss_networks(dir, trainer.distill_loss, trainer.feature_loss)`` (reload it with ``loss_from=dir``).
         """
         if not self.loss_params:
             raise ValueError("learn_loss needs a learnable loss (e.g. loss='lkd') that is not frozen.")
@@ -461,7 +462,7 @@ class LKDTrainer(Trainer):
             self.meta_step(model, snapshot)
             if (step + 1) % self.args.logging_steps == 0 or step + 1 == num_steps:
                 self.state.global_step = step + 1
-                logs = {name: torch.stack([v.float() for v in values]).mean().item() for name, values in self._metrics.items()}
+                logs = {name: torch.stack([v.float() for v in vals]).mean().item() for name, vals in self._metrics.items()}
                 logs.update(self._loss_knobs())
                 self._metrics.clear()
                 super().log(dict(logs))

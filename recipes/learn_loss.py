@@ -28,7 +28,7 @@ from transformers import HfArgumentParser
 
 from lkd_hf import LKDConfig, LKDTrainer, build_datasets
 from lkd_hf.data import dataset_num_classes
-from lkd_hf.trainer import LOSS_DIRNAME
+from lkd_hf.trainer import LOSS_DIRNAME, save_loss_networks
 
 
 @dataclass
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> str:
     print(f"Learning the loss from {len(trainer.snapshot_pool)} student snapshots, {run.meta_steps} meta steps ...")
     logs = trainer.learn_loss(run.meta_steps)
     out = os.path.join(args.output_dir, LOSS_DIRNAME)
-    trainer.distill_loss.save_pretrained(out)
+    save_loss_networks(out, trainer.distill_loss, trainer.feature_loss)
     print(f"Last statistics: {logs}")
     print(f"Saved the learned loss to {out}; reuse it with LKDConfig(loss_from={out!r}, freeze_loss=True).")
     return out
