@@ -71,7 +71,7 @@ from transformers import HfArgumentParser, PrinterCallback  # noqa: E402
 
 from lkd_hf import LKDTrainer, LogitLossNet, build_datasets  # noqa: E402
 from lkd_hf.losses.logit import kd_loss  # noqa: E402
-from lkd_hf.trainer import LOSS_DIRNAME, loss_summary  # noqa: E402
+from lkd_hf.trainer import LOSS_DIRNAME  # noqa: E402
 from recipes.quickstart import QuickstartArguments, get_teacher, training_config  # noqa: E402
 
 DEFAULT_OUTPUT_DIR = "outputs/benchmark_accuracy"
@@ -297,8 +297,7 @@ class Benchmark:
         )
         if validate:
             record["val_top1"] = trainer.evaluate(eval_dataset=self.data["validation"])["eval_accuracy"]
-        record.update({f"lkd/{k}": float(v) for k, v in loss_summary(trainer.distill_loss).items()})
-        record.update({f"lkd/feature_{k}": float(v) for k, v in loss_summary(trainer.feature_loss).items()})
+        record.update(trainer.loss_knobs())
         if trainer.loss_params:
             trainer.save_model()  # the learned loss network(s) -> <output_dir>/lkd_loss (for lkd-frozen, plots)
         self.results.add(record)

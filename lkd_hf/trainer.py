@@ -19,20 +19,19 @@ from typing import Any, Iterator
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch import nn
-from torch.func import functional_call
 from huggingface_hub import snapshot_download
 from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.func import functional_call
 from torch.utils.data import DataLoader, Dataset, random_split
-from transformers import Trainer
-from transformers.utils import SAFE_WEIGHTS_NAME
 from tqdm.auto import tqdm
-from transformers.utils import logging
+from transformers import Trainer
+from transformers.utils import SAFE_WEIGHTS_NAME, logging
 
 from .config import LKDConfig
 from .data import ImageCollator, resolve_data_config
-from .hypergradients import MetaProblem, get_hypergradient
 from .features import StudentWithConnectors, forward_with_features
+from .hypergradients import MetaProblem, get_hypergradient
 from .loss_networks import FeatureLossNet, LogitLossNet
 from .losses import build_loss
 from .losses.registry import parse_loss_spec
@@ -269,7 +268,7 @@ class LKDTrainer(Trainer):
         """Training: the distillation objective. Evaluation: the student's cross-entropy."""
         labels = inputs["labels"]
         if model.training:
-            if "teacher_logits" not in inputs:
+            if self.teacher is not None and "teacher_logits" not in inputs:
                 inputs = self._with_teacher_outputs(dict(inputs))
             features = None
             if self.feature_loss is not None:
@@ -462,14 +461,12 @@ class LKDTrainer(Trainer):
             self.meta_step(model, snapshot)
             if (step + 1) % self.args.logging_steps == 0 or step + 1 == num_steps:
                 self.state.global_step = step + 1
-                logs = {name: torch.stack([v.float() for v in vals]).mean().item() for name, vals in self._metrics.items()}
-                logs.update(self._loss_knobs())
-                self._metrics.clear()
+                logs = {**self._pop_metrics(), **self.loss_knobs()}
                 super().log(dict(logs))
                 progress.set_postfix({k: round(v, 4) for k, v in logs.items() if k.startswith(("meta/val", "lkd/"))})
         return logs
 
-    def _loss_knobs(self) -> dict[str, float]:
+    def loss_knobs(self) -> dict[str, float]:
         """The learned losses' global knobs for logging: ``lkd/temperature``, ``lkd/weight``, ``lkd/feature_weight``."""
         knobs = {f"lkd/{k}": float(v) for k, v in loss_summary(self.distill_loss).items()}
         knobs.update({f"lkd/feature_{k}": float(v) for k, v in loss_summary(self.feature_loss).items()})
@@ -494,16 +491,20 @@ class LKDTrainer(Trainer):
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Add the averaged loss components and meta statistics to the Trainer's training logs."""
         if "loss" in logs and self._metrics:
-            for name, values in self._metrics.items():
-                logs[name] = torch.stack([v.float() for v in values]).mean().item()
-            self._metrics.clear()
+            logs.update(self._pop_metrics())
             if self.loss_params:
                 logs["meta/time_share"] = self._meta_seconds / max(self._step_seconds, 1e-9)
                 logs["meta/pool_mb"] = self.snapshot_pool.nbytes / 2**20
                 if self.snapshot_pool.storage_dir is not None:
                     logs["meta/pool_disk_mb"] = self.snapshot_pool.disk_bytes / 2**20
-                logs.update(self._loss_knobs())
+                logs.update(self.loss_knobs())
         super().log(logs, start_time)
+
+    def _pop_metrics(self) -> dict[str, float]:
+        """The loss components and meta statistics gathered since the last log, averaged; then reset."""
+        averaged = {name: torch.stack([v.float() for v in vals]).mean().item() for name, vals in self._metrics.items()}
+        self._metrics.clear()
+        return averaged
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         """Save the plain student (loadable by ``timm.create_model`` + ``load_state_dict``) as ``model.safetensors``,

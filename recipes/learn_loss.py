@@ -28,7 +28,7 @@ from transformers import HfArgumentParser
 
 from lkd_hf import LKDConfig, LKDTrainer, build_datasets
 from lkd_hf.data import dataset_num_classes
-from lkd_hf.trainer import LOSS_DIRNAME, save_loss_networks
+from lkd_hf.trainer import LOSS_DIRNAME, checkpoint_step, save_loss_networks
 
 
 @dataclass
@@ -52,7 +52,7 @@ def expand_checkpoints(paths: list[str]) -> list[str]:
     found = []
     for path in paths:
         nested = glob.glob(os.path.join(path, "checkpoint-*"))
-        found.extend(sorted(nested, key=lambda p: int(p.rsplit("-", 1)[-1])) if nested else [path])
+        found.extend(sorted(nested, key=checkpoint_step) if nested else [path])
     if not found:
         raise ValueError("No student checkpoints given.")
     return found
