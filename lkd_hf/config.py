@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from transformers import TrainingArguments
 
 from .hypergradients import available_hypergradients
+from .loss_networks import LOGIT_LOSS_BASES
 from .snapshots import SNAPSHOT_STRATEGIES
 
 
@@ -41,6 +42,11 @@ class LKDConfig(TrainingArguments):
     dkd_alpha: float = field(default=1.0, metadata={"help": "DKD: weight of target-class KD (TCKD)."})
     dkd_beta: float = field(default=8.0, metadata={"help": "DKD: weight of non-target-class KD (NCKD)."})
     loss_hidden_dim: int = field(default=32, metadata={"help": "Width of the learned loss network's MLP."})
+    lkd_init: str = field(
+        default="kd",
+        metadata={"help": "Hand-made loss the learned logit loss reproduces at initialisation: 'kd' (Hinton KD at "
+                  "`temperature`) or 'dist' (DIST with dist_beta, dist_gamma at dist_temperature)."},
+    )
     feature_weight: float = field(default=1.0, metadata={"help": "Weight of the feature distillation term."})
     feature_taps: list[str] = field(
         default_factory=lambda: ["-1"],
@@ -137,6 +143,8 @@ class LKDConfig(TrainingArguments):
         super().__post_init__()
         if not 0.0 < self.lkd_val_fraction < 1.0:
             raise ValueError(f"lkd_val_fraction must be in (0, 1), got {self.lkd_val_fraction}")
+        if self.lkd_init not in LOGIT_LOSS_BASES:
+            raise ValueError(f"lkd_init must be one of {LOGIT_LOSS_BASES}, got {self.lkd_init!r}")
         if self.meta_interval < 1:
             raise ValueError(f"meta_interval must be >= 1, got {self.meta_interval}")
         if self.lookahead_steps < 1:

@@ -15,6 +15,13 @@
   last layers are zero-initialised, ``L`` equals Hinton KD(T=4) exactly at initialisation;
 * ``log_weight`` (weight of the distillation term) and ``log_temperature`` are the well-conditioned global
   knobs: the outer loop can turn distillation down/off and retune the temperature.
+* ``base="dist"`` starts from DIST instead (Pearson relations of the predictions at temperature ``T``):
+
+  ``L = exp(log_weight) * T^2 * (beta * mean_i s_i (1 - rho_i) + gamma * mean_c u_c (1 - rho_c))``
+
+  with the inter-class correlations ``rho_i`` (per sample), the intra-class ones ``rho_c`` (per class, over the
+  batch), the same learned per-sample weight ``s_i`` and a learned per-class weight ``u_c = 1 + mean_i m_ic`` in
+  (0, 2). Bounded in ``[0, 4 (beta + gamma) T^2 exp(log_weight)]``, exactly DIST at initialisation.
 
 ``FeatureLossNet`` is the feature-side loss network (one network for every feature tap and model pair):
 
@@ -41,13 +48,14 @@ from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .losses.logit import kd_loss
+from .losses.logit import DISTLoss, kd_loss, pearson_rows
 from .losses.registry import register_loss
 
 _NUM_INPUTS = 6
 _MIN_TEMPERATURE, _MAX_TEMPERATURE = 0.5, 20.0
 _MIN_LOG_WEIGHT, _MAX_LOG_WEIGHT = -10.0, 3.0
 _LOG_RATIO_CLIP = 10.0
+LOGIT_LOSS_BASES = ("kd", "dist")
 
 
 class LogitLossNet(
@@ -64,6 +72,8 @@ class LogitLossNet(
         hidden_dim: width of the per-class MLP.
         learn_temperature: whether the outer loop may change ``T``.
         learn_weight: whether the outer loop may change the global weight of the distillation term.
+        base: the hand-made loss reproduced exactly at initialisation: ``"kd"`` (Hinton KD) or ``"dist"`` (DIST).
+        dist_beta / dist_gamma: DIST's inter- and intra-class weights (``base="dist"`` only).
     """
 
     def __init__(
@@ -72,10 +82,16 @@ class LogitLossNet(
         hidden_dim: int = 32,
         learn_temperature: bool = True,
         learn_weight: bool = True,
+        base: str = "kd",
+        dist_beta: float = 1.0,
+        dist_gamma: float = 1.0,
     ) -> None:
         super().__init__()
         if not _MIN_TEMPERATURE <= temperature <= _MAX_TEMPERATURE:
             raise ValueError(f"temperature must be in [{_MIN_TEMPERATURE}, {_MAX_TEMPERATURE}], got {temperature}")
+        if base not in LOGIT_LOSS_BASES:
+            raise ValueError(f"base must be one of {LOGIT_LOSS_BASES}, got {base!r}")
+        self.base, self.dist_beta, self.dist_gamma = base, dist_beta, dist_gamma
         self.log_temperature = nn.Parameter(torch.tensor(math.log(temperature)), requires_grad=learn_temperature)
         self.log_weight = nn.Parameter(torch.zeros(()), requires_grad=learn_weight)
         self.mlp = nn.Sequential(
@@ -122,20 +138,32 @@ class LogitLossNet(
         hidden = self.mlp(features)  # (batch, classes, hidden)
         modulation = torch.tanh(self.class_head(hidden).squeeze(-1))
         sample_weight = 1 + torch.tanh(self.sample_head(hidden.mean(dim=1)).squeeze(-1))
-        per_sample = sample_weight * t**2 * (kl + (divergence * modulation).sum(-1))
+        if self.base == "dist":
+            class_weight = 1 + modulation.mean(dim=0)
+            inter = (sample_weight * (1 - pearson_rows(p_s, p_t))).mean()
+            intra = (class_weight * (1 - pearson_rows(p_s.t(), p_t.t()))).mean()
+            return self.weight * t**2 * (self.dist_beta * inter + self.dist_gamma * intra)
+        per_sample = sample_weight * t**2 * (kl + (divergence * modulation).sum(-1)).clamp_min(0)  # >= 0 up to rounding
         return self.weight * per_sample.mean()
 
-    def kd_reference(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
-        """Hinton KD at this network's current temperature (what the network computed at initialisation)."""
-        dtype = self.log_temperature.dtype
-        return kd_loss(student_logits.to(dtype), teacher_logits.to(dtype), float(self.temperature))
+    def reference(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+        """The hand-made loss (``base``) at this network's current temperature: what it computed at initialisation."""
+        dtype, t = self.log_temperature.dtype, float(self.temperature.detach())
+        student_logits, teacher_logits = student_logits.to(dtype), teacher_logits.to(dtype)
+        if self.base == "dist":
+            labels = torch.zeros(len(student_logits), dtype=torch.long, device=student_logits.device)
+            return DISTLoss(self.dist_beta, self.dist_gamma, t)(student_logits, teacher_logits, labels)
+        return kd_loss(student_logits, teacher_logits, t)
 
     def extra_repr(self) -> str:
-        return f"temperature={float(self.temperature):.3f}, weight={float(self.weight):.3f}"
+        return f"base={self.base}, temperature={float(self.temperature):.3f}, weight={float(self.weight):.3f}"
 
 
 @register_loss("lkd")
 def _build_lkd(config) -> LogitLossNet:
+    if getattr(config, "lkd_init", "kd") == "dist":
+        return LogitLossNet(temperature=config.dist_temperature, hidden_dim=config.loss_hidden_dim, base="dist",
+                            dist_beta=config.dist_beta, dist_gamma=config.dist_gamma)
     return LogitLossNet(temperature=config.temperature, hidden_dim=config.loss_hidden_dim)
 
 

@@ -6,18 +6,30 @@ previously-trained students"). The pool keeps at most ``max_size`` snapshots spr
 is full, every second snapshot is dropped and the recording interval doubles. Snapshots live in CPU memory by
 default, or as safetensors files in a directory (``storage_dir``) for models too large to keep ``max_size`` copies in
 memory.
+
+A pool can be written into a Trainer checkpoint and read back on resume (:meth:`SnapshotPool.save_state`,
+:meth:`SnapshotPool.load_state`): the snapshots' weights are always copied into the checkpoint (a disk-backed
+pool's files may be thinned away after the checkpoint was written), with the recording interval and the sampling RNG.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import random
+import shutil
 from dataclasses import dataclass
 
 import torch
 from safetensors.torch import load_file, save_file
 
 SNAPSHOT_STRATEGIES = ("current", "uniform", "gaussian", "fixed")
+POOL_STATE_NAME = "pool.json"
+
+
+def snapshot_filename(step: int) -> str:
+    """File name of the snapshot of ``step`` (in a disk-backed pool and in a saved pool state)."""
+    return f"snapshot-{step}.safetensors"
 
 
 @dataclass
@@ -97,7 +109,7 @@ class SnapshotPool:
         if self.storage_dir is None:
             snapshot = Snapshot(step, tensors={n: p.detach().to(self.device, copy=True) for n, p in params.items()})
         else:
-            path = os.path.join(self.storage_dir, f"snapshot-{step}.safetensors")
+            path = os.path.join(self.storage_dir, snapshot_filename(step))
             save_file({n: p.detach().cpu().contiguous() for n, p in params.items()}, path)
             snapshot = Snapshot(step, path=path)
         self.snapshots.append(snapshot)
@@ -126,3 +138,56 @@ class SnapshotPool:
         target = current_step - back
         best = min(self.snapshots, key=lambda s: abs(s.step - target))
         return None if abs(current_step - target) < abs(best.step - target) else best
+
+    # ----------------------------------------------------------------------------------------------------------
+    # checkpointing
+    def save_state(self, directory: str) -> None:
+        """Write the pool to ``directory``: each snapshot as ``snapshot-<step>.safetensors`` (a disk-backed pool's
+        files are copied) and ``pool.json`` with the snapshot steps, the current recording interval and the state of
+        the sampling RNG. :meth:`load_state` restores it."""
+        os.makedirs(directory, exist_ok=True)
+        for snapshot in self.snapshots:
+            target = os.path.join(directory, snapshot_filename(snapshot.step))
+            if snapshot.path is not None:
+                shutil.copyfile(snapshot.path, target)
+            else:
+                save_file({n: t.detach().cpu().contiguous() for n, t in snapshot.tensors.items()}, target)
+        version, internal, gauss_next = self._rng.getstate()
+        state = {
+            "steps": [s.step for s in self.snapshots],
+            "interval": self.interval,
+            "max_size": self.max_size,
+            "strategy": self.strategy,
+            "rng_state": [version, list(internal), gauss_next],
+        }
+        with open(os.path.join(directory, POOL_STATE_NAME), "w") as f:
+            json.dump(state, f)
+
+    def load_state(self, directory: str) -> None:
+        """Replace the snapshots, the recording interval and the sampling RNG state by those :meth:`save_state`
+        wrote to ``directory``. The pool keeps its own ``max_size``, ``strategy``, ``distance``, device and storage:
+        a disk-backed pool copies the snapshot files into its ``storage_dir`` (and deletes the files of the snapshots
+        it drops), an in-memory pool reads them into memory."""
+        with open(os.path.join(directory, POOL_STATE_NAME)) as f:
+            state = json.load(f)
+        restored = []
+        for step in state["steps"]:
+            source = os.path.join(directory, snapshot_filename(step))
+            if self.storage_dir is None:
+                tensors = {n: t.to(self.device) for n, t in load_file(source).items()}
+                restored.append(Snapshot(step, tensors=tensors))
+                continue
+            path = os.path.join(self.storage_dir, snapshot_filename(step))
+            if os.path.abspath(source) != os.path.abspath(path):
+                partial = f"{path}.{os.getpid()}.partial"
+                shutil.copyfile(source, partial)
+                os.replace(partial, path)  # never a half-written snapshot file under its final name
+            restored.append(Snapshot(step, path=path))
+        kept = {s.path for s in restored}
+        for dropped in self.snapshots:
+            if dropped.path is not None and dropped.path not in kept and os.path.exists(dropped.path):
+                os.remove(dropped.path)
+        self.snapshots = restored
+        self.interval = int(state["interval"])
+        version, internal, gauss_next = state["rng_state"]
+        self._rng.setstate((version, tuple(internal), gauss_next))

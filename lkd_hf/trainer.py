@@ -9,7 +9,9 @@ updates them along the hypergradient of the student's validation cross-entropy a
 from __future__ import annotations
 
 import collections
+import contextlib
 import itertools
+import math
 import os
 import random
 import time
@@ -23,7 +25,7 @@ from huggingface_hub import snapshot_download
 from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.func import functional_call
-from torch.utils.data import DataLoader, Dataset, random_split
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset, random_split
 from tqdm.auto import tqdm
 from transformers import Trainer
 from transformers.utils import SAFE_WEIGHTS_NAME, logging
@@ -43,6 +45,10 @@ logger = logging.get_logger(__name__)
 LOSS_DIRNAME = "lkd_loss"
 FEATURE_LOSS_SUBDIR = "feature"
 CONNECTORS_NAME = "connectors.safetensors"
+LKD_STATE_DIRNAME = "lkd_state"  # in a checkpoint: what a resumed LKD run needs beyond the Trainer's own state
+LKD_STATE_NAME = "state.pt"
+LKD_SNAPSHOTS_SUBDIR = "snapshots"
+LKD_STATE_FORMAT_VERSION = 1
 
 
 def model_num_classes(model: nn.Module) -> int | None:
@@ -52,6 +58,27 @@ def model_num_classes(model: nn.Module) -> int | None:
         return num_classes
     head = model.get_classifier() if hasattr(model, "get_classifier") else None
     return getattr(head, "out_features", None)
+
+
+@contextlib.contextmanager
+def full_precision(module: nn.Module, device_type: str) -> Iterator[None]:
+    """Run ``module``'s forward in fp32 under mixed precision: bypass the autocast wrapper that Accelerate puts on a
+    prepared model's ``forward`` (``bf16=True`` / ``fp16=True``) and any enclosing autocast region.
+
+    The meta step runs in fp32: its hypergradients are differences or dot products of nearly cancelling gradients,
+    which bf16/fp16 forwards distort (on a tiny ResNet a bf16 one-step hypergradient came out 6x too small), and fp16
+    ones would also need loss scaling. The student step keeps the Trainer's autocast.
+    """
+    wrapped, original = module.__dict__.get("forward"), module.__dict__.get("_original_forward")
+    swap = wrapped is not None and original is not None
+    if swap:
+        module.forward = original
+    try:
+        with torch.autocast(device_type, enabled=False):
+            yield
+    finally:
+        if swap:
+            module.forward = wrapped
 
 
 class LKDTrainer(Trainer):
@@ -112,7 +139,8 @@ class LKDTrainer(Trainer):
             )
         self.loss_params = [p for m in loss_modules for p in m.parameters() if p.requires_grad]
 
-        if self.loss_params and train_dataset is not None and meta_dataset is None:
+        heldout = args.meta_val_source == "heldout"  # "train_batch" validates on the training batch: no split
+        if self.loss_params and heldout and train_dataset is not None and meta_dataset is None:
             train_dataset, meta_dataset = split_meta_dataset(train_dataset, args.lkd_val_fraction, args.seed)
         if data_collator is None:
             data_collator = ImageCollator(num_classes=num_classes)
@@ -142,6 +170,7 @@ class LKDTrainer(Trainer):
         self._meta_seconds = 0.0
         self._step_seconds = 0.0
         self._meta_iterator: Iterator[dict[str, Any]] | None = None
+        self._meta_batches_drawn = 0  # position of the meta-batch stream (restored on resume)
         self.meta_optimizer: torch.optim.Optimizer | None = None
         if self.loss_params:
             self._broadcast_loss_params()
@@ -152,7 +181,12 @@ class LKDTrainer(Trainer):
                 strategy=args.snapshot_strategy,
                 distance=args.snapshot_distance,
                 seed=args.seed,
-                storage_dir=args.snapshot_storage_dir,
+                # one directory per rank: ranks must not write (and thin away) the same snapshot files
+                storage_dir=(
+                    os.path.join(args.snapshot_storage_dir, f"rank-{args.process_index}")
+                    if args.snapshot_storage_dir is not None and args.world_size > 1
+                    else args.snapshot_storage_dir
+                ),
             )
             for checkpoint in args.snapshot_checkpoints:
                 self.snapshot_pool.add(checkpoint_step(checkpoint), self._checkpoint_params(checkpoint))
@@ -329,22 +363,35 @@ class LKDTrainer(Trainer):
             step >= self.args.meta_warmup_steps
             and step % self.args.meta_interval == 0
             and step != self._last_meta_step
-            and self.meta_dataset is not None
+            and (self.meta_dataset is not None or self.args.meta_val_source == "train_batch")
         )
 
     def _next_meta_batch(self) -> dict[str, Any]:
+        """The next validation batch of ``meta_batch_size`` examples (per process).
+
+        With several processes every rank draws from its own disjoint shard of the meta set (every
+        ``world_size``-th example), so that the averaged hypergradient sees ``world_size`` different validation
+        batches, just as the student step sees ``world_size`` different training batches.
+        """
         if self._meta_iterator is None:
-            loader = DataLoader(
-                self.meta_dataset,
-                batch_size=self.args.meta_batch_size,
-                shuffle=True,
-                collate_fn=self.data_collator,
-                drop_last=len(self.meta_dataset) >= self.args.meta_batch_size,
-                num_workers=self.args.dataloader_num_workers,
-                generator=torch.Generator().manual_seed(self.args.seed),
+            dataset = self.meta_dataset
+            world_size, rank = self.args.world_size, self.args.process_index
+            if world_size > 1 and len(dataset) >= world_size:
+                dataset = Subset(dataset, range(rank, len(dataset), world_size))
+            sampler = MetaBatchSampler(
+                len(dataset), self.args.meta_batch_size, seed=self.args.seed, start=self._meta_batches_drawn
             )
-            self._meta_iterator = itertools.chain.from_iterable(itertools.repeat(loader))
-        return self._prepare_inputs(next(self._meta_iterator))
+            loader = DataLoader(
+                dataset,
+                batch_sampler=sampler,
+                collate_fn=self.data_collator,
+                num_workers=self.args.dataloader_num_workers,
+                generator=torch.Generator().manual_seed(self.args.seed),  # worker seeds: never the global RNG
+            )
+            self._meta_iterator = iter(loader)
+        batch = next(self._meta_iterator)
+        self._meta_batches_drawn += 1
+        return self._prepare_inputs(batch)
 
     def meta_step(self, model: nn.Module, snapshot: Snapshot | None = None) -> None:
         """Update the loss network along the hypergradient of the validation loss (one outer step).
@@ -365,7 +412,8 @@ class LKDTrainer(Trainer):
         def forward(weights: dict[str, torch.Tensor], batch: dict[str, Any]) -> Any:
             """Logits, or ``(logits, connected features)`` on training batches of a feature loss."""
             kwargs = {"return_features": True} if "teacher_features" in batch else {}
-            return functional_call(student, {**frozen, **buffers, **weights}, (batch["pixel_values"],), kwargs)
+            with full_precision(student, self.args.device.type):  # fp32 under bf16/fp16 (see full_precision)
+                return functional_call(student, {**frozen, **buffers, **weights}, (batch["pixel_values"],), kwargs)
 
         def train_loss(output: Any, batch: dict[str, Any]) -> torch.Tensor:
             logits, features = output if isinstance(output, tuple) else (output, None)
@@ -531,6 +579,137 @@ class LKDTrainer(Trainer):
         wrapper = self.accelerator.unwrap_model(model)
         wrapper.load_state_dict(self._checkpoint_params(resume_from_checkpoint))
 
+    # ----------------------------------------------------------------------------------------------------------
+    # exact resume: the LKD state of a checkpoint
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        """Beside the student's optimizer and scheduler, save the LKD state (:meth:`_save_lkd_state`)."""
+        super()._save_optimizer_and_scheduler(output_dir)
+        self._save_lkd_state(output_dir)
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        """Beside the student's optimizer and scheduler, restore the LKD state (:meth:`_load_lkd_state`) on resume."""
+        super()._load_optimizer_and_scheduler(checkpoint)
+        if checkpoint is not None:
+            self._load_lkd_state(checkpoint)
+
+    def _save_lkd_state(self, output_dir: str) -> None:
+        """Save what the meta-learning needs to continue exactly into ``<checkpoint>/lkd_state/``.
+
+        * ``state.pt`` (process 0): the loss networks' ``state_dict``s, the meta optimizer's state (there is no
+          meta learning-rate scheduler: the meta learning rate is constant), the horizon RNG, the position of the
+          meta-batch stream, the last meta step, the not yet logged loss/meta statistics and the timing counters;
+        * ``snapshots/`` (process 0): the snapshot pool (:meth:`SnapshotPool.save_state`; weights copied, also for a
+          disk-backed pool, whose files may be thinned away later);
+        * ``recent_batches.pt`` (``recent_batches_<rank>.pt`` in distributed runs): this process's last ``K - 1``
+          training batches with their teacher outputs, which the next meta step's ``K``-step horizon reuses.
+
+        The Trainer's checkpoint already holds the student (and connectors), its optimizer, scheduler, RNG states and
+        data position. Losses without trainable parameters save nothing here.
+        """
+        if not self.loss_params:
+            return
+        directory = os.path.join(output_dir, LKD_STATE_DIRNAME)
+        os.makedirs(directory, exist_ok=True)
+        if self.args.should_save:
+            state = {
+                "format_version": LKD_STATE_FORMAT_VERSION,
+                "distill_loss": None if self.distill_loss is None else _cpu_copy(self.distill_loss.state_dict()),
+                "feature_loss": None if self.feature_loss is None else _cpu_copy(self.feature_loss.state_dict()),
+                "meta_optimizer": _cpu_copy(self.meta_optimizer.state_dict()),
+                "horizon_rng": self._horizon_rng.getstate(),
+                "meta_batches_drawn": self._meta_batches_drawn,
+                "last_meta_step": self._last_meta_step,
+                "metrics": {name: _cpu_copy(values) for name, values in self._metrics.items()},
+                "meta_seconds": self._meta_seconds,
+                "step_seconds": self._step_seconds,
+            }
+            torch.save(state, os.path.join(directory, LKD_STATE_NAME))
+            self.snapshot_pool.save_state(os.path.join(directory, LKD_SNAPSHOTS_SUBDIR))
+        keep = self._recent_batches.maxlen - 1  # the current batch is appended before a meta step uses them
+        recent = list(self._recent_batches)[len(self._recent_batches) - keep:] if keep > 0 else []
+        torch.save(_cpu_copy(recent), os.path.join(directory, self._recent_batches_filename()))
+
+    def _recent_batches_filename(self) -> str:
+        return "recent_batches.pt" if self.args.world_size <= 1 else f"recent_batches_{self.args.process_index}.pt"
+
+    def _load_lkd_state(self, checkpoint: str) -> None:
+        """Restore what :meth:`_save_lkd_state` saved (on every process). A checkpoint without LKD state (from a run
+        whose loss was not learned, or saved with ``save_only_model``) resumes with a warning: the loss networks,
+        meta optimizer, snapshot pool and recent batches then start afresh."""
+        directory = os.path.join(checkpoint, LKD_STATE_DIRNAME)
+        state_file = os.path.join(directory, LKD_STATE_NAME)
+        if not self.loss_params:
+            if os.path.isfile(state_file):
+                logger.info(f"The loss of this run is not learned: ignoring the LKD state in {checkpoint}.")
+            return
+        if not os.path.isfile(state_file):
+            warnings.warn(
+                f"Checkpoint {checkpoint!r} holds no LKD state ({LKD_STATE_DIRNAME}/{LKD_STATE_NAME}): it comes from a "
+                "run without a learned loss, or was saved with save_only_model. The student, its optimizer and "
+                "scheduler resume, but the loss network(s) start from their initial weights, with a fresh meta "
+                "optimizer, an empty snapshot pool and no recent batches: not an exact continuation.",
+                UserWarning,
+                stacklevel=2,
+            )
+            return
+        state = torch.load(state_file, map_location="cpu", weights_only=True)
+        if state.get("format_version", 0) > LKD_STATE_FORMAT_VERSION:
+            raise ValueError(
+                f"The LKD state in {checkpoint!r} has format version {state['format_version']}; this lkd_hf reads "
+                f"up to {LKD_STATE_FORMAT_VERSION}. Upgrade lkd_hf to resume from it."
+            )
+        for key, module in (("distill_loss", self.distill_loss), ("feature_loss", self.feature_loss)):
+            saved = state[key]
+            if (saved is None) != (module is None):
+                raise ValueError(
+                    f"Checkpoint {checkpoint!r} was saved by a run {'without' if saved is None else 'with'} a "
+                    f"{'logit' if key == 'distill_loss' else 'feature'} distillation loss, this run has "
+                    f"{'one' if saved is None else 'none'}: resume with the same `loss` (now {self.args.loss!r})."
+                )
+            if module is not None:
+                try:
+                    module.load_state_dict(saved)
+                except RuntimeError as error:
+                    raise ValueError(
+                        f"The {key} saved in {checkpoint!r} does not fit this run's ({type(module).__name__}): resume "
+                        f"with the loss settings of the checkpoint's run. {error}"
+                    ) from error
+        self.meta_optimizer.load_state_dict(state["meta_optimizer"])
+        version, internal, gauss_next = state["horizon_rng"]
+        self._horizon_rng.setstate((version, tuple(internal), gauss_next))
+        self._meta_batches_drawn = int(state["meta_batches_drawn"])
+        self._meta_iterator = None  # re-created at the restored position
+        self._last_meta_step = int(state["last_meta_step"])
+        self._metrics = collections.defaultdict(list)
+        for name, values in state["metrics"].items():
+            self._metrics[name] = [v.to(self.args.device) for v in values]
+        self._meta_seconds, self._step_seconds = float(state["meta_seconds"]), float(state["step_seconds"])
+        self.snapshot_pool.load_state(os.path.join(directory, LKD_SNAPSHOTS_SUBDIR))
+        self._recent_batches.clear()
+        recent_file = os.path.join(directory, self._recent_batches_filename())
+        if os.path.isfile(recent_file):
+            self._recent_batches.extend(torch.load(recent_file, map_location=self.args.device, weights_only=True))
+        elif self._recent_batches.maxlen > 1:
+            warnings.warn(
+                f"No {self._recent_batches_filename()} in {directory!r} (resumed with another number of processes?): "
+                "the first meta step after resuming sees fewer recent training batches than an uninterrupted run.",
+                UserWarning,
+                stacklevel=2,
+            )
+
+
+def _cpu_copy(obj: Any) -> Any:
+    """``obj`` (tensors in nested dicts / lists / tuples) with every tensor detached and copied to the CPU."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _cpu_copy(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_cpu_copy(v) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(_cpu_copy(v) for v in obj)
+    return obj
+
 
 def checkpoint_step(checkpoint_dir: str) -> int:
     """The global step of a ``checkpoint-<step>`` directory (-1 if its name does not tell)."""
@@ -592,3 +771,29 @@ def split_meta_dataset(dataset: Dataset, fraction: float, seed: int) -> tuple[Da
         return split["train"], split["test"]
     train, meta = random_split(dataset, [n - n_meta, n_meta], generator=torch.Generator().manual_seed(seed))
     return train, meta
+
+
+class MetaBatchSampler(Sampler[list[int]]):
+    """Endless shuffled batches of indices into a meta dataset of ``size`` examples, resumable at any position.
+
+    Epoch ``e`` visits the examples in the order of ``torch.randperm(size)`` drawn from a generator seeded with
+    ``seed + e``, ``batch_size`` at a time; an incomplete last batch is dropped, unless the dataset is smaller than one
+    batch (then every batch holds all examples). Batch ``i`` of the stream depends only on ``(seed, i)``, so a resumed
+    run starts at the number of batches already drawn (``start``) without loading them.
+    """
+
+    def __init__(self, size: int, batch_size: int, seed: int = 0, start: int = 0) -> None:
+        if size < 1 or batch_size < 1:
+            raise ValueError(f"Need a non-empty meta dataset and batch size, got {size} examples, batch {batch_size}.")
+        self.size, self.batch_size, self.seed, self.start = size, batch_size, seed, start
+        self.batches_per_epoch = max(size // batch_size, 1)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        index, epoch, order = self.start, None, []
+        while True:
+            batch_epoch, offset = divmod(index, self.batches_per_epoch)
+            if batch_epoch != epoch:
+                epoch = batch_epoch
+                order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + epoch)).tolist()
+            yield order[offset * self.batch_size : (offset + 1) * self.batch_size]
+            index += 1

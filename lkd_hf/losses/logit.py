@@ -28,7 +28,8 @@ class KDLoss(nn.Module):
         return kd_loss(student_logits, teacher_logits, self.temperature)
 
 
-def _pearson_rows(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+def pearson_rows(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Pearson correlation of each row of ``a`` with the same row of ``b``."""
     a = a - a.mean(dim=1, keepdim=True)
     b = b - b.mean(dim=1, keepdim=True)
     return (a * b).sum(dim=1) / (a.norm(dim=1) * b.norm(dim=1) + eps)
@@ -48,8 +49,8 @@ class DISTLoss(nn.Module):
     def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         p_s = F.softmax(student_logits / self.temperature, dim=1)
         p_t = F.softmax(teacher_logits / self.temperature, dim=1)
-        inter = 1 - _pearson_rows(p_s, p_t).mean()
-        intra = 1 - _pearson_rows(p_s.t(), p_t.t()).mean()
+        inter = 1 - pearson_rows(p_s, p_t).mean()
+        intra = 1 - pearson_rows(p_s.t(), p_t.t()).mean()
         return self.temperature**2 * (self.beta * inter + self.gamma * intra)
 
 
