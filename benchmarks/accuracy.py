@@ -41,7 +41,8 @@ hyper-parameters are the papers' defaults (``lkd_hf``'s defaults); none was tune
 
 Outputs in ``--output_dir``: ``results.json`` (one record per run; ``--resume`` skips the runs already in it),
 ``results.md`` (the tables printed at the end), ``accuracy.png`` (test top-1 per method per pair, mean and std
-over seeds) and ``learned_loss.png`` (a saved learned ``LogitLossNet`` against the KD(T=4) loss it started from).
+over seeds) and ``learned_loss.png`` (``lkd_hf.plot_learned_loss``: the learned loss of the first ``lkd`` run
+against the hand-made loss it started from, KD(T=4)).
 
 Cost (measured on 2 idle CPU cores, ``trainer.train()`` wall seconds per epoch of 2000 images, s4 / s16 / resnet8):
 ce 1.3 / 2.3 / 3.9, kd 2.9 / 3.7 / 5.6, dist 4.0 / 3.6 / 5.4, dkd 3.7 / 3.9 / 5.1, kd+fitnet 4.1 / 4.1 / 5.9,
@@ -70,11 +71,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 import timm  # noqa: E402
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 from transformers import HfArgumentParser, PrinterCallback  # noqa: E402
 
-from lkd_hf import LKDTrainer, LogitLossNet, build_datasets  # noqa: E402
-from lkd_hf.losses.logit import kd_loss  # noqa: E402
+from lkd_hf import LKDTrainer, build_datasets, plot_learned_loss  # noqa: E402
 from lkd_hf.trainer import LOSS_DIRNAME  # noqa: E402
 from recipes.quickstart import QuickstartArguments, get_teacher, training_config  # noqa: E402
 
@@ -526,47 +525,6 @@ def fixed_teacher_logits(teacher: torch.nn.Module, test) -> tuple[torch.Tensor, 
     return logits[index], int(labels[index])
 
 
-@torch.no_grad()
-def plot_learned_loss(loss_dir: str, teacher_logits: torch.Tensor, label: int, title: str, path: str) -> None:
-    """The learned LogitLossNet vs KD(T=4) for a fixed teacher distribution: (a) against the student's logit
-    margin on the label, (b) against the teacher-student KL at T=4 (student logits = s * teacher logits)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    net = LogitLossNet.from_pretrained(loss_dir).eval()
-    z_t = teacher_logits.float()[None]
-    y = torch.tensor([label])
-
-    def losses(z_s: torch.Tensor) -> tuple[float, float]:
-        return float(net(z_s[None], z_t, y)), float(kd_loss(z_s[None], z_t, 4.0))
-
-    fig, (ax_a, ax_b) = plt.subplots(1, 2, figsize=(10, 4))
-    margins = torch.linspace(-5, 15, 81)
-    curves = [losses(m * F.one_hot(y[0], z_t.shape[-1]).float()) for m in margins]
-    learned = f"learned (T={float(net.temperature):.2f}, w={float(net.weight):.2f})"
-    ax_a.plot(margins, [c[0] for c in curves], label=learned)
-    ax_a.plot(margins, [c[1] for c in curves], "--", label="KD, T=4 (its initialisation)")
-    ax_a.set_xlabel("student logit margin on the label (others 0)")
-    ax_a.set_ylabel("distillation loss")
-    ax_a.set_title("(a) loss vs the student's margin")
-    ax_a.legend(fontsize=8)
-    for scales, style, name in ((torch.linspace(0, 1, 41), "-", "softer"), (torch.linspace(1, 3, 41), ":", "sharper")):
-        points = [(float(kd_loss(s * z_t, z_t, 4.0)) / 16.0, *losses(s * z_t[0])) for s in scales]
-        ax_b.plot([p[0] for p in points], [p[1] for p in points], style, color="tab:blue",
-                  label=f"learned, student {name} than the teacher")
-        ax_b.plot([p[0] for p in points], [p[2] for p in points], style, color="tab:orange",
-                  label=f"KD T=4, student {name}")
-    ax_b.set_xlabel("KL(teacher || student) at T=4 (student logits = s x teacher logits)")
-    ax_b.set_title("(b) loss vs teacher-student KL")
-    ax_b.legend(fontsize=7)
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
 # ------------------------------------------------------------------------------------------------------------
 # main
 # ------------------------------------------------------------------------------------------------------------
@@ -605,8 +563,9 @@ def main() -> None:
         z_t, label = fixed_teacher_logits(bench.teacher, bench.data["test"])
         title = (f"learned LogitLossNet of lkd on {r['pair']}, seed {r['seed']}; fixed teacher distribution: "
                  f"a test image of class {label}")
-        plot_learned_loss(os.path.join(bench.run_dir(r["pair"], "lkd", r["seed"]), LOSS_DIRNAME), z_t, label, title,
-                          os.path.join(args.output_dir, "learned_loss.png"))
+        plot_learned_loss(os.path.join(bench.run_dir(r["pair"], "lkd", r["seed"]), LOSS_DIRNAME),
+                          os.path.join(args.output_dir, "learned_loss.png"),
+                          teacher_logits=z_t, label=label, title=title)
     print(f"\nSaved {args.output_dir}/results.json, results.md, accuracy.png"
           f"{', learned_loss.png' if learned else ''}; total {time.perf_counter() - started:.0f} s.")
 

@@ -15,6 +15,7 @@ from .config import LKDConfig
 from .data import BUNDLED_DATASETS, ImageCollator, build_datasets, image_transform, load_image_splits, with_transform
 from .hypergradients import available_hypergradients, register_hypergradient
 from .features import Connector, StudentWithConnectors, forward_with_features
+from .hub import LearnedLoss, LearnedLossConfig
 from .loss_networks import FeatureLossNet, LogitLossNet
 from .losses import (
     ATLoss,
@@ -27,6 +28,7 @@ from .losses import (
     register_loss,
 )
 from .metrics import build_compute_metrics
+from .plots import plot_learned_loss
 from .trainer import LKDTrainer
 
 __all__ = [
@@ -41,6 +43,8 @@ __all__ = [
     "KDLoss",
     "LKDConfig",
     "LKDTrainer",
+    "LearnedLoss",
+    "LearnedLossConfig",
     "LogitLossNet",
     "StudentWithConnectors",
     "available_hypergradients",
@@ -51,6 +55,7 @@ __all__ = [
     "forward_with_features",
     "image_transform",
     "load_image_splits",
+    "plot_learned_loss",
     "register_hypergradient",
     "register_loss",
     "with_transform",

@@ -118,10 +118,16 @@ class LKDConfig(TrainingArguments):
     )
     loss_from: str | None = field(
         default=None,
-        metadata={"help": "Load the learned loss network from a directory or Hub repo id (save_pretrained format)."},
+        metadata={"help": "Load a learned loss (lkd_hf.LearnedLoss) from a folder, a Hub repo id or a folder in a Hub "
+                  "repo ('user/student/lkd_loss'); it must fit this run's classes and teacher feature taps."},
     )
     freeze_loss: bool = field(
         default=False, metadata={"help": "Keep the learned loss fixed: no meta steps (costs about as much as KD)."}
+    )
+    loss_hub_model_id: str | None = field(
+        default=None,
+        metadata={"help": "When the trainer pushes to the Hub, also push the learned loss (config, weights, model "
+                  "card) to this repo of its own; the student's repo gets it under lkd_loss/ in any case."},
     )
     fd_epsilon: float = field(
         default=0.01, metadata={"help": "finite_difference: perturbation size, relative to the weights' gradient norm."}

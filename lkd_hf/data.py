@@ -90,6 +90,7 @@ def load_image_splits(
     label_column: str | None = None,
     train_subset: int | None = None,
     cache_dir: str | None = None,
+    test_split: str | None = None,
 ) -> datasets.DatasetDict:
     """Load an image classification dataset as ``train`` / ``validation`` / ``test`` splits.
 
@@ -117,6 +118,8 @@ def load_image_splits(
         train_subset: keep only the first ``train_subset`` images of the (shuffled) training split, for
             small-data experiments; ``validation`` and ``test`` are unchanged.
         cache_dir: ``datasets`` cache directory for image folder / Hub sources (default: ``datasets``' own).
+        test_split: image folder / Hub id: the source split to use as ``test`` instead of the default choice
+            above, e.g. ``"validation"`` for ``ILSVRC/imagenet-1k``, whose ``"test"`` split is unlabelled.
 
     Raises:
         ValueError: bad ``val_fraction`` / ``train_subset``, a split that would be empty, undetectable
@@ -135,10 +138,14 @@ def load_image_splits(
         splits = _load_digits(seed)
     elif os.path.isdir(source):
         raw = datasets.load_dataset("imagefolder", data_dir=source, cache_dir=cache_dir)
-        splits = _standardize_splits(raw, source, seed, float(val_fraction), image_column, label_column)
+        splits = _standardize_splits(
+            raw, source, seed, float(val_fraction), image_column, label_column, test_split
+        )
     else:
         raw = _load_hub_dataset(source, cache_dir)
-        splits = _standardize_splits(raw, source, seed, float(val_fraction), image_column, label_column)
+        splits = _standardize_splits(
+            raw, source, seed, float(val_fraction), image_column, label_column, test_split
+        )
 
     if train_subset is not None:
         n_train = len(splits["train"])
@@ -308,6 +315,7 @@ def _standardize_splits(
     val_fraction: float,
     image_column: str | None,
     label_column: str | None,
+    test_split: str | None = None,
 ) -> datasets.DatasetDict:
     """Rename/cast the columns to ``image`` / ``label`` and make the train / validation / test splits."""
     if "train" not in raw:
@@ -321,6 +329,13 @@ def _standardize_splits(
         raise ValueError(f"The image and label columns of {source!r} are the same column {image_col!r}.")
 
     test_name = "test" if "test" in raw else "validation" if "validation" in raw else None
+    if test_split is not None:
+        if test_split not in raw or test_split == "train":
+            raise ValueError(
+                f"test_split={test_split!r} is not a split of {source!r} other than 'train' "
+                f"(splits: {list(raw)})."
+            )
+        test_name = test_split
     splits = {"train": raw["train"]}
     if test_name is not None:
         splits["test"] = raw[test_name]
@@ -583,6 +598,7 @@ def build_datasets(
     image_column: str | None = None,
     label_column: str | None = None,
     cache_dir: str | None = None,
+    test_split: str | None = None,
 ) -> datasets.DatasetDict:
     """:func:`load_image_splits` + :func:`with_transform`, ready for the ``Trainer``.
 
@@ -597,6 +613,7 @@ def build_datasets(
         label_column=label_column,
         train_subset=train_subset,
         cache_dir=cache_dir,
+        test_split=test_split,
     )
     config = resolve_data_config(model)
     train_tf = image_transform(config, is_training=True, augment=augment)

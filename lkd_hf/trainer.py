@@ -14,14 +14,15 @@ import itertools
 import math
 import os
 import random
+import shutil
 import time
+import types
 import warnings
 from typing import Any, Iterator
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from huggingface_hub import snapshot_download
 from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.func import functional_call
@@ -33,6 +34,7 @@ from transformers.utils import SAFE_WEIGHTS_NAME, logging
 from .config import LKDConfig
 from .data import ImageCollator, resolve_data_config
 from .features import StudentWithConnectors, forward_with_features
+from .hub import LearnedLoss, create_repo, dataset_name, describe_run, last_eval_metrics
 from .hypergradients import MetaProblem, get_hypergradient
 from .loss_networks import FeatureLossNet, LogitLossNet
 from .losses import build_loss
@@ -43,7 +45,6 @@ from .snapshots import Snapshot, SnapshotPool
 logger = logging.get_logger(__name__)
 
 LOSS_DIRNAME = "lkd_loss"
-FEATURE_LOSS_SUBDIR = "feature"
 CONNECTORS_NAME = "connectors.safetensors"
 LKD_STATE_DIRNAME = "lkd_state"  # in a checkpoint: what a resumed LKD run needs beyond the Trainer's own state
 LKD_STATE_NAME = "state.pt"
@@ -119,8 +120,10 @@ class LKDTrainer(Trainer):
         if not isinstance(args, LKDConfig):
             raise TypeError(f"LKDTrainer needs an LKDConfig, got {type(args).__name__}.")
         spec = parse_loss_spec(args.loss)
-        if args.loss_from is not None:
-            loss_network, feature_loss_network = load_loss_networks(args.loss_from, loss_network, feature_loss_network)
+        learned = LearnedLoss.from_pretrained(args.loss_from) if args.loss_from is not None else None
+        if learned is not None:  # networks passed in are kept
+            loss_network = loss_network if loss_network is not None else learned.logit
+            feature_loss_network = feature_loss_network if feature_loss_network is not None else learned.feature
         distill_loss = loss_network if loss_network is not None else build_loss(spec.logit, args) if spec.logit else None
         feature_loss = feature_loss_network
         if feature_loss is None and spec.feature is not None:
@@ -137,6 +140,8 @@ class LKDTrainer(Trainer):
                 model, teacher, args.feature_taps, args.teacher_feature_taps or args.feature_taps,
                 input_size=self._input_size(model, train_dataset),
             )
+        if learned is not None:  # errors on other classes / teacher feature taps, warns on another pair
+            learned.check_compatible(**describe_run(model, teacher, num_classes))
         self.loss_params = [p for m in loss_modules for p in m.parameters() if p.requires_grad]
 
         heldout = args.meta_val_source == "heldout"  # "train_batch" validates on the training batch: no split
@@ -491,7 +496,7 @@ class LKDTrainer(Trainer):
         their teacher outputs) for the virtual steps and a validation batch, and updates the loss network. Logs
         every ``logging_steps`` meta steps to ``report_to`` (with ``global_step`` counting meta steps) and returns
         the last logged statistics. Save the result with
-        ``save_loss_networks(dir, trainer.distill_loss, trainer.feature_loss)`` (reload it with ``loss_from=dir``).
+        ``trainer.learned_loss().save_pretrained(dir)`` (reload it with ``loss_from=dir``).
         """
         if not self.loss_params:
             raise ValueError("learn_loss needs a learnable loss (e.g. loss='lkd') that is not frozen.")
@@ -556,7 +561,8 @@ class LKDTrainer(Trainer):
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         """Save the plain student (loadable by ``timm.create_model`` + ``load_state_dict``) as ``model.safetensors``,
-        the feature connectors as ``connectors.safetensors`` and learned loss networks under ``lkd_loss/``."""
+        the feature connectors as ``connectors.safetensors`` and the learned loss (:meth:`learned_loss`) under
+        ``lkd_loss/`` (its card names ``<hub_model_id>/lkd_loss`` when the trainer pushes)."""
         output_dir = output_dir if output_dir is not None else self.args.output_dir
         connectors = None
         if isinstance(self.accelerator.unwrap_model(self.model), StudentWithConnectors):
@@ -568,8 +574,85 @@ class LKDTrainer(Trainer):
             return
         if connectors is not None:
             save_file({n: t.contiguous() for n, t in connectors.items()}, os.path.join(output_dir, CONNECTORS_NAME))
-        if self.loss_params:
-            save_loss_networks(os.path.join(output_dir, LOSS_DIRNAME), self.distill_loss, self.feature_loss)
+        learned = self.learned_loss() if self.loss_params else None
+        if learned is not None:
+            repo_id = None if self.hub_model_id is None else f"{self.hub_model_id}/{LOSS_DIRNAME}"
+            learned.save_pretrained(os.path.join(output_dir, LOSS_DIRNAME), repo_id=repo_id)
+
+    def learned_loss(self, **metadata: Any) -> LearnedLoss | None:
+        """This run's loss networks with its setting (teacher, student, classes, taps, dataset, steps, last evaluation)
+        as one :class:`~lkd_hf.LearnedLoss`; ``None`` when its losses are not loss networks. ``metadata`` overrides
+        config fields, e.g. ``dataset="cifar100"`` (the trainer only knows the names of Hub datasets)."""
+        logit = self.distill_loss if isinstance(self.distill_loss, LogitLossNet) else None
+        feature = self.feature_loss if isinstance(self.feature_loss, FeatureLossNet) else None
+        if logit is None and feature is None:
+            return None
+        teacher = None if self.teacher is None else self.accelerator.unwrap_model(self.teacher)
+        run = describe_run(self.accelerator.unwrap_model(self.model), teacher, model_num_classes(self.student))
+        run.update(loss=self.args.loss, dataset=dataset_name(self.train_dataset), steps=self.state.global_step,
+                   metrics=last_eval_metrics(self.state.log_history))
+        return LearnedLoss.from_networks(logit, feature, **{**run, **metadata})
+
+    def init_hf_repo(self, token: str | None = None, private: bool | None = None) -> None:
+        """Also create the learned loss's own repo (``loss_hub_model_id``), so that a wrong id or an unreachable Hub
+        fails before training, as it does for the student's repo."""
+        if self.args.loss_hub_model_id is not None and self.loss_params and self.is_world_process_zero():
+            token = token if token is not None else self.args.hub_token
+            private = private if private is not None else self.args.hub_private_repo
+            create_repo(self.args.loss_hub_model_id, token, private)
+        super().init_hf_repo(token, private)
+
+    def push_to_hub(
+        self,
+        commit_message: str | None = "End of training",
+        blocking: bool = True,
+        token: str | None = None,
+        revision: str | None = None,
+        private: bool | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Push the student with its learned loss (in ``lkd_loss/``), then, when ``loss_hub_model_id`` is set, the
+        learned loss to that repo too (blocking). Arguments as :meth:`transformers.Trainer.push_to_hub`."""
+        result = super().push_to_hub(
+            commit_message=commit_message, blocking=blocking, token=token, revision=revision, private=private, **kwargs
+        )
+        repo_id = self.args.loss_hub_model_id
+        if repo_id is not None and self.is_world_process_zero():
+            learned = self.learned_loss() if self.loss_params else None
+            if learned is None:
+                logger.warning(f"loss_hub_model_id={repo_id!r}: this run learned no loss network, nothing to push.")
+            else:
+                learned.push_to_hub(
+                    repo_id,
+                    commit_message=commit_message or "Learned loss",
+                    token=token if token is not None else self.args.hub_token,
+                    private=private if private is not None else self.args.hub_private_repo,
+                )
+        return result
+
+    def create_model_card(self, **kwargs: Any) -> None:
+        """The Trainer's model card of the student. The Trainer reads the model a run fine-tuned from in the model's
+        ``config``, which timm models lack: without ``finetuned_from=`` the card says the student was trained from
+        scratch."""
+        if hasattr(self.model, "config") or kwargs.get("finetuned_from") is not None:
+            return super().create_model_card(**kwargs)
+        self.model.config = types.SimpleNamespace()  # no `_name_or_path`: no base model
+        try:
+            super().create_model_card(**kwargs)
+        finally:
+            del self.model.config
+
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        """Copy the checkpoint's learned loss and feature connectors into ``output_dir`` before the Trainer pushes
+        it (the Trainer copies only the model's own files)."""
+        if self.is_world_process_zero():
+            loss_dir = os.path.join(checkpoint_folder, LOSS_DIRNAME)
+            if os.path.isdir(loss_dir):
+                shutil.copytree(loss_dir, os.path.join(self.args.output_dir, LOSS_DIRNAME), dirs_exist_ok=True)
+            connectors = os.path.join(checkpoint_folder, CONNECTORS_NAME)
+            if os.path.isfile(connectors):
+                shutil.copy(connectors, self.args.output_dir)
+        super()._push_from_checkpoint(checkpoint_folder)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
         """Also restores the connectors of a feature-distillation run (saved beside the plain student)."""
@@ -715,41 +798,6 @@ def checkpoint_step(checkpoint_dir: str) -> int:
     """The global step of a ``checkpoint-<step>`` directory (-1 if its name does not tell)."""
     suffix = os.path.basename(os.path.normpath(checkpoint_dir)).rsplit("-", 1)[-1]
     return int(suffix) if suffix.isdigit() else -1
-
-
-def save_loss_networks(directory: str, logit_loss: nn.Module | None, feature_loss: nn.Module | None) -> None:
-    """Save the learned loss networks: the logit one in ``directory``, the feature one in ``directory/feature``."""
-    if logit_loss is not None and hasattr(logit_loss, "save_pretrained"):
-        logit_loss.save_pretrained(directory)
-    if feature_loss is not None and hasattr(feature_loss, "save_pretrained"):
-        feature_loss.save_pretrained(os.path.join(directory, FEATURE_LOSS_SUBDIR))
-
-
-def load_loss_networks(
-    source: str, logit_loss: nn.Module | None = None, feature_loss: nn.Module | None = None
-) -> tuple[nn.Module | None, nn.Module | None]:
-    """Load the loss networks saved by :func:`save_loss_networks` from a directory or Hub repo id.
-
-    Networks passed in are kept; a network missing from ``source`` stays ``None``.
-    """
-    if os.path.isdir(source):
-        directory = source
-    else:
-        try:
-            directory = snapshot_download(source)
-        except Exception as error:  # offline, unknown repo, no auth: say what was tried
-            raise OSError(
-                f"Cannot load loss networks from {source!r}: it is not a local directory and downloading it from the "
-                f"Hugging Face Hub failed ({type(error).__name__}: {error})."
-            ) from error
-    if logit_loss is None and os.path.exists(os.path.join(directory, "config.json")):
-        logit_loss = LogitLossNet.from_pretrained(directory)
-    feature_dir = os.path.join(directory, FEATURE_LOSS_SUBDIR)
-    if feature_loss is None and os.path.isdir(feature_dir):
-        feature_loss = FeatureLossNet.from_pretrained(feature_dir)
-    if logit_loss is None and feature_loss is None:
-        raise ValueError(f"No saved loss network in {source!r} (expected config.json and/or {FEATURE_LOSS_SUBDIR}/).")
-    return logit_loss, feature_loss
 
 
 def loss_summary(loss: nn.Module | None) -> dict[str, torch.Tensor]:

@@ -9,7 +9,8 @@
 2. Runs ``--meta_steps`` meta steps (:meth:`lkd_hf.LKDTrainer.learn_loss`): each starts from a snapshot drawn
    uniformly from the pool, takes ``lookahead_steps`` virtual student steps on training batches, and moves the loss
    network along the hypergradient of the validation cross-entropy (on the dataset's ``validation`` split).
-3. Saves the loss network to ``<output_dir>/lkd_loss``. Reuse it frozen in another run (costs about as much as KD)::
+3. Saves the learned loss (a :class:`lkd_hf.LearnedLoss`: config, weights, model card) to ``<output_dir>/lkd_loss``.
+   Reuse it frozen in another run (costs about as much as KD)::
 
        LKDConfig(..., loss_from="outputs/learned_loss/lkd_loss", freeze_loss=True)
 
@@ -28,7 +29,7 @@ from transformers import HfArgumentParser
 
 from lkd_hf import LKDConfig, LKDTrainer, build_datasets
 from lkd_hf.data import dataset_num_classes
-from lkd_hf.trainer import LOSS_DIRNAME, checkpoint_step, save_loss_networks
+from lkd_hf.trainer import LOSS_DIRNAME, checkpoint_step
 
 
 @dataclass
@@ -59,7 +60,7 @@ def expand_checkpoints(paths: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> str:
-    """Run the recipe; returns the directory the loss network was saved to."""
+    """Run the recipe; returns the directory the learned loss was saved to."""
     parser = HfArgumentParser((LearnLossArguments, LKDConfig))
     run, args = parser.parse_args_into_dataclasses(args=argv)
     args.snapshot_checkpoints = expand_checkpoints(run.student_checkpoints)
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> str:
     print(f"Learning the loss from {len(trainer.snapshot_pool)} student snapshots, {run.meta_steps} meta steps ...")
     logs = trainer.learn_loss(run.meta_steps)
     out = os.path.join(args.output_dir, LOSS_DIRNAME)
-    save_loss_networks(out, trainer.distill_loss, trainer.feature_loss)
+    trainer.learned_loss(dataset=run.dataset).save_pretrained(out)
     print(f"Last statistics: {logs}")
     print(f"Saved the learned loss to {out}; reuse it with LKDConfig(loss_from={out!r}, freeze_loss=True).")
     return out

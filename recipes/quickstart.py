@@ -7,8 +7,8 @@
 2. Trains the student (``lkd_convnet_s4``, ~1.7k parameters) on a fixed 2000-image subset with each method, the
    same optimizer, schedule, augmentation and steps. LKD's meta (validation) images come out of those 2000.
    ``lkd+feat`` adds the learned feature loss on the last stage (``feature_taps=[-1]``).
-3. Prints test top-1 and wall time per method, and saves the learned loss network (``<output_dir>/lkd/lkd_loss``),
-   reusable with ``LogitLossNet.from_pretrained``.
+3. Prints test top-1 and wall time per method, and saves the learned loss (``<output_dir>/lkd/lkd_loss``, a
+   :class:`lkd_hf.LearnedLoss`), reusable with ``LKDConfig(loss_from=..., freeze_loss=True)``.
 """
 
 from __future__ import annotations

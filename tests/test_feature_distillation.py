@@ -7,9 +7,9 @@ import timm
 import torch
 from safetensors.torch import load_file
 
-from lkd_hf import FeatureLossNet, LKDTrainer
+from lkd_hf import LearnedLoss, LKDTrainer
 from lkd_hf.features import StudentWithConnectors
-from lkd_hf.trainer import CONNECTORS_NAME, FEATURE_LOSS_SUBDIR, LOSS_DIRNAME
+from lkd_hf.trainer import CONNECTORS_NAME, LOSS_DIRNAME
 
 from test_trainer import make_config, make_dataset
 
@@ -110,7 +110,7 @@ def test_exported_student_reloads_in_plain_timm_and_connectors_resume(tmp_path):
     x = torch.randn(2, 3, 32, 32)
     torch.testing.assert_close(plain(x), trainer.student.eval()(x))
     assert os.path.exists(out / CONNECTORS_NAME)
-    reloaded = FeatureLossNet.from_pretrained(str(out / LOSS_DIRNAME / FEATURE_LOSS_SUBDIR))
+    reloaded = LearnedLoss.from_pretrained(str(out / LOSS_DIRNAME)).feature
     s, t = torch.randn(2, 4, 3, 3), torch.randn(2, 4, 3, 3)
     torch.testing.assert_close(reloaded(s, t), trainer.feature_loss.cpu()(s, t))
 

@@ -10,7 +10,7 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from lkd_hf import LKDConfig, LKDTrainer, LogitLossNet, build_datasets
+from lkd_hf import LearnedLoss, LKDConfig, LKDTrainer, LogitLossNet, build_datasets
 from lkd_hf.data import dataset_num_classes
 
 RECIPES = pathlib.Path(__file__).resolve().parents[1] / "recipes"
@@ -44,7 +44,9 @@ def test_learn_loss_recipe_learns_from_checkpoints_and_the_loss_is_reusable_froz
         "--meta_steps", "3", "--meta_learning_rate", "0.05", "--output_dir", str(tmp_path / "learned"),
         "--per_device_train_batch_size", "32", "--use_cpu", "--report_to", "none", "--disable_tqdm", "true",
     ])
-    learned = LogitLossNet.from_pretrained(out)
+    bundle = LearnedLoss.from_pretrained(out)
+    assert (bundle.config.dataset, bundle.config.student, bundle.config.steps) == ("digits", "lkd_convnet_s4", 3)
+    learned = bundle.logit
     assert not torch.equal(learned.log_weight, LogitLossNet().log_weight) or not torch.equal(
         learned.class_head.weight, LogitLossNet().class_head.weight
     )

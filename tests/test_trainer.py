@@ -9,7 +9,7 @@ import timm
 import torch
 from transformers import HfArgumentParser
 
-from lkd_hf import LKDConfig, LKDTrainer, LogitLossNet
+from lkd_hf import LearnedLoss, LKDConfig, LKDTrainer, LogitLossNet
 from lkd_hf.trainer import LOSS_DIRNAME
 
 NUM_CLASSES = 10
@@ -246,7 +246,7 @@ def test_short_lkd_run_learns_the_loss_and_the_student(tmp_path):
     accuracy = trainer.evaluate()["eval_accuracy"]
     assert accuracy > 0.3  # chance is 0.1
     trainer.save_model()
-    loaded = LogitLossNet.from_pretrained(str(tmp_path / "out" / LOSS_DIRNAME))
+    loaded = LearnedLoss.from_pretrained(str(tmp_path / "out" / LOSS_DIRNAME)).logit
     s, t, y = torch.randn(5, 10), torch.randn(5, 10), torch.randint(0, 10, (5,))
     torch.testing.assert_close(loaded(s, t, y), trainer.distill_loss.cpu()(s, t, y))
     student = timm.create_model("test_resnet", num_classes=10)

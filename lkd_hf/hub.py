@@ -1,0 +1,469 @@
+"""One Hub artifact for the learned loss of a run: :class:`LearnedLoss`.
+
+A :class:`LearnedLoss` bundles the learned logit loss network (:class:`~lkd_hf.LogitLossNet`) and / or the learned
+feature loss network (:class:`~lkd_hf.FeatureLossNet`) of one run with what is needed to reuse them safely. A saved
+(or pushed) bundle is one folder:
+
+* ``config.json``: :class:`LearnedLossConfig`: the networks' constructor arguments (base loss, initial temperature,
+  ...), the run's ``loss``, teacher / student timm names, ``num_classes``, feature taps and feature shapes, dataset,
+  steps, the student's last evaluation metrics and the ``lkd_hf`` version;
+* ``model.safetensors``: the weights (``logit.*``, ``feature.*``);
+* ``README.md``: a model card (tags, provenance, accuracy, the reuse code) embedding
+* ``learned_loss.png``: the learned loss against the hand-made loss it started from (when matplotlib is installed).
+
+The feature connectors are not part of it: they belong to the student (``connectors.safetensors`` beside it), and
+the feature loss network works on any connector-mapped features; a run that reuses the loss trains its own.
+
+``LKDTrainer`` saves the bundle of a run whose loss is learned into ``<output_dir>/lkd_loss`` (so it is pushed
+with the student), ``LKDConfig(loss_hub_model_id=...)`` also pushes it to a repo of its own, and
+``LKDConfig(loss_from=...)`` loads it (:meth:`LearnedLoss.from_pretrained`) and checks it against the run
+(:meth:`LearnedLoss.check_compatible`).
+"""
+
+import json
+import os
+import warnings
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import HfApi, ModelCard, ModelCardData, PyTorchModelHubMixin, is_offline_mode, snapshot_download
+from safetensors.torch import load_model
+from torch import nn
+from transformers.utils import logging
+
+from . import __version__
+from .features import StudentWithConnectors
+from .loss_networks import FeatureLossNet, LogitLossNet
+from .plots import matplotlib_available, plot_learned_loss, starting_loss, synthetic_teacher_logits
+
+logger = logging.get_logger(__name__)
+
+FORMAT_VERSION = 1
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+CARD_NAME = "README.md"
+PLOT_NAME = "learned_loss.png"
+LEGACY_FEATURE_SUBDIR = "feature"  # the layout before bundles: LogitLossNet in the folder, FeatureLossNet in feature/
+TAGS = ["knowledge-distillation", "lkd", "timm", "loss-network"]
+METHOD_URL = "https://doi.org/10.1371/journal.pone.0325599"
+
+
+@dataclass
+class LearnedLossConfig:
+    """What a :class:`LearnedLoss` holds and how it was learned (its ``config.json``). ``None``: not known.
+
+    Attributes:
+        logit_net / feature_net: constructor arguments of the :class:`~lkd_hf.LogitLossNet` (``base``, initial
+            ``temperature``, ...) / :class:`~lkd_hf.FeatureLossNet`; ``None`` when the bundle has no such network.
+        loss: the run's ``LKDConfig.loss`` (pass it again with ``loss_from``), e.g. ``"lkd"``, ``"lkd+feat"``.
+        teacher / student: timm architecture names.
+        num_classes: classes of the teacher and student.
+        student_taps / teacher_taps: the resolved feature taps (stage indices or module names) of the feature loss.
+        student_feature_shapes / teacher_feature_shapes: ``[C, H, W]`` per tap; the feature loss saw teacher-shaped
+            maps (the student's went through connectors).
+        dataset: the training dataset, when known.
+        steps: the trainer's ``global_step`` when saved (meta steps for ``LKDTrainer.learn_loss``).
+        metrics: the student's last evaluation metrics (``eval_accuracy``, ...) and their ``step``.
+        lkd_hf_version / format_version: the writing ``lkd_hf`` and the bundle format.
+    """
+
+    logit_net: dict[str, Any] | None = None
+    feature_net: dict[str, Any] | None = None
+    loss: str | None = None
+    teacher: str | None = None
+    student: str | None = None
+    num_classes: int | None = None
+    student_taps: list[int | str] | None = None
+    teacher_taps: list[int | str] | None = None
+    student_feature_shapes: list[list[int]] | None = None
+    teacher_feature_shapes: list[list[int]] | None = None
+    dataset: str | None = None
+    steps: int | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    lkd_hf_version: str | None = None
+    format_version: int = FORMAT_VERSION
+
+
+class LearnedLoss(
+    nn.Module,
+    PyTorchModelHubMixin,
+    library_name="lkd_hf",
+    tags=list(TAGS),  # a copy: the mixin appends its own tags
+    repo_url="https://github.com/lkd-hf/lkd_hf",
+    paper_url=METHOD_URL,
+):
+    """The learned loss networks of one run as one Hub model: ``save_pretrained`` / ``from_pretrained`` /
+    ``push_to_hub`` (see the module docstring for the folder layout).
+
+    Build one with :meth:`from_networks` or ``LKDTrainer.learned_loss()``; ``.logit`` and ``.feature`` are the
+    networks (``None`` when absent), ``.config`` the :class:`LearnedLossConfig`.
+
+    Args:
+        config: what the bundle holds; the networks are created from ``config.logit_net`` / ``config.feature_net``.
+    """
+
+    def __init__(self, config: LearnedLossConfig) -> None:
+        super().__init__()
+        if config.logit_net is None and config.feature_net is None:
+            raise ValueError("A LearnedLoss holds at least one loss network: config.logit_net or config.feature_net.")
+        self.config = config
+        self.logit = None if config.logit_net is None else LogitLossNet(**config.logit_net)
+        self.feature = None if config.feature_net is None else FeatureLossNet(**config.feature_net)
+        self.source: str | None = None  # where it was loaded from (for messages)
+
+    # --- building ---------------------------------------------------------------------------------------------
+    @classmethod
+    def from_networks(
+        cls, logit: LogitLossNet | None = None, feature: FeatureLossNet | None = None, **metadata: Any
+    ) -> "LearnedLoss":
+        """A bundle of (copies of) these networks; ``metadata`` sets :class:`LearnedLossConfig` fields.
+
+        ``loss`` defaults to the learned parts (``"lkd"``, ``"feat"`` or ``"lkd+feat"``).
+        """
+        for net, kind in ((logit, LogitLossNet), (feature, FeatureLossNet)):
+            if net is not None and not isinstance(net, kind):
+                raise TypeError(f"Expected a {kind.__name__} (or None), got {type(net).__name__}.")
+        metadata.setdefault("loss", "+".join(name for name, net in (("lkd", logit), ("feat", feature)) if net))
+        config = LearnedLossConfig(
+            logit_net=None if logit is None else dict(logit._hub_mixin_config),
+            feature_net=None if feature is None else dict(feature._hub_mixin_config),
+            lkd_hf_version=__version__,
+            **metadata,
+        )
+        bundle = cls(config)
+        for target, net in ((bundle.logit, logit), (bundle.feature, feature)):
+            if net is not None:
+                target.load_state_dict(net.state_dict())
+        return bundle.eval()
+
+    # --- loading ----------------------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike,
+        *,
+        revision: str | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        force_download: bool = False,
+        local_files_only: bool = False,
+        token: str | bool | None = None,
+        map_location: str = "cpu",
+    ) -> "LearnedLoss":
+        """Load a bundle from a local folder or the Hub (weights loaded strictly).
+
+        ``pretrained_model_name_or_path`` is a folder, a repo id (``"user/repo"``) or a folder inside a repo
+        (``"user/repo/lkd_loss"``: the copy pushed with a student). A folder in the layout used before bundles (a
+        ``LogitLossNet`` saved in it, a ``FeatureLossNet`` in ``feature/``) loads too, without run metadata.
+
+        Raises:
+            OSError: not a folder, and the Hub is offline / unreachable or the repo is unknown (named in the message).
+            ValueError: no learned loss in the folder, or one written by a newer ``lkd_hf``.
+        """
+        source = str(pretrained_model_name_or_path)
+        directory = resolve_directory(
+            source, revision=revision, cache_dir=cache_dir, force_download=force_download,
+            local_files_only=local_files_only, token=token,
+        )
+        config_path = os.path.join(directory, CONFIG_NAME)
+        raw = json.loads(Path(config_path).read_text()) if os.path.isfile(config_path) else None
+        if raw is None or "format_version" not in raw:
+            bundle = cls._from_legacy_layout(directory, source)
+        else:
+            if raw["format_version"] > FORMAT_VERSION:
+                raise ValueError(
+                    f"The learned loss in {source!r} has format version {raw['format_version']}; this lkd_hf "
+                    f"({__version__}) reads up to {FORMAT_VERSION}. Upgrade lkd_hf to load it."
+                )
+            known = {f.name for f in fields(LearnedLossConfig)}
+            bundle = cls(LearnedLossConfig(**{k: v for k, v in raw.items() if k in known}))
+            load_model(bundle, os.path.join(directory, WEIGHTS_NAME), strict=True, device=map_location)
+        bundle.source = source
+        return bundle.eval()
+
+    @classmethod
+    def _from_legacy_layout(cls, directory: str, source: str) -> "LearnedLoss":
+        """A bundle of the networks saved one per folder (``LogitLossNet`` in ``directory``, ``FeatureLossNet`` in
+        ``directory/feature``), as ``lkd_hf`` saved them before bundles; its run metadata is unknown."""
+        feature_dir = os.path.join(directory, LEGACY_FEATURE_SUBDIR)
+        has_logit = os.path.isfile(os.path.join(directory, CONFIG_NAME))
+        if not has_logit and not os.path.isdir(feature_dir):
+            raise ValueError(
+                f"No learned loss in {source!r}: expected {CONFIG_NAME} and {WEIGHTS_NAME} of a LearnedLoss (what "
+                "LearnedLoss.save_pretrained writes, and the trainer saves in <output_dir>/lkd_loss)."
+            )
+        logit = LogitLossNet.from_pretrained(directory, strict=True) if has_logit else None
+        feature = FeatureLossNet.from_pretrained(feature_dir, strict=True) if os.path.isdir(feature_dir) else None
+        logger.warning(
+            f"{source!r} holds loss networks saved without run metadata (the layout before LearnedLoss bundles): "
+            "their compatibility with this run cannot be checked. Re-save them with LearnedLoss.save_pretrained."
+        )
+        return cls.from_networks(logit, feature)
+
+    # --- compatibility ----------------------------------------------------------------------------------------
+    def check_compatible(
+        self,
+        *,
+        teacher: str | None = None,
+        student: str | None = None,
+        num_classes: int | None = None,
+        student_taps: list[int | str] | None = None,
+        teacher_taps: list[int | str] | None = None,
+        student_feature_shapes: list[list[int]] | None = None,
+        teacher_feature_shapes: list[list[int]] | None = None,
+    ) -> None:
+        """Check that this learned loss fits a run (arguments as :func:`describe_run` returns them; ``None``, here or
+        in the config: not checked).
+
+        Raises ``ValueError`` saying what differs and what to do when the logit loss was learned for another number
+        of classes, or the feature loss on other teacher taps or teacher feature channels. Warns (``UserWarning``)
+        when only the teacher or student name differs (the loss was learned for another pair, but fits), or the
+        student's taps / feature shapes (connectors map them onto the teacher's).
+        """
+        c, name = self.config, repr(self.source) if self.source else "this learned loss"
+        errors, notes = [], []
+        if self.logit is not None and _differ(c.num_classes, num_classes):
+            errors.append(
+                f"its logit loss was learned for {c.num_classes} classes, this run has {num_classes}: a learned "
+                f"logit loss is specific to its label space. Load one learned with {num_classes} classes, or learn "
+                "one for this task (loss='lkd' without loss_from)."
+            )
+        if self.feature is not None:
+            learned_channels, run_channels = _channels(c.teacher_feature_shapes), _channels(teacher_feature_shapes)
+            if _differ(c.teacher_taps, teacher_taps) or _differ(learned_channels, run_channels):
+                errors.append(
+                    f"its feature loss was learned on teacher taps {c.teacher_taps} with {learned_channels} channels, "
+                    f"this run taps the teacher at {teacher_taps} with {run_channels} channels. Set "
+                    f"teacher_feature_taps={c.teacher_taps} (and one student tap each in feature_taps) with the same "
+                    "teacher, or learn a new feature loss (loss='lkd+feat' without loss_from)."
+                )
+            if _differ(c.student_taps, student_taps) or _differ(
+                _channels(c.student_feature_shapes), _channels(student_feature_shapes)
+            ):
+                notes.append(
+                    f"student taps {student_taps} with {_channels(student_feature_shapes)} channels (learned with "
+                    f"{c.student_taps}, {_channels(c.student_feature_shapes)} channels; connectors map them)"
+                )
+        for role, learned, run in (("teacher", c.teacher, teacher), ("student", c.student, student)):
+            if _differ(learned, run):
+                notes.append(f"{role} {run!r} (learned with {learned!r})")
+        if errors:
+            raise ValueError(f"The learned loss {name} does not fit this run:\n- " + "\n- ".join(errors))
+        if notes:
+            warnings.warn(
+                f"The learned loss {name} was learned for another setting; this run has " + "; ".join(notes)
+                + ". It fits (same classes and teacher feature shapes), but it was not learned for this pair.",
+                UserWarning,
+                stacklevel=2,
+            )
+
+    # --- saving, model card, Hub --------------------------------------------------------------------------------
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike,
+        *,
+        repo_id: str | None = None,
+        model_card_kwargs: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> str | None:
+        """Write ``config.json``, ``model.safetensors``, the plot and a fresh model card into ``save_directory``.
+
+        ``repo_id`` is where the folder will live on the Hub (used by the card's reuse code; and the repo to push to
+        with ``push_to_hub=True``). Other arguments as :meth:`huggingface_hub.ModelHubMixin.save_pretrained`.
+        """
+        directory = Path(save_directory)
+        for stale in (CARD_NAME, PLOT_NAME):  # the mixin keeps an existing card: this one describes these weights
+            (directory / stale).unlink(missing_ok=True)
+        card_kwargs = {"repo_id": repo_id, **(model_card_kwargs or {})}
+        return super().save_pretrained(directory, repo_id=repo_id, model_card_kwargs=card_kwargs, **kwargs)
+
+    def _save_pretrained(self, save_directory: Path) -> None:
+        """The weights (``model.safetensors``) and, with matplotlib, the plot (``learned_loss.png``)."""
+        super()._save_pretrained(save_directory)
+        teacher_logits, label = synthetic_teacher_logits(self.config.num_classes or 10)
+        title = f"learned loss of {self.config.teacher} -> {self.config.student}" if self.config.student else None
+        plot_learned_loss(
+            self, str(save_directory / PLOT_NAME), teacher_logits=teacher_logits, label=label, title=title
+        )
+
+    def push_to_hub(self, repo_id: str, *, model_card_kwargs: dict[str, Any] | None = None, **kwargs: Any) -> str:
+        """Push the bundle (weights, config, plot and a card whose reuse code names ``repo_id``) to ``repo_id``.
+
+        Raises ``OSError`` naming the repo when the Hub is offline or unreachable, or refuses the push. Other
+        arguments as :meth:`huggingface_hub.ModelHubMixin.push_to_hub`.
+        """
+        card_kwargs = {"repo_id": repo_id, **(model_card_kwargs or {})}
+        try:
+            return super().push_to_hub(repo_id, model_card_kwargs=card_kwargs, **kwargs)
+        except Exception as error:  # offline, unreachable, no auth, bad repo id: name the repo and the reason
+            raise hub_error(f"Cannot push the learned loss to Hub repo {repo_id!r}", error) from error
+
+    def generate_model_card(self, repo_id: str | None = None, **kwargs: Any) -> ModelCard:
+        """The model card: metadata (``library_name: lkd_hf``, tags), provenance, accuracy, plot and reuse code."""
+        return ModelCard(model_card_text(self, repo_id, with_plot=matplotlib_available()))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# helpers
+# ------------------------------------------------------------------------------------------------------------
+
+
+def resolve_directory(source: str, **download_kwargs: Any) -> str:
+    """A local folder for ``source``: the folder itself, or a Hub snapshot of ``"user/repo"`` or of a folder inside
+    a repo (``"user/repo/sub/folder"``); ``download_kwargs`` go to :func:`huggingface_hub.snapshot_download`."""
+    if os.path.isdir(source):
+        return source
+    parts = source.strip("/").split("/")
+    repo_id, subfolder = "/".join(parts[:2]), "/".join(parts[2:])
+    try:
+        patterns = [f"{subfolder}/*"] if subfolder else None
+        snapshot = snapshot_download(repo_id, allow_patterns=patterns, **download_kwargs)
+    except Exception as error:  # offline and not cached, unreachable, unknown repo, no auth, invalid id
+        raise hub_error(
+            f"Cannot load the learned loss {source!r}: it is not a local folder, and Hub repo {repo_id!r} is not in "
+            "the local cache and could not be downloaded", error,
+        ) from error
+    return os.path.join(snapshot, subfolder) if subfolder else snapshot
+
+
+def hub_error(what: str, error: Exception) -> OSError:
+    """``OSError("what: reason (error)")``, the reason being the Hub's offline mode when it is on."""
+    if is_offline_mode():
+        reason = "the Hugging Face Hub is offline here (HF_HUB_OFFLINE=1; unset it on a machine that can reach the Hub)"
+    else:
+        reason = "the Hugging Face Hub is unreachable or refused the request"
+    return OSError(f"{what}: {reason} ({type(error).__name__}: {error}).")
+
+
+def create_repo(repo_id: str, token: str | None = None, private: bool | None = None) -> str:
+    """Create (or find) the Hub model repo ``repo_id``; returns its full id. ``OSError`` naming it on failure."""
+    try:
+        return HfApi(token=token).create_repo(repo_id, private=private, exist_ok=True).repo_id
+    except Exception as error:
+        raise hub_error(f"Cannot create the learned loss's Hub repo {repo_id!r}", error) from error
+
+
+def timm_name(model: nn.Module | None) -> str | None:
+    """A timm model's architecture name (e.g. ``resnet50``; not the pretrained tag, which timm sets whether or not
+    those weights were loaded); the class name for other models."""
+    if model is None:
+        return None
+    config = getattr(model, "pretrained_cfg", None) or {}
+    return config.get("architecture") or type(model).__name__
+
+
+def describe_run(model: nn.Module, teacher: nn.Module | None, num_classes: int | None) -> dict[str, Any]:
+    """The setting a learned loss is tied to: teacher / student names, ``num_classes`` and, for a student with
+    feature connectors (:class:`~lkd_hf.StudentWithConnectors`), its taps and feature shapes. The keys are
+    :class:`LearnedLossConfig` fields (and :meth:`LearnedLoss.check_compatible` arguments)."""
+    student = model.student if isinstance(model, StudentWithConnectors) else model
+    run: dict[str, Any] = dict(teacher=timm_name(teacher), student=timm_name(student), num_classes=num_classes)
+    if isinstance(model, StudentWithConnectors):
+        run.update(
+            student_taps=list(model.taps),
+            teacher_taps=list(model.teacher_taps or []),
+            student_feature_shapes=[list(c.in_shape) for c in model.connectors],
+            teacher_feature_shapes=[list(c.out_shape) for c in model.connectors],
+        )
+    return run
+
+
+def last_eval_metrics(log_history: list[dict[str, Any]]) -> dict[str, float]:
+    """The last evaluation's metrics in a Trainer's ``state.log_history`` (``eval_*`` without timings, and its
+    ``step``); ``{}`` when there was none."""
+    for entry in reversed(log_history):
+        metrics = {
+            k: float(v) for k, v in entry.items()
+            if k.startswith("eval_") and not k.endswith(("_runtime", "_per_second")) and isinstance(v, (int, float))
+        }
+        if metrics:
+            return {**metrics, "step": int(entry.get("step", 0))}
+    return {}
+
+
+def dataset_name(dataset: Any) -> str | None:
+    """The name a ``datasets.Dataset`` knows itself by (Hub datasets, loading scripts), else ``None``."""
+    info = getattr(dataset, "info", None)
+    return getattr(info, "dataset_name", None) or getattr(info, "builder_name", None)
+
+
+def _differ(learned: Any, run: Any) -> bool:
+    """Both known and different."""
+    return learned is not None and run is not None and learned != run
+
+
+def _channels(shapes: list[list[int]] | None) -> list[int] | None:
+    return None if shapes is None else [int(shape[0]) for shape in shapes]
+
+
+def model_card_text(loss: LearnedLoss, repo_id: str | None, with_plot: bool) -> str:
+    """The model card (YAML metadata and Markdown body) of a learned loss."""
+    c = loss.config
+    tags = TAGS + (["feature-distillation"] if loss.feature is not None else [])
+    data = ModelCardData(library_name="lkd_hf", tags=tags)
+    where = repo_id or "<this repo id or folder>"
+    pair = f"`{c.teacher}` → `{c.student}`" if c.teacher and c.student else "an unrecorded teacher → student pair"
+    parts = []
+    if loss.logit is not None:
+        parts.append(
+            f"- **logit loss** (`LogitLossNet`): started from {starting_loss(loss.logit)[1]}; learned temperature "
+            f"{loss.logit.temperature.item():.3f}, weight {loss.logit.weight.item():.3f}."
+        )
+    if loss.feature is not None:
+        parts.append(
+            f"- **feature loss** (`FeatureLossNet`): started from MSE (FitNet); learned weight "
+            f"{loss.feature.weight.item():.3f}; teacher taps {c.teacher_taps} with "
+            f"{_channels(c.teacher_feature_shapes)} channels (student taps {c.student_taps})."
+        )
+    accuracy = c.metrics.get("eval_accuracy")
+    rows = [
+        ("teacher", c.teacher), ("student", c.student), ("dataset", c.dataset), ("classes", c.num_classes),
+        ("loss (`LKDConfig.loss`)", c.loss), ("trainer steps", c.steps),
+        ("student top-1 accuracy", None if accuracy is None else f"{100 * accuracy:.2f}% (last evaluation, step "
+                                                                  f"{c.metrics.get('step')})"),
+        ("lkd_hf version", c.lkd_hf_version),
+    ]
+    table = "\n".join(f"| {k} | {'unknown' if v is None else v} |" for k, v in rows)
+    arguments = f"loss={json.dumps(c.loss or 'lkd')}, loss_from={json.dumps(where)}, freeze_loss=True"
+    if loss.feature is not None and c.teacher_taps is not None:
+        arguments += f", feature_taps={json.dumps(c.student_taps)}, teacher_feature_taps={json.dumps(c.teacher_taps)}"
+    networks = "\n".join(parts)
+    plot = (
+        f"\n## The learned loss against its starting point\n\n![learned loss vs. the hand-made loss it started "
+        f"from]({PLOT_NAME})\n"
+        if with_plot else ""
+    )
+    return f"""---
+{data.to_yaml()}
+---
+
+# Learned distillation loss: {pair}
+
+A distillation loss learned with [Learnable Knowledge Distillation]({METHOD_URL}) (bi-level optimisation against
+the student's validation loss) by [`lkd_hf`](https://github.com/lkd-hf/lkd_hf) while distilling {pair}.
+
+{networks}
+
+## How it was learned
+
+| | |
+|---|---|
+{table}
+{plot}
+## Reuse
+
+Distill another student with this loss, frozen (no meta steps: about the cost of KD):
+
+```python
+from lkd_hf import LKDConfig, LKDTrainer
+
+args = LKDConfig(output_dir="out", {arguments})
+trainer = LKDTrainer(model=student, teacher=teacher, args=args, train_dataset=train, eval_dataset=test)
+trainer.train()
+```
+
+or load it with `lkd_hf.LearnedLoss.from_pretrained({json.dumps(where)})` (`.logit`, `.feature`). Loading
+checks that the run fits: the same number of classes ({c.num_classes}) for the logit loss, the same teacher taps and
+teacher feature channels for the feature loss (a `ValueError` says what differs); another teacher or student name
+only warns.
+"""

@@ -1,0 +1,294 @@
+"""LearnedLoss: one Hub artifact for a run's learned loss (save / load, model card, plot, compatibility checks, the
+trainer's save / push / loss_from, and clear failures when the Hub is offline)."""
+
+import concurrent.futures
+import json
+import os
+import sys
+import time
+import types
+import warnings
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import huggingface_hub
+import pytest
+import torch
+from huggingface_hub import HfApi, ModelCard
+
+from lkd_hf import FeatureLossNet, LearnedLoss, LKDTrainer, LogitLossNet
+from lkd_hf.hub import CARD_NAME, CONFIG_NAME, PLOT_NAME, WEIGHTS_NAME
+from lkd_hf.losses.logit import DISTLoss, KDLoss
+from lkd_hf.plots import matplotlib_available, starting_loss
+from lkd_hf.trainer import LOSS_DIRNAME
+
+from test_trainer import make_config, make_dataset, make_models
+
+RUN = dict(  # the setting the networks of learned_bundle() were "learned" in
+    teacher="test_resnet", student="test_resnet", num_classes=10, student_taps=[4], teacher_taps=[4],
+    student_feature_shapes=[[96, 1, 1]], teacher_feature_shapes=[[96, 1, 1]],
+)
+MISSING_REPO = "lkd-hf-tests/no-such-learned-loss"  # never in the local Hub cache
+FAIL_FAST_SECONDS = 5.0
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    """The Hub's own offline switch (what ``HF_HUB_OFFLINE=1`` sets at import), whatever this process started with."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+
+
+def learned_networks() -> tuple[LogitLossNet, FeatureLossNet]:
+    """A logit and a feature loss network moved away from their initialisation (KD at T=3, MSE), as after meta steps."""
+    torch.manual_seed(0)
+    logit, feature = LogitLossNet(temperature=3.0), FeatureLossNet()
+    with torch.no_grad():
+        for p in [*logit.parameters(), *feature.parameters()]:
+            p.add_(0.1 * torch.randn_like(p))
+    return logit, feature
+
+
+def learned_bundle(**metadata) -> LearnedLoss:
+    return LearnedLoss.from_networks(*learned_networks(), **{**RUN, **metadata})
+
+
+def fixed_inputs() -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    return dict(
+        s=torch.randn(6, 10, generator=g), t=torch.randn(6, 10, generator=g), y=torch.randint(0, 10, (6,), generator=g),
+        fs=torch.randn(2, 8, 3, 3, generator=g), ft=torch.randn(2, 8, 3, 3, generator=g),
+    )
+
+
+def assert_same_losses(a: LearnedLoss | LKDTrainer, b: LearnedLoss | LKDTrainer) -> None:
+    """The logit and feature networks of ``a`` and ``b`` (bundles or trainers) give identical values."""
+    x = fixed_inputs()
+    nets = [(o.logit, o.feature) if isinstance(o, LearnedLoss) else (o.distill_loss, o.feature_loss) for o in (a, b)]
+    (logit_a, feature_a), (logit_b, feature_b) = [(lo.cpu(), fe.cpu()) for lo, fe in nets]
+    assert torch.equal(logit_a(x["s"], x["t"], x["y"]), logit_b(x["s"], x["t"], x["y"]))
+    assert torch.equal(feature_a(x["fs"], x["ft"]), feature_b(x["fs"], x["ft"]))
+
+
+def assert_fails_fast_naming(call, repo_id: str) -> None:
+    start = time.perf_counter()
+    with pytest.raises(OSError) as error:
+        call()
+    assert time.perf_counter() - start < FAIL_FAST_SECONDS
+    message = str(error.value)
+    assert repo_id in message and "offline" in message and "HF_HUB_OFFLINE" in message, message
+
+
+# --- the bundle on disk ---------------------------------------------------------------------------------------
+def test_round_trip_gives_identical_losses_config_card_and_plot(tmp_path):
+    bundle = learned_bundle(loss="lkd+feat", dataset="synthetic", steps=6, metrics={"eval_accuracy": 0.8125, "step": 6})
+    bundle.save_pretrained(tmp_path, repo_id="user/learned-loss")
+
+    loaded = LearnedLoss.from_pretrained(tmp_path)
+    assert_same_losses(loaded, bundle)
+    assert loaded.logit.temperature.item() != 3.0  # the learned temperature, not the initial one
+    config = json.loads((tmp_path / CONFIG_NAME).read_text())
+    assert config["logit_net"]["base"] == "kd" and config["logit_net"]["temperature"] == 3.0
+    assert {k: config[k] for k in RUN} == RUN
+    assert (config["loss"], config["dataset"], config["steps"]) == ("lkd+feat", "synthetic", 6)
+    assert config["metrics"]["eval_accuracy"] == 0.8125 and config["lkd_hf_version"] and config["format_version"] == 1
+    assert os.path.isfile(tmp_path / WEIGHTS_NAME)
+
+    card = ModelCard.load(tmp_path / CARD_NAME)
+    assert card.data.library_name == "lkd_hf"
+    assert {"knowledge-distillation", "lkd", "timm"} <= set(card.data.tags)
+    assert 'LKDConfig(output_dir="out", loss="lkd+feat", loss_from="user/learned-loss", freeze_loss=True' in card.text
+    assert "81.25%" in card.text and "test_resnet" in card.text and "KD, T=3" in card.text
+    assert os.path.isfile(tmp_path / PLOT_NAME) == matplotlib_available()
+    assert (f"]({PLOT_NAME})" in card.text) == matplotlib_available()
+
+
+def test_without_matplotlib_the_card_has_no_plot(tmp_path, monkeypatch):
+    learned_bundle().save_pretrained(tmp_path)  # with a plot, if matplotlib is installed
+    for module in ("matplotlib", "matplotlib.figure"):  # importing them now fails, as if not installed
+        monkeypatch.setitem(sys.modules, module, None)
+    learned_bundle().save_pretrained(tmp_path)
+    assert not os.path.exists(tmp_path / PLOT_NAME)  # the stale plot is gone, too
+    assert PLOT_NAME not in (tmp_path / CARD_NAME).read_text()
+    assert_same_losses(LearnedLoss.from_pretrained(tmp_path), learned_bundle())
+
+
+@pytest.mark.parametrize("base, reference_type, name", [("kd", KDLoss, "KD, T=2"), ("dist", DISTLoss, "DIST")])
+def test_plot_reference_is_the_base_loss_at_the_initial_temperature(base, reference_type, name):
+    net = LogitLossNet(temperature=2.0, base=base)
+    x = fixed_inputs()
+    at_init = net(x["s"], x["t"], x["y"])
+    with torch.no_grad():
+        net.log_temperature.add_(0.5)  # learning moved the temperature: the reference stays where it started
+    reference, label = starting_loss(net)
+    assert isinstance(reference, reference_type) and reference.temperature == 2.0 and label.startswith(name)
+    torch.testing.assert_close(reference(x["s"], x["t"], x["y"]), at_init)
+
+
+def test_folder_without_a_learned_loss_and_newer_format_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="No learned loss in"):
+        LearnedLoss.from_pretrained(tmp_path)
+    learned_bundle().save_pretrained(tmp_path)
+    config = json.loads((tmp_path / CONFIG_NAME).read_text())
+    (tmp_path / CONFIG_NAME).write_text(json.dumps({**config, "format_version": 99}))
+    with pytest.raises(ValueError, match="format version 99.*Upgrade lkd_hf"):
+        LearnedLoss.from_pretrained(tmp_path)
+
+
+def test_networks_saved_one_per_folder_still_load(tmp_path):
+    logit, feature = learned_networks()
+    logit.save_pretrained(tmp_path)
+    feature.save_pretrained(tmp_path / "feature")
+    loaded = LearnedLoss.from_pretrained(tmp_path)
+    assert_same_losses(loaded, LearnedLoss.from_networks(logit, feature))
+    assert loaded.config.num_classes is None and loaded.config.loss == "lkd+feat"
+    loaded.check_compatible(num_classes=100, teacher_feature_shapes=[[7, 1, 1]])  # nothing recorded: nothing checked
+
+
+# --- compatibility ---------------------------------------------------------------------------------------------
+def test_other_num_classes_is_an_error_that_says_what_to_do():
+    what_differs, what_to_do = "learned for 10 classes, this run has 100", "loss='lkd' without loss_from"
+    with pytest.raises(ValueError, match=rf"{what_differs}[\s\S]*{what_to_do}"):
+        learned_bundle().check_compatible(**{**RUN, "num_classes": 100})
+
+
+def test_other_teacher_feature_channels_or_taps_are_errors():
+    bundle = learned_bundle()
+    with pytest.raises(ValueError, match=r"teacher taps \[4\] with \[96\] channels.*at \[4\] with \[48\] channels"):
+        bundle.check_compatible(**{**RUN, "teacher_feature_shapes": [[48, 1, 1]]})
+    with pytest.raises(ValueError, match=r"teacher_feature_taps=\[4\]"):
+        bundle.check_compatible(**{**RUN, "teacher_taps": [3], "teacher_feature_shapes": [[96, 2, 2]]})
+
+
+def test_other_student_with_fitting_shapes_only_warns():
+    bundle = learned_bundle()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        bundle.check_compatible(**RUN)  # the same setting: silent
+    with pytest.warns(UserWarning, match="student 'resnet18' \\(learned with 'test_resnet'\\)"):
+        bundle.check_compatible(**{**RUN, "student": "resnet18", "student_feature_shapes": [[512, 1, 1]]})
+    logit_only = LearnedLoss.from_networks(learned_networks()[0], num_classes=10)
+    logit_only.check_compatible(num_classes=10, teacher_feature_shapes=[[7, 1, 1]])  # no feature loss: not checked
+
+
+# --- the trainer ------------------------------------------------------------------------------------------------
+FEATURE_RUN = dict(loss="lkd+feat", feature_taps=[-1], max_steps=4, meta_interval=2, meta_learning_rate=0.05,
+                   hypergradient="finite_difference", per_device_train_batch_size=8)
+
+
+def feature_run(tmp_path, num_classes: int = 10, **overrides) -> LKDTrainer:
+    """A few steps of a tiny test_resnet pair on 16x16 synthetic images, learned logit + feature loss by default."""
+    student, teacher = make_models(num_classes)
+    args = make_config(tmp_path, **{**FEATURE_RUN, **overrides})
+    data = make_dataset(48, num_classes=num_classes, size=16)
+    return LKDTrainer(model=student, teacher=teacher, args=args, train_dataset=data, eval_dataset=data)
+
+
+def loss_logs(trainer: LKDTrainer) -> list[dict[str, float]]:
+    keys = ("loss", "ce", "distill", "feature")
+    return [{k: e[k] for k in keys} for e in trainer.state.log_history if "distill" in e]
+
+
+def test_trainer_saves_the_bundle_and_a_frozen_reuse_computes_identical_losses(tmp_path):
+    learner = feature_run(tmp_path / "learn")
+    learner.train()
+    accuracy = learner.evaluate()["eval_accuracy"]
+    learner.save_model()
+    saved = tmp_path / "learn" / "out" / LOSS_DIRNAME
+    config = LearnedLoss.from_pretrained(saved).config
+    assert (config.teacher, config.student, config.num_classes) == ("test_resnet", "test_resnet", 10)
+    assert config.loss == "lkd+feat"
+    assert (config.teacher_taps, config.teacher_feature_shapes, config.steps) == ([4], [[96, 1, 1]], 4)
+    assert config.metrics["eval_accuracy"] == accuracy
+    assert f"{100 * accuracy:.2f}%" in (saved / CARD_NAME).read_text()
+
+    reuse = feature_run(tmp_path / "reuse", loss_from=str(saved), freeze_loss=True)
+    assert reuse.loss_params == [] and reuse.meta_dataset is None
+    assert_same_losses(reuse, learner)
+    reuse.train()
+    assert_same_losses(reuse, learner)  # frozen: unchanged by training
+
+    # the same run with the learner's networks handed over in memory: every logged loss value is identical
+    student, teacher = make_models()
+    handed = LearnedLoss.from_networks(learner.distill_loss.cpu(), learner.feature_loss.cpu())  # RNG use as loading
+    in_memory = LKDTrainer(
+        model=student, teacher=teacher, args=make_config(tmp_path / "memory", **FEATURE_RUN, freeze_loss=True),
+        train_dataset=make_dataset(48, size=16), loss_network=handed.logit, feature_loss_network=handed.feature,
+    )
+    in_memory.train()
+    assert loss_logs(reuse) == loss_logs(in_memory) and len(loss_logs(reuse)) > 0
+
+
+def test_loss_from_into_a_run_with_other_classes_fails_at_construction(tmp_path):
+    bundle = learned_bundle()
+    bundle.save_pretrained(tmp_path / "loss")
+    with pytest.raises(ValueError, match="learned for 10 classes, this run has 5"):
+        feature_run(tmp_path, num_classes=5, loss_from=str(tmp_path / "loss"), freeze_loss=True)
+
+
+# --- the Hub, offline ------------------------------------------------------------------------------------------
+def test_push_fails_fast_naming_the_repo_when_offline(tmp_path, offline):
+    assert_fails_fast_naming(lambda: learned_bundle().push_to_hub(MISSING_REPO), MISSING_REPO)
+
+
+@pytest.mark.parametrize("source", [MISSING_REPO, f"{MISSING_REPO}/lkd_loss"])
+def test_loading_from_the_hub_fails_fast_naming_the_repo_when_offline(tmp_path, offline, source):
+    assert_fails_fast_naming(lambda: LearnedLoss.from_pretrained(source), MISSING_REPO)
+    assert_fails_fast_naming(lambda: feature_run(tmp_path, loss_from=source, freeze_loss=True), MISSING_REPO)
+
+
+def test_trainer_pushing_the_loss_to_its_own_repo_fails_at_construction_when_offline(tmp_path, offline):
+    loss_repo = f"{MISSING_REPO}-own"
+    assert_fails_fast_naming(
+        lambda: feature_run(tmp_path, push_to_hub=True, hub_model_id=MISSING_REPO, loss_hub_model_id=loss_repo),
+        loss_repo,
+    )
+
+
+class RecordingHub:
+    """Stands in for the Hub's two write endpoints (create_repo, upload_folder) and records what would be uploaded:
+    the repo, the files of the uploaded folder and the text of its model cards."""
+
+    def __init__(self, monkeypatch) -> None:
+        self.created: list[str] = []
+        self.uploads: list[dict] = []
+        monkeypatch.setattr(HfApi, "create_repo", self.create_repo)
+        monkeypatch.setattr(HfApi, "upload_folder", self.upload_folder)
+
+    def create_repo(self, repo_id, **kwargs):
+        self.created.append(repo_id)
+        return types.SimpleNamespace(repo_id=repo_id)
+
+    def upload_folder(self, *, repo_id, folder_path, run_as_future=False, **kwargs):
+        files = sorted(
+            os.path.relpath(os.path.join(d, f), folder_path) for d, _, names in os.walk(folder_path) for f in names
+        )
+        cards = {f: open(os.path.join(folder_path, f)).read() for f in files if f.endswith(CARD_NAME)}
+        self.uploads.append(dict(repo_id=repo_id, files=files, cards=cards))
+        if not run_as_future:
+            return f"https://huggingface.co/{repo_id}/commit/0"
+        done = concurrent.futures.Future()
+        done.set_result(None)
+        return done
+
+
+def test_trainer_pushes_the_loss_with_the_student_and_to_its_own_repo(tmp_path, offline, monkeypatch):
+    hub = RecordingHub(monkeypatch)
+    trainer = feature_run(
+        tmp_path, push_to_hub=True, hub_model_id="user/student", loss_hub_model_id="user/student-loss",
+        save_strategy="steps", save_steps=4,
+    )
+    assert hub.created == ["user/student-loss", "user/student"]  # both repos exist before training starts
+    trainer.train()
+    checkpoint_push = hub.uploads[0]
+    assert checkpoint_push["repo_id"] == "user/student"
+    assert {f"{LOSS_DIRNAME}/{CONFIG_NAME}", f"{LOSS_DIRNAME}/{WEIGHTS_NAME}"} <= set(checkpoint_push["files"])
+
+    trainer.push_to_hub()
+    student_push, loss_push = hub.uploads[-2:]
+    assert student_push["repo_id"] == "user/student" and "model.safetensors" in student_push["files"]
+    assert f"{LOSS_DIRNAME}/{WEIGHTS_NAME}" in student_push["files"]
+    assert 'loss_from="user/student/lkd_loss"' in student_push["cards"][f"{LOSS_DIRNAME}/{CARD_NAME}"]
+    assert loss_push["repo_id"] == "user/student-loss"
+    assert {CONFIG_NAME, WEIGHTS_NAME, CARD_NAME} <= set(loss_push["files"])
+    assert 'loss_from="user/student-loss"' in loss_push["cards"][CARD_NAME]
