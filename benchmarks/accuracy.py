@@ -1,6 +1,6 @@
 """Accuracy benchmark: does the learned LKD loss beat hand-made distillation losses? (animal-mnist, CPU)
 
-    HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python benchmarks/accuracy.py            # full table (~55 min, 2 cores)
+    HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python benchmarks/accuracy.py --threads 1   # full table (~75 min)
     HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python benchmarks/accuracy.py --quick    # smoke check (~2 min)
     python benchmarks/accuracy.py --resume                      # continue an interrupted full run
     python benchmarks/accuracy.py --teacher_dir outputs/quickstart/teacher   # another cached teacher
@@ -30,26 +30,28 @@ instead of the teacher's plain CNN).
 
 Methods (``METHODS``): ``ce`` (no teacher), ``kd`` (Hinton, T=4, CE 1 + KD 1), ``kd-tuned`` (KD with T in
 {2, 4, 8} x distill_weight in {0.5, 1, 2}, CE 1, picked by validation top-1 of seed 0 per pair, then run on all
-seeds; the seed-0 grid run is reused as the seed-0 result), ``dist`` (DIST, beta = gamma = tau = 1), ``dkd``
+seeds; the seed-0 grid run is reused as the seed-0 result), ``dist`` (DIST, beta = gamma = tau = 1),
+``dist-tuned`` (DIST with tau in {1, 2, 4} x distill_weight in {0.5, 1, 2}, picked the same way), ``dkd``
 (DKD, alpha 1, beta 8, T 4), ``kd+fitnet`` (KD + FitNet hint on the last stage), ``lkd`` (learned logit loss),
 ``lkd+feat`` (learned logit + feature loss, ``feature_taps=[-1]``) and ``lkd-frozen`` (a logit loss learned by
 the ``lkd`` run of another pair, same seed, loaded with ``freeze_loss=True``; the donor pair is ``DONORS[pair]``
 and its ``lkd`` run is done first if it is missing) and ``lkd-tuned`` (LKD with its outer-loop settings picked
 like ``kd-tuned``, on validation top-1 of seed 0, from ``GRIDS["lkd-tuned"]``: starting loss ``lkd_init`` KD(T=4)
-or DIST, meta learning rate 1e-3 or 1e-2, validation batch held out or the training batch). Baseline
+or DIST, meta learning rate 1e-3 or 1e-2, validation batch held out or the training batch) and ``lkd-dist-tuned``
+(LKD started from the DIST that ``dist-tuned`` picked, with the outer-loop settings ``lkd-tuned`` picked). Baseline
 hyper-parameters are the papers' defaults (``lkd_hf``'s defaults); none was tuned on the test split.
 
 Outputs in ``--output_dir``: ``results.json`` (one record per run; ``--resume`` skips the runs already in it),
 ``results.md`` (the tables printed at the end), ``accuracy.png`` (test top-1 per method per pair, mean and std
-over seeds) and ``learned_loss.png`` (``lkd_hf.plot_learned_loss``: the learned loss of the first ``lkd`` run
-against the hand-made loss it started from, KD(T=4)).
+over seeds), ``learned_loss.png`` and ``learned_loss_tuned.png`` (``lkd_hf.plot_learned_loss``: the learned loss
+of the first ``lkd`` / ``lkd-tuned`` run against the hand-made loss it started from, KD(T=4) / DIST).
 
 Cost (measured on 2 idle CPU cores, ``trainer.train()`` wall seconds per epoch of 2000 images, s4 / s16 / resnet8):
 ce 1.3 / 2.3 / 3.9, kd 2.9 / 3.7 / 5.6, dist 4.0 / 3.6 / 5.4, dkd 3.7 / 3.9 / 5.1, kd+fitnet 4.1 / 4.1 / 5.9,
 lkd 4.6 / 5.0 / 7.9, lkd+feat 8.0 / 9.8 / 13.3, lkd-frozen 3.6 / 4.0 / 6.1; each run adds ~1.5 s (set-up, test
-evaluation). The full table is 3 seeds x 8 methods x 3 pairs plus 11 KD runs per pair for ``kd-tuned`` (9 grid
-runs on seed 0, 2 more seeds), about 500 s per epoch in all: the default 6 epochs take ~55 min (training the
-teacher, if it is not cached, adds ~3.5 min). ``--quick`` (1 pair, 5 methods, 1 seed, 2 epochs) takes ~2 min.
+evaluation). The full default run is 186 runs (78 of them tuning-grid runs on seed 0): 4495 s of training with
+``--threads 1`` on shared cores (docs/benchmarks.md); leaving out ``dist-tuned,lkd-tuned,lkd-dist-tuned`` takes
+~40 min. ``--quick`` (1 pair, 5 methods, 1 seed, 2 epochs) takes ~2 min.
 """
 
 from __future__ import annotations
@@ -78,7 +80,8 @@ from lkd_hf.trainer import LOSS_DIRNAME  # noqa: E402
 from recipes.quickstart import QuickstartArguments, get_teacher, training_config  # noqa: E402
 
 DEFAULT_OUTPUT_DIR = "outputs/benchmark_accuracy"
-BUNDLED_TEACHER_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "teacher")  # committed (96.97% test top-1)
+# the committed teacher (96.97% test top-1)
+BUNDLED_TEACHER_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "teacher")
 TEACHER_MODEL = "lkd_convnet_teacher"
 
 
@@ -104,19 +107,25 @@ METHODS: dict[str, dict[str, Any]] = {  # LKDConfig fields of each method (kd-tu
     "kd": dict(loss="kd", temperature=4.0, distill_weight=1.0),
     "kd-tuned": dict(loss="kd"),
     "dist": dict(loss="dist"),
+    "dist-tuned": dict(loss="dist"),
     "dkd": dict(loss="dkd"),
     "kd+fitnet": dict(loss="kd+fitnet", temperature=4.0),
     "lkd": dict(loss="lkd"),
     "lkd+feat": dict(loss="lkd+feat"),
     "lkd-frozen": dict(loss="lkd", freeze_loss=True),
     "lkd-tuned": dict(loss="lkd"),
+    "lkd-dist-tuned": dict(loss="lkd", lkd_init="dist"),
 }
-LEARNED = ("lkd", "lkd+feat", "lkd-tuned")  # methods whose loss networks are meta-trained
+LEARNED = ("lkd", "lkd+feat", "lkd-tuned", "lkd-dist-tuned")  # methods whose loss networks are meta-trained
 # Grids of the methods tuned on the validation split (seed 0, per pair): run name -> the LKDConfig fields it sets.
 GRIDS: dict[str, dict[str, dict[str, Any]]] = {
     "kd-tuned": {
         f"kd-grid-T{t:g}-w{w:g}": dict(loss="kd", temperature=t, distill_weight=w, ce_weight=1.0)
         for t in (2.0, 4.0, 8.0) for w in (0.5, 1.0, 2.0)
+    },
+    "dist-tuned": {
+        f"dist-grid-T{t:g}-w{w:g}": dict(loss="dist", dist_temperature=t, distill_weight=w, ce_weight=1.0)
+        for t in (1.0, 2.0, 4.0) for w in (0.5, 1.0, 2.0)
     },
     "lkd-tuned": {  # the outer loop's settings: starting loss, meta learning rate, validation batch
         f"lkd-grid-{init}-lr{lr:g}-{source}": dict(loss="lkd", lkd_init=init, meta_learning_rate=lr,
@@ -124,7 +133,7 @@ GRIDS: dict[str, dict[str, dict[str, Any]]] = {
         for init in ("kd", "dist") for lr in (1e-3, 1e-2) for source in ("heldout", "train_batch")
     },
 }
-TUNED_KEYS = ("temperature", "distill_weight", "lkd_init", "meta_learning_rate", "meta_val_source")
+TUNED_KEYS = ("temperature", "dist_temperature", "distill_weight", "lkd_init", "meta_learning_rate", "meta_val_source")
 QUICK = dict(pairs="teacher->s4", methods="ce,kd,kd-tuned,lkd,lkd-frozen", num_seeds=1, epochs=2.0)
 FULL = dict(pairs=",".join(PAIRS), methods=",".join(METHODS), num_seeds=3, epochs=6.0)
 CONFIG_KEYS = ("epochs", "train_subset", "batch_size", "learning_rate", "split_seed", "lkd_meta_interval",
@@ -326,6 +335,8 @@ class Benchmark:
             return self.run_tuned(pair, method, seed)
         if method == "lkd-frozen":
             return self.run_frozen(pair, seed)
+        if method == "lkd-dist-tuned":
+            return self.run_lkd_from_tuned_dist(pair, seed)
         fields = dict(METHODS[method])
         if method in LEARNED:
             fields.update(self.lkd_fields(pair))
@@ -355,6 +366,15 @@ class Benchmark:
                 self.results.add(dict(self.results.get(pair, grid_run, 0), method=method, reused=grid_run))
             return self.results.get(pair, method, 0)
         return self.run(pair, method, seed, fields)
+
+    def run_lkd_from_tuned_dist(self, pair: str, seed: int) -> dict[str, Any]:
+        """LKD started from the DIST that ``dist-tuned`` picked (its temperature and weight), with the outer-loop
+        settings ``lkd-tuned`` picked: both chosen on validation top-1 of seed 0, nothing tuned anew."""
+        dist = self.grid(pair, "dist-tuned")
+        outer = {k: v for k, v in self.grid(pair, "lkd-tuned").items() if k not in ("grid_run", "lkd_init")}
+        fields = dict(METHODS["lkd-dist-tuned"], **outer, dist_temperature=dist["dist_temperature"],
+                      distill_weight=dist["distill_weight"])
+        return self.run(pair, "lkd-dist-tuned", seed, fields)
 
     def run_frozen(self, pair: str, seed: int) -> dict[str, Any]:
         """LKD with the loss learned by the ``lkd`` run of ``DONORS[pair]`` (same seed), frozen."""
@@ -411,9 +431,14 @@ def pair_table(results: Results, pair: str, methods: list[str]) -> list[str]:
         label = method
         if method == "kd-tuned":
             label += f" (T={records[0]['temperature']:g}, w={records[0]['distill_weight']:g})"
-        elif method == "lkd-tuned":
+        elif method == "dist-tuned":
+            label += f" (T={records[0]['dist_temperature']:g}, w={records[0]['distill_weight']:g})"
+        elif method in ("lkd-tuned", "lkd-dist-tuned"):
             r = records[0]
-            label += f" (init {r['lkd_init']}, meta lr {r['meta_learning_rate']:g}, val {r['meta_val_source']})"
+            start = r["lkd_init"]
+            if "dist_temperature" in r:
+                start = f"DIST T={r['dist_temperature']:g} w={r['distill_weight']:g}"
+            label += f" (init {start}, meta lr {r['meta_learning_rate']:g}, val {r['meta_val_source']})"
         elif method == "lkd-frozen":
             label += f" (loss of {records[0]['loss_from']})"
         lines.append(f"| {label} | {acc_mean:.2f} ± {acc_std:.2f} | {len(records)} | {wall:.1f} | {ratio} |")
@@ -432,7 +457,7 @@ def pair_table(results: Results, pair: str, methods: list[str]) -> list[str]:
     return lines + [""] + gap_lines(results, pair) + [""]
 
 
-HAND_MADE = ("kd", "kd-tuned", "dist", "dkd", "kd+fitnet")
+HAND_MADE = ("kd", "kd-tuned", "dist", "dist-tuned", "dkd", "kd+fitnet")
 
 
 def gap_lines(results: Results, pair: str) -> list[str]:
@@ -444,7 +469,7 @@ def gap_lines(results: Results, pair: str) -> list[str]:
         return []
     best = max(baselines, key=lambda m: baselines[m][0])
     lines = []
-    for method in ("lkd", "lkd+feat", "lkd-frozen", "lkd-tuned"):
+    for method in ("lkd", "lkd+feat", "lkd-frozen", "lkd-tuned", "lkd-dist-tuned"):
         values = [100 * r["test_top1"] for r in results.records(pair, method)]
         if not values:
             continue
@@ -557,18 +582,21 @@ def main() -> None:
     with open(os.path.join(args.output_dir, "results.md"), "w") as f:
         f.write(text + "\n")
     plot_accuracy(bench.results, args, os.path.join(args.output_dir, "accuracy.png"))
-    learned = [r for r in bench.results.data["runs"] if r["method"] == "lkd" and r["pair"] in pairs]
-    if learned:
+    plots = ["accuracy.png"]
+    z_t, label = fixed_teacher_logits(bench.teacher, bench.data["test"])
+    for method, name in (("lkd", "learned_loss.png"), ("lkd-tuned", "learned_loss_tuned.png")):
+        learned = [r for r in bench.results.data["runs"] if r["method"] == method and r["pair"] in pairs]
+        if not learned:
+            continue
         r = min(learned, key=lambda r: (pairs.index(r["pair"]), r["seed"]))
-        z_t, label = fixed_teacher_logits(bench.teacher, bench.data["test"])
-        title = (f"learned LogitLossNet of lkd on {r['pair']}, seed {r['seed']}; fixed teacher distribution: "
+        title = (f"learned LogitLossNet of {method} on {r['pair']}, seed {r['seed']}; fixed teacher distribution: "
                  f"a test image of class {label}")
-        plot_learned_loss(os.path.join(bench.run_dir(r["pair"], "lkd", r["seed"]), LOSS_DIRNAME),
-                          os.path.join(args.output_dir, "learned_loss.png"),
+        run_dir = bench.run_dir(r["pair"], r.get("reused", method), r["seed"])  # a reused grid run: its directory
+        plot_learned_loss(os.path.join(run_dir, LOSS_DIRNAME), os.path.join(args.output_dir, name),
                           teacher_logits=z_t, label=label, title=title)
-    print(f"\nSaved {args.output_dir}/results.json, results.md, accuracy.png"
-          f"{', learned_loss.png' if learned else ''}; total {time.perf_counter() - started:.0f} s.")
-
+        plots.append(name)
+    print(f"\nSaved {args.output_dir}/results.json, results.md, {', '.join(plots)}; "
+          f"total {time.perf_counter() - started:.0f} s.")
 
 if __name__ == "__main__":
     main()
