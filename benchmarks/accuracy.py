@@ -1,6 +1,6 @@
 """Accuracy benchmark: does the learned LKD loss beat hand-made distillation losses? (animal-mnist, CPU)
 
-    HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python benchmarks/accuracy.py --threads 1   # full table (~75 min)
+    HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python benchmarks/accuracy.py --threads 1   # full table (~80 min)
     HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python benchmarks/accuracy.py --quick    # smoke check (~2 min)
     python benchmarks/accuracy.py --resume                      # continue an interrupted full run
     python benchmarks/accuracy.py --teacher_dir outputs/quickstart/teacher   # another cached teacher
@@ -38,7 +38,8 @@ the ``lkd`` run of another pair, same seed, loaded with ``freeze_loss=True``; th
 and its ``lkd`` run is done first if it is missing) and ``lkd-tuned`` (LKD with its outer-loop settings picked
 like ``kd-tuned``, on validation top-1 of seed 0, from ``GRIDS["lkd-tuned"]``: starting loss ``lkd_init`` KD(T=4)
 or DIST, meta learning rate 1e-3 or 1e-2, validation batch held out or the training batch) and ``lkd-dist-tuned``
-(LKD started from the DIST that ``dist-tuned`` picked, with the outer-loop settings ``lkd-tuned`` picked). Baseline
+(LKD started from the DIST that ``dist-tuned`` picked, with the outer-loop settings ``lkd-tuned`` picked;
+``lkd-dist-tuned-corr``: the same with the temperature and weight fixed, ``lkd_learn_knobs=False``). Baseline
 hyper-parameters are the papers' defaults (``lkd_hf``'s defaults); none was tuned on the test split.
 
 Outputs in ``--output_dir``: ``results.json`` (one record per run; ``--resume`` skips the runs already in it),
@@ -49,9 +50,9 @@ of the first ``lkd`` / ``lkd-tuned`` run against the hand-made loss it started f
 Cost (measured on 2 idle CPU cores, ``trainer.train()`` wall seconds per epoch of 2000 images, s4 / s16 / resnet8):
 ce 1.3 / 2.3 / 3.9, kd 2.9 / 3.7 / 5.6, dist 4.0 / 3.6 / 5.4, dkd 3.7 / 3.9 / 5.1, kd+fitnet 4.1 / 4.1 / 5.9,
 lkd 4.6 / 5.0 / 7.9, lkd+feat 8.0 / 9.8 / 13.3, lkd-frozen 3.6 / 4.0 / 6.1; each run adds ~1.5 s (set-up, test
-evaluation). The full default run is 186 runs (78 of them tuning-grid runs on seed 0): 4495 s of training with
-``--threads 1`` on shared cores (docs/benchmarks.md); leaving out ``dist-tuned,lkd-tuned,lkd-dist-tuned`` takes
-~40 min. ``--quick`` (1 pair, 5 methods, 1 seed, 2 epochs) takes ~2 min.
+evaluation). The full default run is 195 runs (78 of them tuning-grid runs on seed 0): 4725 s of training with
+``--threads 1`` on shared cores (docs/benchmarks.md); leaving out ``dist-tuned`` and the ``lkd-*tuned*`` methods
+takes ~40 min. ``--quick`` (1 pair, 5 methods, 1 seed, 2 epochs) takes ~2 min.
 """
 
 from __future__ import annotations
@@ -115,8 +116,9 @@ METHODS: dict[str, dict[str, Any]] = {  # LKDConfig fields of each method (kd-tu
     "lkd-frozen": dict(loss="lkd", freeze_loss=True),
     "lkd-tuned": dict(loss="lkd"),
     "lkd-dist-tuned": dict(loss="lkd", lkd_init="dist"),
+    "lkd-dist-tuned-corr": dict(loss="lkd", lkd_init="dist", lkd_learn_knobs=False),
 }
-LEARNED = ("lkd", "lkd+feat", "lkd-tuned", "lkd-dist-tuned")  # methods whose loss networks are meta-trained
+LEARNED = ("lkd", "lkd+feat", "lkd-tuned", "lkd-dist-tuned", "lkd-dist-tuned-corr")  # loss networks meta-trained
 # Grids of the methods tuned on the validation split (seed 0, per pair): run name -> the LKDConfig fields it sets.
 GRIDS: dict[str, dict[str, dict[str, Any]]] = {
     "kd-tuned": {
@@ -335,8 +337,8 @@ class Benchmark:
             return self.run_tuned(pair, method, seed)
         if method == "lkd-frozen":
             return self.run_frozen(pair, seed)
-        if method == "lkd-dist-tuned":
-            return self.run_lkd_from_tuned_dist(pair, seed)
+        if method in ("lkd-dist-tuned", "lkd-dist-tuned-corr"):
+            return self.run_lkd_from_tuned_dist(pair, method, seed)
         fields = dict(METHODS[method])
         if method in LEARNED:
             fields.update(self.lkd_fields(pair))
@@ -367,14 +369,15 @@ class Benchmark:
             return self.results.get(pair, method, 0)
         return self.run(pair, method, seed, fields)
 
-    def run_lkd_from_tuned_dist(self, pair: str, seed: int) -> dict[str, Any]:
+    def run_lkd_from_tuned_dist(self, pair: str, method: str, seed: int) -> dict[str, Any]:
         """LKD started from the DIST that ``dist-tuned`` picked (its temperature and weight), with the outer-loop
-        settings ``lkd-tuned`` picked: both chosen on validation top-1 of seed 0, nothing tuned anew."""
+        settings ``lkd-tuned`` picked: both chosen on validation top-1 of seed 0, nothing tuned anew
+        (``lkd-dist-tuned-corr``: temperature and weight stay fixed, only the per-class/per-sample weights learn)."""
         dist = self.grid(pair, "dist-tuned")
         outer = {k: v for k, v in self.grid(pair, "lkd-tuned").items() if k not in ("grid_run", "lkd_init")}
-        fields = dict(METHODS["lkd-dist-tuned"], **outer, dist_temperature=dist["dist_temperature"],
+        fields = dict(METHODS[method], **outer, dist_temperature=dist["dist_temperature"],
                       distill_weight=dist["distill_weight"])
-        return self.run(pair, "lkd-dist-tuned", seed, fields)
+        return self.run(pair, method, seed, fields)
 
     def run_frozen(self, pair: str, seed: int) -> dict[str, Any]:
         """LKD with the loss learned by the ``lkd`` run of ``DONORS[pair]`` (same seed), frozen."""
@@ -433,7 +436,7 @@ def pair_table(results: Results, pair: str, methods: list[str]) -> list[str]:
             label += f" (T={records[0]['temperature']:g}, w={records[0]['distill_weight']:g})"
         elif method == "dist-tuned":
             label += f" (T={records[0]['dist_temperature']:g}, w={records[0]['distill_weight']:g})"
-        elif method in ("lkd-tuned", "lkd-dist-tuned"):
+        elif method in ("lkd-tuned", "lkd-dist-tuned", "lkd-dist-tuned-corr"):
             r = records[0]
             start = r["lkd_init"]
             if "dist_temperature" in r:
@@ -469,7 +472,7 @@ def gap_lines(results: Results, pair: str) -> list[str]:
         return []
     best = max(baselines, key=lambda m: baselines[m][0])
     lines = []
-    for method in ("lkd", "lkd+feat", "lkd-frozen", "lkd-tuned", "lkd-dist-tuned"):
+    for method in ("lkd", "lkd+feat", "lkd-frozen", "lkd-tuned", "lkd-dist-tuned", "lkd-dist-tuned-corr"):
         values = [100 * r["test_top1"] for r in results.records(pair, method)]
         if not values:
             continue

@@ -47,6 +47,11 @@ class LKDConfig(TrainingArguments):
         metadata={"help": "Hand-made loss the learned logit loss reproduces at initialisation: 'kd' (Hinton KD at "
                   "`temperature`) or 'dist' (DIST with dist_beta, dist_gamma at dist_temperature)."},
     )
+    lkd_learn_knobs: bool = field(
+        default=True,
+        metadata={"help": "Whether the outer loop may change the learned logit loss's global knobs (temperature and "
+                  "weight); False keeps them at their start and learns only the per-class / per-sample weights."},
+    )
     feature_weight: float = field(default=1.0, metadata={"help": "Weight of the feature distillation term."})
     feature_taps: list[str] = field(
         default_factory=lambda: ["-1"],

@@ -161,10 +161,12 @@ class LogitLossNet(
 
 @register_loss("lkd")
 def _build_lkd(config) -> LogitLossNet:
+    knobs = getattr(config, "lkd_learn_knobs", True)
+    common = dict(hidden_dim=config.loss_hidden_dim, learn_temperature=knobs, learn_weight=knobs)
     if getattr(config, "lkd_init", "kd") == "dist":
-        return LogitLossNet(temperature=config.dist_temperature, hidden_dim=config.loss_hidden_dim, base="dist",
-                            dist_beta=config.dist_beta, dist_gamma=config.dist_gamma)
-    return LogitLossNet(temperature=config.temperature, hidden_dim=config.loss_hidden_dim)
+        return LogitLossNet(temperature=config.dist_temperature, base="dist", dist_beta=config.dist_beta,
+                            dist_gamma=config.dist_gamma, **common)
+    return LogitLossNet(temperature=config.temperature, **common)
 
 
 _FEAT_NUM_ELEMENT_INPUTS = 3  # s_n, t_n, d_n

@@ -172,3 +172,15 @@ def test_lkd_init_selects_the_base_of_the_learned_loss(tmp_path):
         LKDConfig(output_dir=str(tmp_path), lkd_init="dkd", report_to="none")
     with pytest.raises(ValueError, match="base"):
         LogitLossNet(base="dkd")
+
+
+def test_lkd_learn_knobs_false_freezes_temperature_and_weight(tmp_path):
+    from lkd_hf import LKDConfig
+
+    config = LKDConfig(output_dir=str(tmp_path), loss="lkd", lkd_learn_knobs=False, report_to="none")
+    net = build_loss("lkd", config)
+    trainable = {n for n, p in net.named_parameters() if p.requires_grad}
+    assert "log_temperature" not in trainable and "log_weight" not in trainable
+    assert {"class_head.weight", "sample_head.weight"} <= trainable
+    default = build_loss("lkd", LKDConfig(output_dir=str(tmp_path), loss="lkd", report_to="none"))
+    assert default.log_temperature.requires_grad and default.log_weight.requires_grad

@@ -176,6 +176,19 @@ def test_meta_step_updates_only_the_loss_network(tmp_path, hypergradient):
     assert trainer._metrics["meta/hypergrad_norm"][0] > 0
 
 
+def test_meta_step_with_frozen_knobs_learns_only_the_corrections(tmp_path):
+    trainer = _lkd_trainer(tmp_path, lkd_learn_knobs=False, lookahead_lr=0.1, meta_learning_rate=0.1)
+    trainer.create_optimizer_and_scheduler(num_training_steps=10)
+    trainer.model.train()
+    net = trainer.distill_loss
+    knobs = (net.log_temperature.detach().clone(), net.log_weight.detach().clone())
+    heads = [p.detach().clone() for p in (net.class_head.weight, net.sample_head.weight)]
+    trainer._recent_batches.append(_one_batch(trainer))
+    trainer.meta_step(trainer.model)
+    assert torch.equal(net.log_temperature, knobs[0]) and torch.equal(net.log_weight, knobs[1])
+    assert all(not torch.equal(a, b) for a, b in zip(heads, (net.class_head.weight, net.sample_head.weight)))
+
+
 def test_student_backward_does_not_touch_loss_network_gradients(tmp_path):
     trainer = _lkd_trainer(tmp_path)
     batch = _one_batch(trainer)
