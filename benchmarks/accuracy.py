@@ -296,6 +296,21 @@ class Benchmark:
                     snapshot_strategy=a.lkd_snapshot_strategy, lkd_val_fraction=a.lkd_val_fraction,
                     hypergradient=PAIRS[pair].hypergradient)
 
+    def train_student(self, pair: str, seed: int, output_dir: str, fields: dict[str, Any]) -> tuple[LKDTrainer, float]:
+        """Train a fresh student of ``pair`` (seeded) with the LKDConfig ``fields``; return the trainer and the wall
+        seconds of ``trainer.train()``."""
+        spec = PAIRS[pair]
+        torch.manual_seed(seed)
+        student = timm.create_model(spec.student, num_classes=self.num_classes, **spec.student_kwargs)
+        config = training_config(dataclasses.replace(self.recipe, seed=seed), output_dir, self.args.epochs,
+                                 disable_tqdm=True, log_level="warning", **fields)
+        trainer = LKDTrainer(model=student, teacher=None if fields["loss"] == "ce" else self.teacher, args=config,
+                             train_dataset=self.data["train"], eval_dataset=self.data["test"])
+        trainer.remove_callback(PrinterCallback)
+        start = time.perf_counter()
+        trainer.train()
+        return trainer, time.perf_counter() - start
+
     def run(self, pair: str, method: str, seed: int, fields: dict[str, Any], *, validate: bool = False,
             **extra: Any) -> dict[str, Any]:
         """Train one student of ``pair`` with the LKDConfig ``fields``, record it (and return the record)."""
@@ -303,18 +318,8 @@ class Benchmark:
         if done is not None:
             return done
         spec = PAIRS[pair]
-        torch.manual_seed(seed)
-        student = timm.create_model(spec.student, num_classes=self.num_classes, **spec.student_kwargs)
-        output_dir = self.run_dir(pair, method, seed)
-        config = training_config(dataclasses.replace(self.recipe, seed=seed), output_dir, self.args.epochs,
-                                 disable_tqdm=True, log_level="warning", **fields)
-        trainer = LKDTrainer(model=student, teacher=None if fields["loss"] == "ce" else self.teacher, args=config,
-                             train_dataset=self.data["train"], eval_dataset=self.data["test"])
-        trainer.remove_callback(PrinterCallback)
+        trainer, wall = self.train_student(pair, seed, self.run_dir(pair, method, seed), fields)
         meta_images = len(trainer.meta_dataset) if trainer.meta_dataset is not None and trainer.loss_params else 0
-        start = time.perf_counter()
-        trainer.train()
-        wall = time.perf_counter() - start
         record = dict(
             pair=pair, method=method, seed=seed, student=spec.student,
             student_params=sum(p.numel() for p in trainer.student.parameters()),

@@ -35,13 +35,9 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root
 
-import timm  # noqa: E402
-import torch  # noqa: E402
-from transformers import HfArgumentParser, PrinterCallback  # noqa: E402
+from transformers import HfArgumentParser  # noqa: E402
 
 from benchmarks.accuracy import BUNDLED_TEACHER_DIR, PAIRS, AccuracyArguments, Benchmark  # noqa: E402
-from lkd_hf import LKDTrainer  # noqa: E402
-from recipes.quickstart import training_config  # noqa: E402
 
 LKD = dict(loss="lkd")
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -84,19 +80,8 @@ def run_variant(bench: Benchmark, args: HorizonArguments, name: str, seed: int) 
     if fields["loss"] == "lkd":
         fields.update(meta_learning_rate=args.meta_learning_rate, meta_interval=args.meta_interval,
                       snapshot_interval=args.snapshot_interval, hypergradient=PAIRS[args.pair].hypergradient)
-    spec = PAIRS[args.pair]
-    torch.manual_seed(seed)
-    student = timm.create_model(spec.student, num_classes=bench.num_classes, **spec.student_kwargs)
-    recipe = bench.recipe.__class__(**{**bench.recipe.__dict__, "seed": seed})
-    config = training_config(recipe, os.path.join(args.output_dir, "runs", name, f"seed{seed}"), args.epochs,
-                             disable_tqdm=True, log_level="warning", **fields)
-    config.logging_steps = args.logging_steps
-    trainer = LKDTrainer(model=student, teacher=bench.teacher, args=config, train_dataset=bench.data["train"],
-                         eval_dataset=bench.data["test"])
-    trainer.remove_callback(PrinterCallback)
-    start = time.perf_counter()
-    trainer.train()
-    wall = time.perf_counter() - start
+    output_dir = os.path.join(args.output_dir, "runs", name, f"seed{seed}")
+    trainer, wall = bench.train_student(args.pair, seed, output_dir, {**fields, "logging_steps": args.logging_steps})
     trajectory = [dict(step=0, temperature=fields.get("temperature", 4.0), weight=1.0)] + [
         dict(step=h["step"], temperature=h["lkd/temperature"], weight=h["lkd/weight"],
              val_loss_after=h.get("meta/val_loss_after"), time_share=h.get("meta/time_share"))

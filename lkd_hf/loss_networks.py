@@ -48,7 +48,7 @@ from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .losses.logit import DISTLoss, kd_loss, pearson_rows
+from .losses.logit import pearson_rows
 from .losses.registry import register_loss
 
 _NUM_INPUTS = 6
@@ -145,15 +145,6 @@ class LogitLossNet(
             return self.weight * t**2 * (self.dist_beta * inter + self.dist_gamma * intra)
         per_sample = sample_weight * t**2 * (kl + (divergence * modulation).sum(-1)).clamp_min(0)  # >= 0 up to rounding
         return self.weight * per_sample.mean()
-
-    def reference(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
-        """The hand-made loss (``base``) at this network's current temperature: what it computed at initialisation."""
-        dtype, t = self.log_temperature.dtype, float(self.temperature.detach())
-        student_logits, teacher_logits = student_logits.to(dtype), teacher_logits.to(dtype)
-        if self.base == "dist":
-            labels = torch.zeros(len(student_logits), dtype=torch.long, device=student_logits.device)
-            return DISTLoss(self.dist_beta, self.dist_gamma, t)(student_logits, teacher_logits, labels)
-        return kd_loss(student_logits, teacher_logits, t)
 
     def extra_repr(self) -> str:
         return f"base={self.base}, temperature={float(self.temperature):.3f}, weight={float(self.weight):.3f}"

@@ -11,7 +11,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import itertools
-import math
 import os
 import random
 import shutil

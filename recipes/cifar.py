@@ -25,6 +25,7 @@ from torchvision import transforms as T
 from transformers.utils import SAFE_WEIGHTS_NAME
 
 from common import (
+    SHARED_TRAINER_DEFAULTS,
     RecipeArguments,
     announce,
     create_teacher,
@@ -46,17 +47,12 @@ PRESETS: dict[str, tuple[str, str]] = {
 }
 
 TRAINER_DEFAULTS = dict(
+    SHARED_TRAINER_DEFAULTS,
     num_train_epochs=240,
-    optim="sgd",
-    optim_args="momentum=0.9",
     weight_decay=5e-4,
     per_device_eval_batch_size=256,
-    eval_strategy="epoch",
-    save_strategy="epoch",
-    save_total_limit=2,
     logging_steps=50,
     dataloader_num_workers=4,
-    ddp_find_unused_parameters=False,
 )
 """``LKDConfig`` defaults of the recipe (the learning rate, batch split and schedule: see common.training_config)."""
 

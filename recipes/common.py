@@ -38,6 +38,16 @@ R = TypeVar("R", bound="RecipeArguments")
 AUTO_FIELDS = ("per_device_train_batch_size", "learning_rate", "lr_scheduler_type", "hypergradient")
 """``LKDConfig`` fields the recipe derives unless given on the command line (see :func:`training_config`)."""
 
+SHARED_TRAINER_DEFAULTS = dict(
+    optim="sgd",
+    optim_args="momentum=0.9",
+    eval_strategy="epoch",
+    save_strategy="epoch",
+    save_total_limit=2,
+    ddp_find_unused_parameters=False,
+)
+"""``LKDConfig`` defaults shared by the recipes (each adds its epochs, weight decay, batch and loader sizes)."""
+
 
 @dataclass
 class RecipeArguments:

@@ -26,6 +26,7 @@ from timm.data import create_transform
 from torchvision import transforms as T
 
 from common import (
+    SHARED_TRAINER_DEFAULTS,
     RecipeArguments,
     TeacherWeightsError,
     announce,
@@ -46,17 +47,12 @@ PRESETS: dict[str, tuple[str, str]] = {
 }
 
 TRAINER_DEFAULTS = dict(
+    SHARED_TRAINER_DEFAULTS,
     num_train_epochs=100,
-    optim="sgd",
-    optim_args="momentum=0.9",
     weight_decay=1e-4,
     per_device_eval_batch_size=128,
-    eval_strategy="epoch",
-    save_strategy="epoch",
-    save_total_limit=2,
     logging_steps=100,
     dataloader_num_workers=8,
-    ddp_find_unused_parameters=False,
 )
 """``LKDConfig`` defaults of the recipe (the learning rate, batch split and schedule: see common.training_config)."""
 

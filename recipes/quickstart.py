@@ -47,9 +47,10 @@ class QuickstartArguments:
     seed: int = field(default=0, metadata={"help": "Seed of the split and of the training runs."})
 
 
-def training_config(q: QuickstartArguments, output_dir: str, epochs: float, **lkd_fields) -> LKDConfig:
-    """The shared recipe: SGD Nesterov 0.9, cosine LR, weight decay 5e-4 — the same for every method."""
-    return LKDConfig(
+def training_config(q: QuickstartArguments, output_dir: str, epochs: float, **fields) -> LKDConfig:
+    """The shared recipe: SGD Nesterov 0.9, cosine LR, weight decay 5e-4 — the same for every method. ``fields`` set
+    the method's LKDConfig fields and may override the recipe's (e.g. ``logging_steps``)."""
+    recipe = dict(
         output_dir=output_dir,
         num_train_epochs=epochs,
         per_device_train_batch_size=q.batch_size,
@@ -65,8 +66,8 @@ def training_config(q: QuickstartArguments, output_dir: str, epochs: float, **lk
         use_cpu=True,
         seed=q.seed,
         dataloader_num_workers=0,
-        **lkd_fields,
     )
+    return LKDConfig(**{**recipe, **fields})
 
 
 def get_teacher(q: QuickstartArguments, num_classes: int) -> tuple[torch.nn.Module, float]:

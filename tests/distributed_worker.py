@@ -19,30 +19,17 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
-import datasets
-import numpy as np
-import timm
 import torch
 
-from lkd_hf import LKDConfig, LKDTrainer, LogitLossNet
-
-NUM_CLASSES = 10
-
-
-def make_dataset(n: int, size: int = 16, seed: int = 0) -> datasets.Dataset:
-    rng = np.random.default_rng(seed)
-    prototypes = np.random.default_rng(1234).normal(size=(NUM_CLASSES, 3, size, size)).astype(np.float32)
-    labels = rng.integers(0, NUM_CLASSES, size=n)
-    images = prototypes[labels] + 0.8 * rng.normal(size=(n, 3, size, size)).astype(np.float32)
-    return datasets.Dataset.from_dict({"pixel_values": images, "labels": labels}).with_format("torch")
+from lkd_hf import LKDTrainer, LogitLossNet
+from test_trainer import make_config, make_dataset, make_models  # tests/ is the script's directory: on sys.path
 
 
 def run(out_dir: str, estimator: str) -> None:
     rank = int(os.environ["RANK"])
-    torch.manual_seed(0)
-    student = timm.create_model("test_resnet", num_classes=NUM_CLASSES)
-    teacher = timm.create_model("test_resnet", num_classes=NUM_CLASSES)
+    student, teacher = make_models()
     loss_net = LogitLossNet(temperature=4.0, hidden_dim=8)
     with torch.no_grad():  # a different loss network on every rank: the broadcast at start must fix this
         generator = torch.Generator().manual_seed(100 + rank)
@@ -50,34 +37,25 @@ def run(out_dir: str, estimator: str) -> None:
             p.add_(0.1 * torch.randn(p.shape, generator=generator))
     init_loss_params = [p.detach().clone() for p in loss_net.parameters()]
 
-    args = LKDConfig(
+    args = make_config(
+        Path(out_dir),
         output_dir=os.path.join(out_dir, f"run-{estimator}"),
         loss="lkd",
         hypergradient=estimator,
-        use_cpu=True,
         ddp_backend="gloo",
         per_device_train_batch_size=8,
         meta_batch_size=8,
-        max_steps=6,
-        meta_interval=2,
         lookahead_lr=0.1,
         meta_learning_rate=1e-2,
-        learning_rate=0.05,
-        optim="sgd",
-        logging_steps=3,
-        save_strategy="no",
-        report_to="none",
-        disable_tqdm=True,
         dataloader_num_workers=0,
         ddp_find_unused_parameters=False,
-        seed=0,
         # every rank keeps its snapshots in its own files (thinned: snapshot_pool_size 2, recorded every step)
         snapshot_storage_dir=os.path.join(out_dir, f"pool-{estimator}"),
         snapshot_interval=1,
         snapshot_pool_size=2,
     )
     trainer = LKDTrainer(
-        model=student, teacher=teacher, args=args, train_dataset=make_dataset(256), loss_network=loss_net
+        model=student, teacher=teacher, args=args, train_dataset=make_dataset(256, size=16), loss_network=loss_net
     )
     assert trainer.args.world_size == 2 and trainer.args.process_index == rank, "not a 2-process run"
 
