@@ -1,6 +1,6 @@
 """Accuracy benchmark: does the learned LKD loss beat hand-made distillation losses? (animal-mnist, CPU)
 
-    HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python benchmarks/accuracy.py --threads 1   # full table (~80 min)
+    HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python benchmarks/accuracy.py --threads 1   # full table (~2 h)
     HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python benchmarks/accuracy.py --quick    # smoke check (~2 min)
     python benchmarks/accuracy.py --resume                      # continue an interrupted full run
     python benchmarks/accuracy.py --teacher_dir outputs/quickstart/teacher   # another cached teacher
@@ -31,7 +31,7 @@ instead of the teacher's plain CNN).
 Methods (``METHODS``): ``ce`` (no teacher), ``kd`` (Hinton, T=4, CE 1 + KD 1), ``kd-tuned`` (KD with T in
 {2, 4, 8} x distill_weight in {0.5, 1, 2}, CE 1, picked by validation top-1 of seed 0 per pair, then run on all
 seeds; the seed-0 grid run is reused as the seed-0 result), ``dist`` (DIST, beta = gamma = tau = 1),
-``dist-tuned`` (DIST with tau in {1, 2, 4} x distill_weight in {0.5, 1, 2}, picked the same way), ``dkd``
+``dist-tuned`` (DIST with tau in {1, 2, 4, 8, 16} x distill_weight in {0.5, 1, 2}, picked the same way), ``dkd``
 (DKD, alpha 1, beta 8, T 4), ``kd+fitnet`` (KD + FitNet hint on the last stage), ``lkd`` (learned logit loss),
 ``lkd+feat`` (learned logit + feature loss, ``feature_taps=[-1]``) and ``lkd-frozen`` (a logit loss learned by
 the ``lkd`` run of another pair, same seed, loaded with ``freeze_loss=True``; the donor pair is ``DONORS[pair]``
@@ -39,8 +39,11 @@ and its ``lkd`` run is done first if it is missing) and ``lkd-tuned`` (LKD with 
 like ``kd-tuned``, on validation top-1 of seed 0, from ``GRIDS["lkd-tuned"]``: starting loss ``lkd_init`` KD(T=4)
 or DIST, meta learning rate 1e-3 or 1e-2, validation batch held out or the training batch) and ``lkd-dist-tuned``
 (LKD started from the DIST that ``dist-tuned`` picked, with the outer-loop settings ``lkd-tuned`` picked;
-``lkd-dist-tuned-corr``: the same with the temperature and weight fixed, ``lkd_learn_knobs=False``). Baseline
-hyper-parameters are the papers' defaults (``lkd_hf``'s defaults); none was tuned on the test split.
+``lkd-dist-tuned-corr``: the same with the temperature and weight fixed, ``lkd_learn_knobs=False``;
+``lkd-dist-tuned-k5``: the same with a K=5 horizon) and ``lkd-k5`` (LKD from DIST's untuned paper default T=1 with
+a K=5 horizon, meta learning rate 0.1 and training-batch validation: the outer-loop settings with the best
+validation top-1 among the untuned starts of ``benchmarks/outer_loop.py``). Baseline hyper-parameters are the
+papers' defaults (``lkd_hf``'s defaults) or tuned on the validation split; none was tuned on the test split.
 
 Outputs in ``--output_dir``: ``results.json`` (one record per run; ``--resume`` skips the runs already in it),
 ``results.md`` (the tables printed at the end), ``accuracy.png`` (test top-1 per method per pair, mean and std
@@ -50,9 +53,9 @@ of the first ``lkd`` / ``lkd-tuned`` run against the hand-made loss it started f
 Cost (measured on 2 idle CPU cores, ``trainer.train()`` wall seconds per epoch of 2000 images, s4 / s16 / resnet8):
 ce 1.3 / 2.3 / 3.9, kd 2.9 / 3.7 / 5.6, dist 4.0 / 3.6 / 5.4, dkd 3.7 / 3.9 / 5.1, kd+fitnet 4.1 / 4.1 / 5.9,
 lkd 4.6 / 5.0 / 7.9, lkd+feat 8.0 / 9.8 / 13.3, lkd-frozen 3.6 / 4.0 / 6.1; each run adds ~1.5 s (set-up, test
-evaluation). The full default run is 195 runs (78 of them tuning-grid runs on seed 0): 4725 s of training with
-``--threads 1`` on shared cores (docs/benchmarks.md); leaving out ``dist-tuned`` and the ``lkd-*tuned*`` methods
-takes ~40 min. ``--quick`` (1 pair, 5 methods, 1 seed, 2 epochs) takes ~2 min.
+evaluation). The full default run is 231 runs (96 of them tuning-grid runs on seed 0): ~6700 s of training with
+``--threads 1`` on shared cores (docs/benchmarks.md); leaving out ``dist-tuned`` and the ``lkd-*`` methods after
+``lkd-frozen`` takes ~40 min. ``--quick`` (1 pair, 5 methods, 1 seed, 2 epochs) takes ~2 min.
 """
 
 from __future__ import annotations
@@ -117,8 +120,14 @@ METHODS: dict[str, dict[str, Any]] = {  # LKDConfig fields of each method (kd-tu
     "lkd-tuned": dict(loss="lkd"),
     "lkd-dist-tuned": dict(loss="lkd", lkd_init="dist"),
     "lkd-dist-tuned-corr": dict(loss="lkd", lkd_init="dist", lkd_learn_knobs=False),
+    "lkd-dist-tuned-k5": dict(loss="lkd", lkd_init="dist", lookahead_steps=5),
+    # LKD from DIST's paper default (T=1, untuned), K=5, meta lr 0.1: the outer-loop settings with the best
+    # validation top-1 of benchmarks/outer_loop.py's untuned starts (docs/benchmarks.md, "Outer loop")
+    "lkd-k5": dict(loss="lkd", lkd_init="dist", dist_temperature=1.0, distill_weight=1.0, lookahead_steps=5,
+                   meta_learning_rate=0.1, meta_val_source="train_batch"),
 }
-LEARNED = ("lkd", "lkd+feat", "lkd-tuned", "lkd-dist-tuned", "lkd-dist-tuned-corr")  # loss networks meta-trained
+FROM_TUNED_DIST = ("lkd-dist-tuned", "lkd-dist-tuned-corr", "lkd-dist-tuned-k5")  # LKD from dist-tuned's pick
+LEARNED = ("lkd", "lkd+feat", "lkd-tuned", *FROM_TUNED_DIST, "lkd-k5")  # loss networks meta-trained
 # Grids of the methods tuned on the validation split (seed 0, per pair): run name -> the LKDConfig fields it sets.
 GRIDS: dict[str, dict[str, dict[str, Any]]] = {
     "kd-tuned": {
@@ -127,7 +136,7 @@ GRIDS: dict[str, dict[str, dict[str, Any]]] = {
     },
     "dist-tuned": {
         f"dist-grid-T{t:g}-w{w:g}": dict(loss="dist", dist_temperature=t, distill_weight=w, ce_weight=1.0)
-        for t in (1.0, 2.0, 4.0) for w in (0.5, 1.0, 2.0)
+        for t in (1.0, 2.0, 4.0, 8.0, 16.0) for w in (0.5, 1.0, 2.0)
     },
     "lkd-tuned": {  # the outer loop's settings: starting loss, meta learning rate, validation batch
         f"lkd-grid-{init}-lr{lr:g}-{source}": dict(loss="lkd", lkd_init=init, meta_learning_rate=lr,
@@ -135,7 +144,8 @@ GRIDS: dict[str, dict[str, dict[str, Any]]] = {
         for init in ("kd", "dist") for lr in (1e-3, 1e-2) for source in ("heldout", "train_batch")
     },
 }
-TUNED_KEYS = ("temperature", "dist_temperature", "distill_weight", "lkd_init", "meta_learning_rate", "meta_val_source")
+TUNED_KEYS = ("temperature", "dist_temperature", "distill_weight", "lkd_init", "meta_learning_rate", "meta_val_source",
+              "lookahead_steps")
 QUICK = dict(pairs="teacher->s4", methods="ce,kd,kd-tuned,lkd,lkd-frozen", num_seeds=1, epochs=2.0)
 FULL = dict(pairs=",".join(PAIRS), methods=",".join(METHODS), num_seeds=3, epochs=6.0)
 CONFIG_KEYS = ("epochs", "train_subset", "batch_size", "learning_rate", "split_seed", "lkd_meta_interval",
@@ -296,16 +306,17 @@ class Benchmark:
                     snapshot_strategy=a.lkd_snapshot_strategy, lkd_val_fraction=a.lkd_val_fraction,
                     hypergradient=PAIRS[pair].hypergradient)
 
-    def train_student(self, pair: str, seed: int, output_dir: str, fields: dict[str, Any]) -> tuple[LKDTrainer, float]:
-        """Train a fresh student of ``pair`` (seeded) with the LKDConfig ``fields``; return the trainer and the wall
-        seconds of ``trainer.train()``."""
+    def train_student(self, pair: str, seed: int, output_dir: str, fields: dict[str, Any],
+                      callbacks: list | None = None) -> tuple[LKDTrainer, float]:
+        """Train a fresh student of ``pair`` (seeded) with the LKDConfig ``fields`` (and Trainer ``callbacks``);
+        return the trainer and the wall seconds of ``trainer.train()``."""
         spec = PAIRS[pair]
         torch.manual_seed(seed)
         student = timm.create_model(spec.student, num_classes=self.num_classes, **spec.student_kwargs)
         config = training_config(dataclasses.replace(self.recipe, seed=seed), output_dir, self.args.epochs,
                                  disable_tqdm=True, log_level="warning", **fields)
         trainer = LKDTrainer(model=student, teacher=None if fields["loss"] == "ce" else self.teacher, args=config,
-                             train_dataset=self.data["train"], eval_dataset=self.data["test"])
+                             train_dataset=self.data["train"], eval_dataset=self.data["test"], callbacks=callbacks)
         trainer.remove_callback(PrinterCallback)
         start = time.perf_counter()
         trainer.train()
@@ -342,11 +353,9 @@ class Benchmark:
             return self.run_tuned(pair, method, seed)
         if method == "lkd-frozen":
             return self.run_frozen(pair, seed)
-        if method in ("lkd-dist-tuned", "lkd-dist-tuned-corr"):
+        if method in FROM_TUNED_DIST:
             return self.run_lkd_from_tuned_dist(pair, method, seed)
-        fields = dict(METHODS[method])
-        if method in LEARNED:
-            fields.update(self.lkd_fields(pair))
+        fields = {**(self.lkd_fields(pair) if method in LEARNED else {}), **METHODS[method]}
         return self.run(pair, method, seed, fields)
 
     def grid(self, pair: str, method: str) -> dict[str, Any]:
@@ -380,8 +389,8 @@ class Benchmark:
         (``lkd-dist-tuned-corr``: temperature and weight stay fixed, only the per-class/per-sample weights learn)."""
         dist = self.grid(pair, "dist-tuned")
         outer = {k: v for k, v in self.grid(pair, "lkd-tuned").items() if k not in ("grid_run", "lkd_init")}
-        fields = dict(METHODS[method], **outer, dist_temperature=dist["dist_temperature"],
-                      distill_weight=dist["distill_weight"])
+        fields = {**outer, **METHODS[method], "dist_temperature": dist["dist_temperature"],
+                  "distill_weight": dist["distill_weight"]}
         return self.run(pair, method, seed, fields)
 
     def run_frozen(self, pair: str, seed: int) -> dict[str, Any]:
@@ -441,12 +450,13 @@ def pair_table(results: Results, pair: str, methods: list[str]) -> list[str]:
             label += f" (T={records[0]['temperature']:g}, w={records[0]['distill_weight']:g})"
         elif method == "dist-tuned":
             label += f" (T={records[0]['dist_temperature']:g}, w={records[0]['distill_weight']:g})"
-        elif method in ("lkd-tuned", "lkd-dist-tuned", "lkd-dist-tuned-corr"):
+        elif method in ("lkd-tuned", *FROM_TUNED_DIST, "lkd-k5"):
             r = records[0]
             start = r["lkd_init"]
             if "dist_temperature" in r:
                 start = f"DIST T={r['dist_temperature']:g} w={r['distill_weight']:g}"
-            label += f" (init {start}, meta lr {r['meta_learning_rate']:g}, val {r['meta_val_source']})"
+            horizon = f", K={r['lookahead_steps']}" if r.get("lookahead_steps", 1) != 1 else ""
+            label += f" (init {start}, meta lr {r['meta_learning_rate']:g}, val {r['meta_val_source']}{horizon})"
         elif method == "lkd-frozen":
             label += f" (loss of {records[0]['loss_from']})"
         lines.append(f"| {label} | {acc_mean:.2f} ± {acc_std:.2f} | {len(records)} | {wall:.1f} | {ratio} |")
@@ -477,7 +487,7 @@ def gap_lines(results: Results, pair: str) -> list[str]:
         return []
     best = max(baselines, key=lambda m: baselines[m][0])
     lines = []
-    for method in ("lkd", "lkd+feat", "lkd-frozen", "lkd-tuned", "lkd-dist-tuned", "lkd-dist-tuned-corr"):
+    for method in ("lkd", "lkd+feat", "lkd-frozen", "lkd-tuned", *FROM_TUNED_DIST, "lkd-k5"):
         values = [100 * r["test_top1"] for r in results.records(pair, method)]
         if not values:
             continue

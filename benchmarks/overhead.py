@@ -86,6 +86,7 @@ class OverheadArguments:
     warmup_steps: int = field(default=10, metadata={"help": "First steps of each row left out of the timing."})
     threads: int = field(default=2, metadata={"help": "torch.set_num_threads (and OMP/MKL threads) of every row."})
     device: str | None = field(default=None, metadata={"help": "'cpu' or 'cuda' (default: cuda if available)."})
+    bf16: bool = field(default=False, metadata={"help": "bf16 mixed precision for the student step (LKDConfig.bf16)."})
     rows: str | None = field(default=None, metadata={"help": "Comma-separated row names (default: all; kd is added)."})
     repeats: int = field(default=1, metadata={"help": "Runs per row; the report takes the median over runs."})
     loss_from: str | None = field(
@@ -269,6 +270,7 @@ def training_args(args: OverheadArguments, row: Row, output_dir: str) -> LKDConf
         disable_tqdm=True,
         dataloader_num_workers=0,
         use_cpu=args.device == "cpu",
+        bf16=args.bf16,
         seed=args.seed,
         **fields,
     )
@@ -475,7 +477,8 @@ def print_report(args: OverheadArguments, rows: list[Row], summary: dict[str, di
     print(f"Student {args.student_model}, teacher {args.teacher_model} "
           f"({'weights ' + args.teacher_weights if args.teacher_weights else 'random init: cost does not depend on it'}"
           f"), {args.dataset}, batch {args.batch_size} (meta batch {2 * args.batch_size} unless the row says 1x), {args.steps} steps per row, "
-          f"first {args.warmup_steps} not timed, {args.repeats} run(s) per row (median), seed {args.seed}.\n")
+          f"first {args.warmup_steps} not timed, {args.repeats} run(s) per row (median), seed {args.seed}"
+          f"{', bf16 mixed precision' if args.bf16 else ''}.\n")
     if env["load_average_at_start"][0] > BUSY_LOAD:
         print(f"**Warning**: 1-minute load average {env['load_average_at_start'][0]:.2f} at start: other processes "
               "compete for the CPU, and timings (ratios included) are not reliable. Re-run on an idle machine.\n")

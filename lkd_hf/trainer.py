@@ -34,7 +34,7 @@ from .config import LKDConfig
 from .data import ImageCollator, resolve_data_config
 from .features import StudentWithConnectors, forward_with_features
 from .hub import LearnedLoss, create_repo, dataset_name, describe_run, last_eval_metrics
-from .hypergradients import MetaProblem, get_hypergradient
+from .hypergradients import Hypergradient, MetaProblem, get_hypergradient
 from .loss_networks import FeatureLossNet, LogitLossNet
 from .losses import build_loss
 from .losses.registry import parse_loss_spec
@@ -403,10 +403,37 @@ class LKDTrainer(Trainer):
         The virtual steps start from ``snapshot`` if given, else from one the snapshot pool samples (``None``: the
         live weights), and use the last ``K`` training batches.
         """
-        student = self.accelerator.unwrap_model(model)
-        params = {n: p for n, p in student.named_parameters() if p.requires_grad}
         if snapshot is None:
             snapshot = self.snapshot_pool.sample(self.state.global_step)
+        result = self.compute_hypergradient(model, snapshot)
+        grads = result.grads
+        if not (torch.isfinite(result.val_loss) and all(torch.isfinite(g).all() for g in grads)):
+            warnings.warn(
+                f"Non-finite learned loss or hypergradient at step {self.state.global_step}: meta update skipped.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            self._metrics["meta/skipped"].append(torch.ones((), device=self.args.device))
+            return
+        for p, g in zip(self.loss_params, grads):
+            p.grad = g.to(p.dtype)
+        max_norm = self.args.meta_max_grad_norm if self.args.meta_max_grad_norm > 0 else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.loss_params, max_norm)
+        self.meta_optimizer.step()
+        self.meta_optimizer.zero_grad(set_to_none=True)
+        self._metrics["meta/val_loss_after"].append(result.val_loss)
+        self._metrics["meta/hypergrad_norm"].append(grad_norm.detach())
+        self._metrics["meta/skipped"].append(torch.zeros((), device=self.args.device))
+        self._metrics["meta/start_step_lag"].append(
+            torch.tensor(float(self.state.global_step - snapshot.step if snapshot is not None else 0))
+        )
+
+    def compute_hypergradient(self, model: nn.Module, snapshot: Snapshot | None = None) -> Hypergradient:
+        """The hypergradient of the validation loss w.r.t. the loss parameters (averaged across processes), with
+        the virtual steps from ``snapshot`` (``None``: the live weights) over the last ``K`` training batches and
+        the next validation batch; the loss networks are not changed."""
+        student = self.accelerator.unwrap_model(model)
+        params = {n: p for n, p in student.named_parameters() if p.requires_grad}
         if snapshot is not None:  # weights missing from the snapshot (e.g. new connectors) stay live
             stored = snapshot.params
             params = {n: stored[n].to(p.device, p.dtype) if n in stored else p for n, p in params.items()}
@@ -459,27 +486,7 @@ class LKDTrainer(Trainer):
         finally:
             for p in self.loss_params:
                 p.requires_grad_(False)
-        grads = self._average_across_ranks(result.grads)
-        if not (torch.isfinite(result.val_loss) and all(torch.isfinite(g).all() for g in grads)):
-            warnings.warn(
-                f"Non-finite learned loss or hypergradient at step {self.state.global_step}: meta update skipped.",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-            self._metrics["meta/skipped"].append(torch.ones((), device=self.args.device))
-            return
-        for p, g in zip(self.loss_params, grads):
-            p.grad = g.to(p.dtype)
-        max_norm = self.args.meta_max_grad_norm if self.args.meta_max_grad_norm > 0 else float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.loss_params, max_norm)
-        self.meta_optimizer.step()
-        self.meta_optimizer.zero_grad(set_to_none=True)
-        self._metrics["meta/val_loss_after"].append(result.val_loss)
-        self._metrics["meta/hypergrad_norm"].append(grad_norm.detach())
-        self._metrics["meta/skipped"].append(torch.zeros((), device=self.args.device))
-        self._metrics["meta/start_step_lag"].append(
-            torch.tensor(float(self.state.global_step - snapshot.step if snapshot is not None else 0))
-        )
+        return Hypergradient(grads=self._average_across_ranks(result.grads), val_loss=result.val_loss)
 
     def _lookahead_lr(self) -> float:
         """``lookahead_lr``, else the student's current learning rate (its initial one before training)."""

@@ -176,6 +176,22 @@ def test_meta_step_updates_only_the_loss_network(tmp_path, hypergradient):
     assert trainer._metrics["meta/hypergrad_norm"][0] > 0
 
 
+def test_compute_hypergradient_changes_nothing_and_is_the_gradient_meta_step_applies(tmp_path):
+    trainer = _lkd_trainer(tmp_path, meta_val_source="train_batch", meta_optimizer="sgd", meta_learning_rate=1.0,
+                           meta_max_grad_norm=0.0, lookahead_lr=0.1, snapshot_strategy="current")
+    trainer.create_optimizer_and_scheduler(num_training_steps=10)
+    trainer.model.train()
+    trainer._recent_batches.append(_one_batch(trainer))
+    before = [p.detach().clone() for p in trainer.loss_params]
+    grads = trainer.compute_hypergradient(trainer.model).grads
+    assert [g.shape for g in grads] == [p.shape for p in trainer.loss_params]
+    assert all(torch.equal(a, p) for a, p in zip(before, trainer.loss_params))
+    assert sum(g.norm() for g in grads) > 0
+    trainer.meta_step(trainer.model)  # SGD, lr 1, no clipping, momentum buffer starts at the gradient: phi -= grad
+    for a, p, g in zip(before, trainer.loss_params, grads):
+        torch.testing.assert_close(p.detach(), a - g, rtol=1e-5, atol=1e-7)
+
+
 def test_meta_step_with_frozen_knobs_learns_only_the_corrections(tmp_path):
     trainer = _lkd_trainer(tmp_path, lkd_learn_knobs=False, lookahead_lr=0.1, meta_learning_rate=0.1)
     trainer.create_optimizer_and_scheduler(num_training_steps=10)

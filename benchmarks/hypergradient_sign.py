@@ -1,0 +1,109 @@
+"""Which way does the hypergradient push the temperature and the weight, as the horizon K grows? (animal-mnist)
+
+    HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python benchmarks/hypergradient_sign.py --threads 1
+
+A student of ``--pair`` is trained for the accuracy benchmark's 6 epochs with the DIST that ``dist-tuned`` picked
+for it (``--temperature``/``--weight``; the loss is ``LogitLossNet(base="dist")`` with meta learning rate 0, so it
+stays exactly that DIST), and its weights and learning rate are recorded at ``--steps``. At each of them, for each
+horizon ``K`` of ``--horizons``, ``LKDTrainer.compute_hypergradient`` (the meta step's own estimator, virtual SGD
+steps at the student's learning rate of that step, from these weights) is taken ``--draws`` times, each on fresh
+training batches and the 200 held-out meta images as the validation batch. Reported: the median
+``dL_val/dlog T`` and ``dL_val/dlog w``, and how many draws ask for a *higher* temperature / weight (a negative
+derivative: the meta optimizer then raises it). The loss network is never updated.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import os
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import torch  # noqa: E402
+from transformers import HfArgumentParser, TrainerCallback  # noqa: E402
+
+from accuracy import AccuracyArguments, Benchmark, split_list  # noqa: E402
+
+
+@dataclass
+class SignArguments:
+    pair: str = field(default="teacher->s16", metadata={"help": "A pair of benchmarks/accuracy.py."})
+    temperature: float = field(default=4.0, metadata={"help": "Starting DIST temperature (dist-tuned's pick)."})
+    weight: float = field(default=1.0, metadata={"help": "Starting DIST weight (dist-tuned's pick)."})
+    steps: str = field(default="20,60,100,140", metadata={"help": "Student steps at which to measure."})
+    horizons: str = field(default="1,5,20", metadata={"help": "Horizons K."})
+    draws: int = field(default=8, metadata={"help": "Hypergradients per (step, K), each on fresh batches."})
+    seed: int = field(default=0, metadata={"help": "Seed of the student run."})
+    threads: int = field(default=1, metadata={"help": "torch.set_num_threads."})
+    output_dir: str = field(default="outputs/hypergradient_sign", metadata={"help": "Where results.json goes."})
+
+
+class RecordWeights(TrainerCallback):
+    """Keep a copy of the student's weights and learning rate at the given steps."""
+
+    def __init__(self, steps: set[int]) -> None:
+        self.steps, self.records = steps, {}
+
+    def on_step_end(self, args, state, control, model=None, lr_scheduler=None, **kwargs):
+        if state.global_step in self.steps:
+            self.records[state.global_step] = (copy.deepcopy(model.state_dict()), lr_scheduler.get_last_lr()[0])
+
+
+def main() -> None:
+    (args,) = HfArgumentParser(SignArguments).parse_args_into_dataclasses()
+    torch.set_num_threads(args.threads)
+    steps, horizons = [int(s) for s in split_list(args.steps)], [int(k) for k in split_list(args.horizons)]
+    bench_args = AccuracyArguments(pairs=args.pair, methods="ce", output_dir=os.path.join(args.output_dir, "bench"))
+    bench = Benchmark(bench_args)
+    fields = dict(loss="lkd", lkd_init="dist", dist_temperature=args.temperature, distill_weight=args.weight,
+                  meta_learning_rate=0.0, meta_val_source="heldout", meta_batch_size=200, snapshot_strategy="current",
+                  meta_interval=10**9, lookahead_steps=max(horizons))
+    recorder = RecordWeights(set(steps))
+    trainer, wall = bench.train_student(args.pair, args.seed, os.path.join(args.output_dir, "run"), fields, [recorder])
+    test = trainer.evaluate()["eval_accuracy"]
+    print(f"{args.pair}, DIST T={args.temperature:g} w={args.weight:g}: test top-1 {test:.4f} ({wall:.0f} s)")
+    student = trainer.accelerator.unwrap_model(trainer.model)
+    loader = trainer.get_train_dataloader()
+    batches = (trainer._with_teacher_outputs(trainer._prepare_inputs(b)) for b in itertools.chain.from_iterable(
+        itertools.repeat(loader)))
+    loss = trainer.distill_loss
+    t_index, w_index = (next(i for i, p in enumerate(trainer.loss_params) if p is knob)
+                        for knob in (loss.log_temperature, loss.log_weight))
+    rows = []
+    print("| step | student lr | K | median dL/dlog T | draws for higher T | median dL/dlog w | draws for higher w | "
+          "s per draw |\n|---|---|---|---|---|---|---|---|")
+    for step in steps:
+        state, lr = recorder.records[step]
+        student.load_state_dict(state)
+        student.train()
+        trainer.args.lookahead_lr = lr
+        for k in horizons:
+            trainer.args.lookahead_steps = k
+            start = time.perf_counter()
+            d_t, d_w = [], []
+            for _ in range(args.draws):
+                trainer._recent_batches.clear()
+                trainer._recent_batches.extend(next(batches) for _ in range(k))
+                grads = trainer.compute_hypergradient(trainer.model).grads
+                d_t.append(float(grads[t_index]))
+                d_w.append(float(grads[w_index]))
+            row = dict(step=step, lr=lr, K=k, dT=d_t, dw=d_w, seconds=(time.perf_counter() - start) / args.draws)
+            rows.append(row)
+            print(f"| {step} | {lr:.4f} | {k} | {statistics.median(d_t):+.3g} | {sum(g < 0 for g in d_t)}/{len(d_t)} | "
+                  f"{statistics.median(d_w):+.3g} | {sum(g < 0 for g in d_w)}/{len(d_w)} | {row['seconds']:.1f} |",
+                  flush=True)
+    os.makedirs(args.output_dir, exist_ok=True)
+    with open(os.path.join(args.output_dir, "results.json"), "w") as f:
+        json.dump({"args": vars(args), "test_top1": test, "rows": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

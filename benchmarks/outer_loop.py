@@ -1,0 +1,196 @@
+"""Outer-loop study: which meta-step settings keep a good starting loss, or find one? (animal-mnist, parallel)
+
+    HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python benchmarks/outer_loop.py --workers 2      # all variants, 3 seeds
+    python benchmarks/outer_loop.py --variants dist-tuned,k20-ho --pairs "teacher->s16" --num_seeds 1
+
+The accuracy benchmark's setting (``benchmarks/accuracy.py``: same data, teacher, student recipe, 6 epochs, 2000
+training images, last-epoch test top-1); only the loss and its outer loop vary. ``kK-{tb,ho}[-lrX]`` start LKD
+from the DIST that ``accuracy.py``'s ``dist-tuned`` picked for the pair on the validation split (read from
+``--tuned_from``: an accuracy ``results.json``, or an outer-loop one with ``dist-tuned`` rows) and vary the horizon
+``K`` of the virtual steps (a meta step every ``max(5, K)`` student steps), the validation batch (``tb``: the
+training batch, all 2000 images train the student; ``ho``: all 200 held-out images, the student trains on 1800) and
+the meta learning rate (Adam, 1e-2 unless named). ``dist-tuned`` (that DIST, no outer loop) and ``dist-T8`` are
+references. ``from-*`` start from an explicit loss instead: DIST's paper default (T=1, w=1), KD (T=4) or DIST T=16;
+``dist-T1`` and ``dist-T16`` are those losses without an outer loop. Both validation top-1 (1000 images, the split
+used to pick settings) and test top-1 are recorded; pick by validation, never by test. docs/benchmarks.md has the
+two runs made so far (on the lent GPU machine's CPU cores, ``benchmarks/device_run.sh``); the first started from
+the T=4 picks of the accuracy benchmark's earlier grid: ``--tuned_from docs/benchmark_device/call1/outer_loop_results.json``
+repeats that.
+
+Runs go to ``--workers`` processes (one thread each); ``--deadline`` seconds after the start no new run begins
+(the report covers what finished). Records: ``<output_dir>/results.json`` (``--resume`` skips the runs in it).
+``--device cuda`` trains on the GPU (``use_cpu=False``).
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import torch  # noqa: E402
+from transformers import HfArgumentParser  # noqa: E402
+
+from accuracy import PAIRS, AccuracyArguments, Benchmark, split_list  # noqa: E402
+
+DEFAULT_OUTPUT_DIR = "outputs/benchmark_outer_loop"
+DEFAULT_TUNED_FROM = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                  "docs", "benchmark_accuracy", "results.json")
+
+
+def lkd(k: int, source: str, lr: float, **extra: Any) -> dict[str, Any]:
+    fields = dict(loss="lkd", lkd_init="dist", lookahead_steps=k, meta_interval=max(5, k),
+                  meta_val_source="heldout" if source == "ho" else "train_batch", meta_learning_rate=lr,
+                  meta_batch_size=200 if source == "ho" else None)
+    return {**fields, **extra}
+
+
+VARIANTS: dict[str, dict[str, Any]] = {  # LKDConfig fields on top of the pair's tuned DIST temperature and weight
+    "dist-tuned": dict(loss="dist"),
+    "dist-T8": dict(loss="dist", dist_temperature=8.0),
+    "k1-tb": lkd(1, "tb", 1e-2),  # = accuracy.py's lkd-dist-tuned
+    "k1-ho": lkd(1, "ho", 1e-2),
+    "k5-tb": lkd(5, "tb", 1e-2),
+    "k5-ho": lkd(5, "ho", 1e-2),
+    "k5-ho-lr3e-2": lkd(5, "ho", 3e-2),
+    "k10-ho": lkd(10, "ho", 1e-2),
+    "k20-tb": lkd(20, "tb", 1e-2),
+    "k20-ho": lkd(20, "ho", 1e-2),
+    "k20-ho-lr3e-2": lkd(20, "ho", 3e-2),
+    "k20-ho-lr1e-1": lkd(20, "ho", 1e-1),
+    # explicit starts (not the tuned DIST): can the outer loop find a good loss from an untuned one?
+    "dist-T1": dict(loss="dist", dist_temperature=1.0, distill_weight=1.0),  # DIST's paper default
+    "dist-T16": dict(loss="dist", dist_temperature=16.0, distill_weight=1.0),
+    "from-T1-k1": lkd(1, "tb", 1e-2, dist_temperature=1.0, distill_weight=1.0),
+    "from-T1-k5": lkd(5, "tb", 1e-2, dist_temperature=1.0, distill_weight=1.0),
+    "from-T1-k5-lr3e-2": lkd(5, "tb", 3e-2, dist_temperature=1.0, distill_weight=1.0),
+    "from-T1-k5-lr1e-1": lkd(5, "tb", 1e-1, dist_temperature=1.0, distill_weight=1.0),
+    "from-T1-k20-lr1e-1": lkd(20, "tb", 1e-1, dist_temperature=1.0, distill_weight=1.0),
+    "from-kd-k5-lr3e-2": lkd(5, "tb", 3e-2, lkd_init="kd", temperature=4.0, distill_weight=1.0),
+    "from-T16-k5": lkd(5, "tb", 1e-2, dist_temperature=16.0, distill_weight=1.0),
+}
+
+
+@dataclass
+class OuterLoopArguments:
+    pairs: str = field(default=",".join(PAIRS), metadata={"help": "Comma-separated pairs."})
+    variants: str = field(default=",".join(VARIANTS), metadata={"help": f"Comma-separated of {list(VARIANTS)}."})
+    num_seeds: int = field(default=3, metadata={"help": "Seeds 0..N-1."})
+    workers: int = field(default=2, metadata={"help": "Parallel worker processes (one thread each)."})
+    device: str = field(default="cpu", metadata={"help": "'cpu' or 'cuda'."})
+    deadline: float = field(default=0.0, metadata={"help": "Seconds after which no run starts (0: none)."})
+    tuned_from: str = field(default=DEFAULT_TUNED_FROM, metadata={"help": "accuracy.py results with dist-tuned."})
+    output_dir: str = field(default=DEFAULT_OUTPUT_DIR, metadata={"help": "Where results.json goes."})
+    resume: bool = field(default=False, metadata={"help": "Skip the runs already in results.json."})
+
+
+def tuned_dist(path: str) -> dict[str, dict[str, float]]:
+    """The DIST temperature and weight of the seed-0 ``dist-tuned`` record of each pair (accuracy.py's pick on
+    validation, or the start an earlier outer-loop run used)."""
+    with open(path) as f:
+        runs = json.load(f)["runs"]
+    return {r["pair"]: dict(dist_temperature=r["dist_temperature"], distill_weight=r["distill_weight"])
+            for r in runs if r.get("method", r.get("variant")) == "dist-tuned" and r["seed"] == 0}
+
+
+_BENCH: Benchmark | None = None
+
+
+def _init_worker(output_dir: str) -> None:
+    global _BENCH
+    torch.set_num_threads(1)
+    bench_dir = os.path.join(output_dir, "bench")
+    _BENCH = Benchmark(AccuracyArguments(pairs=",".join(PAIRS), methods="ce", output_dir=bench_dir))
+
+
+def run_one(task: tuple[str, str, int, dict[str, Any], str]) -> dict[str, Any]:
+    pair, variant, seed, fields, device = task
+    bench = _BENCH
+    fields = dict(fields, use_cpu=device == "cpu")
+    if fields["loss"] == "lkd":
+        fields.setdefault("hypergradient", PAIRS[pair].hypergradient)
+    run_dir = os.path.join(bench.args.output_dir, "runs", pair.replace("->", "_to_"), variant, f"seed{seed}")
+    trainer, wall = bench.train_student(pair, seed, run_dir, fields)
+    return dict(pair=pair, variant=variant, seed=seed, device=device, wall_s=wall, steps=trainer.state.global_step,
+                train_images=len(trainer.train_dataset),
+                val_top1=trainer.evaluate(eval_dataset=bench.data["validation"])["eval_accuracy"],
+                test_top1=trainer.evaluate(eval_dataset=bench.data["test"])["eval_accuracy"],
+                **{k: v for k, v in fields.items() if k != "use_cpu"}, **trainer.loss_knobs())
+
+
+def report(runs: list[dict[str, Any]], pairs: list[str], variants: list[str]) -> str:
+    lines = []
+    for pair in pairs:
+        ref = [r["test_top1"] for r in runs if r["pair"] == pair and r["variant"] == "dist-tuned"]
+        lines += [f"\n#### {pair}\n", "| variant | seeds | val top-1 | test top-1 mean ± std | test − dist-tuned | "
+                  "final T | final weight | wall (s) |", "|---|---|---|---|---|---|---|---|"]
+        for variant in variants:
+            rs = sorted((r for r in runs if r["pair"] == pair and r["variant"] == variant), key=lambda r: r["seed"])
+            if not rs:
+                continue
+            test = [100 * r["test_top1"] for r in rs]
+            sd = statistics.stdev(test) if len(test) > 1 else 0.0
+            delta = f"{statistics.fmean(test) - 100 * statistics.fmean(ref):+.2f}" if ref else "-"
+            knob = lambda key: f"{statistics.fmean(r[key] for r in rs):.2f}" if key in rs[0] else "-"  # noqa: E731
+            lines.append(f"| {variant} | {len(rs)} | {100 * statistics.fmean(r['val_top1'] for r in rs):.2f} | "
+                         f"{statistics.fmean(test):.2f} ± {sd:.2f} | {delta} | {knob('lkd/temperature')} | "
+                         f"{knob('lkd/weight')} | {statistics.fmean(r['wall_s'] for r in rs):.1f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    (args,) = HfArgumentParser(OuterLoopArguments).parse_args_into_dataclasses()
+    started = time.monotonic()
+    pairs, variants = split_list(args.pairs), split_list(args.variants)
+    unknown = [v for v in variants if v not in VARIANTS] + [p for p in pairs if p not in PAIRS]
+    if unknown:
+        raise SystemExit(f"error: unknown variants/pairs {unknown}; variants: {list(VARIANTS)}")
+    start = tuned_dist(args.tuned_from)
+    path = os.path.join(args.output_dir, "results.json")
+    runs: list[dict[str, Any]] = []
+    if args.resume and os.path.exists(path):
+        with open(path) as f:
+            runs = json.load(f)["runs"]
+    done = {(r["pair"], r["variant"], r["seed"]) for r in runs}
+    tasks = [(pair, v, seed, {**start[pair], **VARIANTS[v]}, args.device)  # seed-major: every variant gets seed 0 first
+             for seed in range(args.num_seeds) for v in variants for pair in pairs if (pair, v, seed) not in done]
+    print(f"{len(tasks)} runs on {args.workers} workers ({args.device}); starting losses {start}", flush=True)
+    os.makedirs(args.output_dir, exist_ok=True)
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(args.workers, initializer=_init_worker, initargs=(args.output_dir,), maxtasksperchild=None) as pool:
+        pending = [pool.apply_async(run_one, (t,)) for t in tasks]
+        while pending:
+            if args.deadline and time.monotonic() - started > args.deadline:
+                print(f"deadline: {len(pending)} runs not finished, stopping", flush=True)
+                pool.terminate()
+                break
+            ready = [p for p in pending if p.ready()]
+            for p in ready:
+                pending.remove(p)
+                r = p.get()
+                runs.append(r)
+                print(f"[{r['pair']}] {r['variant']:<18} seed {r['seed']}: val {r['val_top1']:.4f} test "
+                      f"{r['test_top1']:.4f} T {r.get('lkd/temperature', float('nan')):.2f} "
+                      f"w {r.get('lkd/weight', float('nan')):.2f} {r['wall_s']:.0f}s", flush=True)
+                with open(path + ".tmp", "w") as f:
+                    json.dump({"args": vars(args), "runs": runs}, f, indent=1)
+                os.replace(path + ".tmp", path)
+            time.sleep(0.5)
+    text = report(runs, pairs, variants)
+    print(text)
+    with open(os.path.join(args.output_dir, "results.md"), "w") as f:
+        f.write(text + "\n")
+    print(f"total {time.monotonic() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
