@@ -1,6 +1,6 @@
 """Accuracy benchmark: does the learned LKD loss beat hand-made distillation losses? (animal-mnist, CPU)
 
-    HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python benchmarks/accuracy.py --threads 1   # full table (~2 h)
+    HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python benchmarks/accuracy.py --threads 1 --workers 2   # full table
     HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python benchmarks/accuracy.py --quick    # smoke check (~2 min)
     python benchmarks/accuracy.py --resume                      # continue an interrupted full run
     python benchmarks/accuracy.py --teacher_dir outputs/quickstart/teacher   # another cached teacher
@@ -54,15 +54,19 @@ Cost (measured on 2 idle CPU cores, ``trainer.train()`` wall seconds per epoch o
 ce 1.3 / 2.3 / 3.9, kd 2.9 / 3.7 / 5.6, dist 4.0 / 3.6 / 5.4, dkd 3.7 / 3.9 / 5.1, kd+fitnet 4.1 / 4.1 / 5.9,
 lkd 4.6 / 5.0 / 7.9, lkd+feat 8.0 / 9.8 / 13.3, lkd-frozen 3.6 / 4.0 / 6.1; each run adds ~1.5 s (set-up, test
 evaluation). The full default run is 231 runs (96 of them tuning-grid runs on seed 0): ~6700 s of training with
-``--threads 1`` on shared cores (docs/benchmarks.md); leaving out ``dist-tuned`` and the ``lkd-*`` methods after
-``lkd-frozen`` takes ~40 min. ``--quick`` (1 pair, 5 methods, 1 seed, 2 epochs) takes ~2 min.
+``--threads 1`` on shared cores (docs/benchmarks.md); ``--workers 2`` trains two runs at a time (two phases: the
+grids and the runs that depend on nothing else, then the rest; every record is the same as with one worker and the
+same ``--threads``). Leaving out ``dist-tuned`` and the ``lkd-*`` methods after ``lkd-frozen`` takes ~40 min with
+one worker. ``--quick`` (1 pair, 5 methods, 1 seed, 2 epochs) takes ~2 min.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
+import multiprocessing as mp
 import os
 import statistics
 import sys
@@ -184,6 +188,10 @@ class AccuracyArguments:
     )
     resume: bool = field(default=False, metadata={"help": "Skip the runs whose record is already in results.json."})
     threads: int | None = field(default=None, metadata={"help": "torch.set_num_threads (default: torch's)."})
+    workers: int = field(
+        default=1, metadata={"help": "Worker processes training runs in parallel (each with --threads threads); the "
+                             "records are the same as with 1."}
+    )
 
     def __post_init__(self) -> None:
         defaults = QUICK if self.quick else FULL
@@ -275,11 +283,12 @@ class Results:
 
 
 class Benchmark:
-    """Trains students and records their test top-1 and wall time in :class:`Results`."""
+    """Trains students and records their test top-1 and wall time in :class:`Results` (``record=False``: a worker
+    process that only trains, :meth:`train_record`; its parent records)."""
 
-    def __init__(self, args: AccuracyArguments) -> None:
+    def __init__(self, args: AccuracyArguments, record: bool = True) -> None:
         self.args = args
-        self.results = Results(args)
+        self.results = Results(args) if record else None
         self.recipe = QuickstartArguments(
             teacher_model=TEACHER_MODEL,
             teacher_epochs=args.teacher_epochs,
@@ -291,7 +300,8 @@ class Benchmark:
         self.num_classes = 10
         self.tuned: dict[tuple[str, str], dict[str, Any]] = {}  # (pair, tuned method) -> fields picked on val
         self.teacher, teacher_accuracy = get_teacher(self.recipe, self.num_classes)
-        self.results.set_teacher({"model": TEACHER_MODEL, "test_top1": teacher_accuracy, "dir": args.teacher_dir})
+        if record:
+            self.results.set_teacher({"model": TEACHER_MODEL, "test_top1": teacher_accuracy, "dir": args.teacher_dir})
         # Every pair trains on the same images, transformed for the teacher (teacher and student see one batch).
         self.data = build_datasets(
             "animal-mnist", self.teacher, seed=args.split_seed, augment="light", train_subset=args.train_subset
@@ -324,10 +334,18 @@ class Benchmark:
 
     def run(self, pair: str, method: str, seed: int, fields: dict[str, Any], *, validate: bool = False,
             **extra: Any) -> dict[str, Any]:
-        """Train one student of ``pair`` with the LKDConfig ``fields``, record it (and return the record)."""
+        """Train one student of ``pair`` with the LKDConfig ``fields``, record it (and return the record); a run
+        already recorded is not trained again."""
         done = self.results.get(pair, method, seed)
-        if done is not None:
-            return done
+        if done is None:
+            done = self.train_record(pair, method, seed, fields, validate, extra)
+            self.results.add(done)
+            print(format_record(done))
+        return done
+
+    def train_record(self, pair: str, method: str, seed: int, fields: dict[str, Any], validate: bool = False,
+                     extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Train one student of ``pair`` with the LKDConfig ``fields`` and return its record (``extra`` added)."""
         spec = PAIRS[pair]
         trainer, wall = self.train_student(pair, seed, self.run_dir(pair, method, seed), fields)
         meta_images = len(trainer.meta_dataset) if trainer.meta_dataset is not None and trainer.loss_params else 0
@@ -336,76 +354,82 @@ class Benchmark:
             student_params=sum(p.numel() for p in trainer.student.parameters()),
             loss=fields["loss"], test_top1=trainer.evaluate()["eval_accuracy"], wall_s=wall,
             steps=trainer.state.global_step, train_images=len(trainer.train_dataset), meta_images=meta_images,
-            **{k: fields[k] for k in TUNED_KEYS if k in fields}, **extra,
+            **{k: fields[k] for k in TUNED_KEYS if k in fields}, **(extra or {}),
         )
         if validate:
             record["val_top1"] = trainer.evaluate(eval_dataset=self.data["validation"])["eval_accuracy"]
         record.update(trainer.loss_knobs())
         if trainer.loss_params:
             trainer.save_model()  # the learned loss network(s) -> <output_dir>/lkd_loss (for lkd-frozen, plots)
-        self.results.add(record)
-        print(format_record(record))
         return record
 
     # --- methods ------------------------------------------------------------------------------------------
     def run_method(self, pair: str, method: str, seed: int) -> dict[str, Any]:
-        if method in GRIDS:
-            return self.run_tuned(pair, method, seed)
+        if method in GRIDS and seed == 0:
+            return self.reuse_grid_run(pair, method)
         if method == "lkd-frozen":
-            return self.run_frozen(pair, seed)
+            done = self.results.get(pair, method, seed)
+            if done is not None:
+                return done
+            self.ensure_donor(pair, seed)
+        fields, extra = self.method_fields(pair, method, seed)
+        return self.run(pair, method, seed, fields, **extra)
+
+    def method_fields(self, pair: str, method: str, seed: int) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The LKDConfig fields of ``method`` on ``pair`` and the extra entries of its record. Tuned methods take
+        their grid's pick (running the grid first if needed); ``FROM_TUNED_DIST`` methods start from the DIST that
+        ``dist-tuned`` picked, with the outer-loop settings ``lkd-tuned`` picked (``lkd-dist-tuned-corr``: temperature
+        and weight stay fixed; ``-k5``: K=5); ``lkd-frozen`` loads the loss of the donor's ``lkd`` run (same seed)."""
+        if method in GRIDS:
+            return {k: v for k, v in self.grid(pair, method).items() if k != "grid_run"}, {}
+        if method == "lkd-frozen":
+            return dict(METHODS[method], loss_from=self.donor_loss_dir(pair, seed)), {"loss_from": DONORS[pair]}
         if method in FROM_TUNED_DIST:
-            return self.run_lkd_from_tuned_dist(pair, method, seed)
-        fields = {**(self.lkd_fields(pair) if method in LEARNED else {}), **METHODS[method]}
-        return self.run(pair, method, seed, fields)
+            dist = self.grid(pair, "dist-tuned")
+            outer = {k: v for k, v in self.grid(pair, "lkd-tuned").items() if k not in ("grid_run", "lkd_init")}
+            return {**outer, **METHODS[method], "dist_temperature": dist["dist_temperature"],
+                    "distill_weight": dist["distill_weight"]}, {}
+        return {**(self.lkd_fields(pair) if method in LEARNED else {}), **METHODS[method]}, {}
+
+    def grid_fields(self, pair: str, method: str) -> dict[str, dict[str, Any]]:
+        """Run name -> LKDConfig fields of every run in ``GRIDS[method]``."""
+        return {name: {**(self.lkd_fields(pair) if method in LEARNED else {}), **fields}
+                for name, fields in GRIDS[method].items()}
 
     def grid(self, pair: str, method: str) -> dict[str, Any]:
         """The fields of ``GRIDS[method]`` with the best validation top-1 on seed 0 (grid runs recorded)."""
         if (pair, method) in self.tuned:
             return self.tuned[(pair, method)]
         best_name, best = None, None
-        for name, fields in GRIDS[method].items():
-            if method in LEARNED:
-                fields = {**self.lkd_fields(pair), **fields}
+        for name, fields in self.grid_fields(pair, method).items():
             record = self.run(pair, name, 0, fields, validate=True)
             if best is None or record["val_top1"] > best["val_top1"]:
                 best_name, best = name, record
-        chosen = {**(self.lkd_fields(pair) if method in LEARNED else {}), **GRIDS[method][best_name]}
         print(f"[{pair}] {method}: {best_name} (validation top-1 {best['val_top1']:.4f}, seed 0)")
-        self.tuned[(pair, method)] = dict(chosen, grid_run=best_name)
+        self.tuned[(pair, method)] = dict(self.grid_fields(pair, method)[best_name], grid_run=best_name)
         return self.tuned[(pair, method)]
 
-    def run_tuned(self, pair: str, method: str, seed: int) -> dict[str, Any]:
-        fields = dict(self.grid(pair, method))
-        grid_run = fields.pop("grid_run")
-        if seed == 0:  # the grid's seed-0 run is this run: reuse it
-            if self.results.get(pair, method, 0) is None:
-                self.results.add(dict(self.results.get(pair, grid_run, 0), method=method, reused=grid_run))
-            return self.results.get(pair, method, 0)
-        return self.run(pair, method, seed, fields)
+    def reuse_grid_run(self, pair: str, method: str) -> dict[str, Any]:
+        """Seed 0 of a tuned method is the grid's seed-0 run with the picked settings: record it under ``method``."""
+        grid_run = self.grid(pair, method)["grid_run"]
+        if self.results.get(pair, method, 0) is None:
+            self.results.add(dict(self.results.get(pair, grid_run, 0), method=method, reused=grid_run))
+        return self.results.get(pair, method, 0)
 
-    def run_lkd_from_tuned_dist(self, pair: str, method: str, seed: int) -> dict[str, Any]:
-        """LKD started from the DIST that ``dist-tuned`` picked (its temperature and weight), with the outer-loop
-        settings ``lkd-tuned`` picked: both chosen on validation top-1 of seed 0, nothing tuned anew
-        (``lkd-dist-tuned-corr``: temperature and weight stay fixed, only the per-class/per-sample weights learn)."""
-        dist = self.grid(pair, "dist-tuned")
-        outer = {k: v for k, v in self.grid(pair, "lkd-tuned").items() if k not in ("grid_run", "lkd_init")}
-        fields = {**outer, **METHODS[method], "dist_temperature": dist["dist_temperature"],
-                  "distill_weight": dist["distill_weight"]}
-        return self.run(pair, method, seed, fields)
+    def donor_loss_dir(self, pair: str, seed: int) -> str:
+        """Where the ``lkd`` run of ``DONORS[pair]`` (same seed) saves its learned loss."""
+        return os.path.join(self.run_dir(DONORS[pair], "lkd", seed), LOSS_DIRNAME)
 
-    def run_frozen(self, pair: str, seed: int) -> dict[str, Any]:
-        """LKD with the loss learned by the ``lkd`` run of ``DONORS[pair]`` (same seed), frozen."""
-        done = self.results.get(pair, "lkd-frozen", seed)
-        if done is not None:
-            return done
-        donor = DONORS[pair]
-        loss_dir = os.path.join(self.run_dir(donor, "lkd", seed), LOSS_DIRNAME)
-        donor_record = self.results.get(donor, "lkd", seed)
-        if donor_record is None or not os.path.exists(os.path.join(loss_dir, "config.json")):
-            if donor_record is not None:  # recorded, but its saved loss is gone: run it again
-                self.results.data["runs"].remove(donor_record)
-            self.run_method(donor, "lkd", seed)
-        return self.run(pair, "lkd-frozen", seed, dict(METHODS["lkd-frozen"], loss_from=loss_dir), loss_from=donor)
+    def forget_donor_without_loss(self, pair: str, seed: int) -> None:
+        """Drop the donor's ``lkd`` record if its saved loss is gone (so that it is run again)."""
+        record = self.results.get(DONORS[pair], "lkd", seed)
+        if record is not None and not os.path.exists(os.path.join(self.donor_loss_dir(pair, seed), "config.json")):
+            self.results.data["runs"].remove(record)
+
+    def ensure_donor(self, pair: str, seed: int) -> None:
+        """Make sure the ``lkd`` run of ``DONORS[pair]`` (same seed) is recorded and its learned loss saved."""
+        self.forget_donor_without_loss(pair, seed)
+        self.run_method(DONORS[pair], "lkd", seed)
 
 
 def format_record(r: dict[str, Any]) -> str:
@@ -569,6 +593,65 @@ def fixed_teacher_logits(teacher: torch.nn.Module, test) -> tuple[torch.Tensor, 
 
 
 # ------------------------------------------------------------------------------------------------------------
+# parallel runs
+# ------------------------------------------------------------------------------------------------------------
+
+# pair, method (or grid run name), seed, LKDConfig fields, whether to evaluate on validation, extra record entries
+Task = tuple[str, str, int, dict[str, Any], bool, dict[str, Any]]
+_WORKER: Benchmark | None = None
+
+
+def planned_runs(bench: Benchmark, phase: int) -> list[Task]:
+    """The runs the sequential order would train, in two phases of independent runs: 1, the grids and every method
+    that depends on no other run (and the donors of ``lkd-frozen``); 2, what depends on those (tuned methods'
+    other seeds, the ``FROM_TUNED_DIST`` methods, ``lkd-frozen``). Runs already recorded are left out."""
+    a, methods = bench.args, bench.args.method_list
+    from_tuned_dist = bool(set(FROM_TUNED_DIST) & set(methods))  # these need the dist-tuned and lkd-tuned picks
+    grids = [m for m in GRIDS if m in methods or (m in ("dist-tuned", "lkd-tuned") and from_tuned_dist)]
+    dependent = set(GRIDS) | set(FROM_TUNED_DIST) | {"lkd-frozen"}
+    tasks: list[Task] = []
+    if phase == 1:
+        tasks += [(pair, name, 0, fields, True, {}) for method in grids for pair in a.pair_list
+                  for name, fields in bench.grid_fields(pair, method).items()]
+        runs = [(pair, m, seed) for seed in a.seeds for pair in a.pair_list for m in methods if m not in dependent]
+        if "lkd-frozen" in methods:
+            runs += [(DONORS[pair], "lkd", seed) for seed in a.seeds for pair in a.pair_list]
+            for pair, seed in itertools.product(a.pair_list, a.seeds):
+                bench.forget_donor_without_loss(pair, seed)
+    else:
+        runs = [(pair, m, seed) for seed in a.seeds for pair in a.pair_list for m in methods
+                if m in dependent and not (m in GRIDS and seed == 0)]
+    for pair, m, seed in runs:
+        fields, extra = bench.method_fields(pair, m, seed)
+        tasks.append((pair, m, seed, fields, False, extra))
+    unique = {(t[0], t[1], t[2]): t for t in tasks}
+    return [t for key, t in unique.items() if bench.results.get(*key) is None]
+
+
+def _init_worker(args: AccuracyArguments) -> None:
+    global _WORKER
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    _WORKER = Benchmark(args, record=False)
+
+
+def _train(task: Task) -> dict[str, Any]:
+    pair, method, seed, fields, validate, extra = task
+    return _WORKER.train_record(pair, method, seed, fields, validate, extra)
+
+
+def run_parallel(bench: Benchmark) -> None:
+    """Train the planned runs of both phases on ``--workers`` processes, recording each as it finishes."""
+    with mp.get_context("spawn").Pool(bench.args.workers, initializer=_init_worker, initargs=(bench.args,)) as pool:
+        for phase in (1, 2):
+            tasks = planned_runs(bench, phase)
+            print(f"phase {phase}: {len(tasks)} runs on {bench.args.workers} workers", flush=True)
+            for record in pool.imap_unordered(_train, tasks):
+                bench.results.add(record)
+                print(format_record(record), flush=True)
+
+
+# ------------------------------------------------------------------------------------------------------------
 # main
 # ------------------------------------------------------------------------------------------------------------
 
@@ -582,6 +665,8 @@ def main() -> None:
     methods, pairs = args.method_list, args.pair_list
     print(f"Pairs {pairs}, methods {methods}, seeds {args.seeds}, {args.epochs:g} epochs on "
           f"{len(bench.data['train'])} images; output in {args.output_dir}")
+    if args.workers > 1:
+        run_parallel(bench)  # then the sequential pass below finds every run recorded
     for method in GRIDS:
         if method in methods:
             for pair in pairs:

@@ -158,7 +158,7 @@ def main() -> None:
     (args,) = HfArgumentParser(HorizonArguments).parse_args_into_dataclasses()
     started = time.perf_counter()
     bench = Benchmark(AccuracyArguments(pairs=args.pair, methods="kd", num_seeds=1, epochs=args.epochs,
-                                        teacher_dir=args.teacher_dir, output_dir=args.output_dir))
+                                        teacher_dir=args.teacher_dir, output_dir=args.output_dir), record=False)
     path = os.path.join(args.output_dir, "results.json")
     records = []
     for seed in range(args.num_seeds):

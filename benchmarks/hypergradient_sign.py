@@ -62,7 +62,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     steps, horizons = [int(s) for s in split_list(args.steps)], [int(k) for k in split_list(args.horizons)]
     bench_args = AccuracyArguments(pairs=args.pair, methods="ce", output_dir=os.path.join(args.output_dir, "bench"))
-    bench = Benchmark(bench_args)
+    bench = Benchmark(bench_args, record=False)
     fields = dict(loss="lkd", lkd_init="dist", dist_temperature=args.temperature, distill_weight=args.weight,
                   meta_learning_rate=0.0, meta_val_source="heldout", meta_batch_size=200, snapshot_strategy="current",
                   meta_interval=10**9, lookahead_steps=max(horizons))

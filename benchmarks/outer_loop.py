@@ -14,8 +14,8 @@ references. ``from-*`` start from an explicit loss instead: DIST's paper default
 ``dist-T1`` and ``dist-T16`` are those losses without an outer loop. Both validation top-1 (1000 images, the split
 used to pick settings) and test top-1 are recorded; pick by validation, never by test. docs/benchmarks.md has the
 two runs made so far (on the lent GPU machine's CPU cores, ``benchmarks/device_run.sh``); the first started from
-the T=4 picks of the accuracy benchmark's earlier grid: ``--tuned_from docs/benchmark_device/call1/outer_loop_results.json``
-repeats that.
+the T=4 picks of the accuracy benchmark's earlier grid: ``--tuned_from
+docs/benchmark_device/call1/outer_loop_results.json`` repeats that.
 
 Runs go to ``--workers`` processes (one thread each); ``--deadline`` seconds after the start no new run begins
 (the report covers what finished). Records: ``<output_dir>/results.json`` (``--resume`` skips the runs in it).
@@ -77,6 +77,9 @@ VARIANTS: dict[str, dict[str, Any]] = {  # LKDConfig fields on top of the pair's
     "from-T1-k20-lr1e-1": lkd(20, "tb", 1e-1, dist_temperature=1.0, distill_weight=1.0),
     "from-kd-k5-lr3e-2": lkd(5, "tb", 3e-2, lkd_init="kd", temperature=4.0, distill_weight=1.0),
     "from-T16-k5": lkd(5, "tb", 1e-2, dist_temperature=16.0, distill_weight=1.0),
+    # longer horizons with a meta step every 5 student steps (as many meta steps as K=5)
+    "from-T1-k10-i5-lr1e-1": lkd(10, "tb", 1e-1, meta_interval=5, dist_temperature=1.0, distill_weight=1.0),
+    "from-T1-k20-i5-lr1e-1": lkd(20, "tb", 1e-1, meta_interval=5, dist_temperature=1.0, distill_weight=1.0),
 }
 
 
@@ -109,7 +112,7 @@ def _init_worker(output_dir: str) -> None:
     global _BENCH
     torch.set_num_threads(1)
     bench_dir = os.path.join(output_dir, "bench")
-    _BENCH = Benchmark(AccuracyArguments(pairs=",".join(PAIRS), methods="ce", output_dir=bench_dir))
+    _BENCH = Benchmark(AccuracyArguments(pairs=",".join(PAIRS), methods="ce", output_dir=bench_dir), record=False)
 
 
 def run_one(task: tuple[str, str, int, dict[str, Any], str]) -> dict[str, Any]:
