@@ -27,5 +27,11 @@ test: install
 test-fast: install
 	$(PY) -m pytest -q -m "not slow"
 
+bench-overhead: install
+	$(PY) benchmarks/overhead.py
+
+bench-accuracy: install
+	$(PY) benchmarks/accuracy.py --threads 1 --workers 2
+
 clean:
 	rm -rf outputs .pytest_cache

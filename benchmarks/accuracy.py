@@ -53,8 +53,9 @@ of the first ``lkd`` / ``lkd-tuned`` run against the hand-made loss it started f
 Cost (measured on 2 idle CPU cores, ``trainer.train()`` wall seconds per epoch of 2000 images, s4 / s16 / resnet8):
 ce 1.3 / 2.3 / 3.9, kd 2.9 / 3.7 / 5.6, dist 4.0 / 3.6 / 5.4, dkd 3.7 / 3.9 / 5.1, kd+fitnet 4.1 / 4.1 / 5.9,
 lkd 4.6 / 5.0 / 7.9, lkd+feat 8.0 / 9.8 / 13.3, lkd-frozen 3.6 / 4.0 / 6.1; each run adds ~1.5 s (set-up, test
-evaluation). The full default run is 231 runs (96 of them tuning-grid runs on seed 0): ~6700 s of training with
-``--threads 1`` on shared cores (docs/benchmarks.md); ``--workers 2`` trains two runs at a time (two phases: the
+evaluation). The full default run is 231 runs (96 of them tuning-grid runs on seed 0): 5363 s of training with
+``--threads 1``, 2743 s of wall time with ``--workers 2`` on 2 cores (docs/benchmarks.md); ``--workers 2`` trains
+two runs at a time (two phases: the
 grids and the runs that depend on nothing else, then the rest; every record is the same as with one worker and the
 same ``--threads``). Leaving out ``dist-tuned`` and the ``lkd-*`` methods after ``lkd-frozen`` takes ~40 min with
 one worker. ``--quick`` (1 pair, 5 methods, 1 seed, 2 epochs) takes ~2 min.
