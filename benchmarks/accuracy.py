@@ -401,13 +401,14 @@ class Benchmark:
         """The fields of ``GRIDS[method]`` with the best validation top-1 on seed 0 (grid runs recorded)."""
         if (pair, method) in self.tuned:
             return self.tuned[(pair, method)]
+        candidates = self.grid_fields(pair, method)
         best_name, best = None, None
-        for name, fields in self.grid_fields(pair, method).items():
+        for name, fields in candidates.items():
             record = self.run(pair, name, 0, fields, validate=True)
             if best is None or record["val_top1"] > best["val_top1"]:
                 best_name, best = name, record
         print(f"[{pair}] {method}: {best_name} (validation top-1 {best['val_top1']:.4f}, seed 0)")
-        self.tuned[(pair, method)] = dict(self.grid_fields(pair, method)[best_name], grid_run=best_name)
+        self.tuned[(pair, method)] = dict(candidates[best_name], grid_run=best_name)
         return self.tuned[(pair, method)]
 
     def reuse_grid_run(self, pair: str, method: str) -> dict[str, Any]:
