@@ -41,6 +41,8 @@ class SignArguments:
     steps: str = field(default="20,60,100,140", metadata={"help": "Student steps at which to measure."})
     horizons: str = field(default="1,5,20", metadata={"help": "Horizons K."})
     draws: int = field(default=8, metadata={"help": "Hypergradients per (step, K), each on fresh batches."})
+    hypergradient: str = field(default="", metadata={"help": "Estimator (default: the pair's, as in accuracy.py)."})
+    meta_val_loss: str = field(default="ce", metadata={"help": "Outer objective: 'ce' or 'calibrated_ce'."})
     seed: int = field(default=0, metadata={"help": "Seed of the student run."})
     threads: int = field(default=1, metadata={"help": "torch.set_num_threads."})
     output_dir: str = field(default="outputs/hypergradient_sign", metadata={"help": "Where results.json goes."})
@@ -65,7 +67,9 @@ def main() -> None:
     bench = Benchmark(bench_args, record=False)
     fields = dict(loss="lkd", lkd_init="dist", dist_temperature=args.temperature, distill_weight=args.weight,
                   meta_learning_rate=0.0, meta_val_source="heldout", meta_batch_size=200, snapshot_strategy="current",
-                  meta_interval=10**9, lookahead_steps=max(horizons))
+                  meta_interval=10**9, lookahead_steps=max(horizons), meta_val_loss=args.meta_val_loss)
+    if args.hypergradient:
+        fields["hypergradient"] = args.hypergradient
     recorder = RecordWeights(set(steps))
     trainer, wall = bench.train_student(args.pair, args.seed, os.path.join(args.output_dir, "run"), fields, [recorder])
     test = trainer.evaluate()["eval_accuracy"]

@@ -9,7 +9,9 @@ from the DIST that ``accuracy.py``'s ``dist-tuned`` picked for the pair on the v
 ``--tuned_from``: an accuracy ``results.json``, or an outer-loop one with ``dist-tuned`` rows) and vary the horizon
 ``K`` of the virtual steps (a meta step every ``max(5, K)`` student steps), the validation batch (``tb``: the
 training batch, all 2000 images train the student; ``ho``: all 200 held-out images, the student trains on 1800) and
-the meta learning rate (Adam, 1e-2 unless named). ``dist-tuned`` (that DIST, no outer loop) and ``dist-T8`` are
+the meta learning rate (Adam, 1e-2 unless named); ``cal-*`` use the calibrated-CE outer objective, ``imp*`` the
+implicit estimator, ``-w40`` no meta step before student step 40. Every variant names ``meta_val_loss`` where it
+matters (``lkd`` sets plain CE, the default before session 6, unless a variant names calibrated CE). ``dist-tuned`` (that DIST, no outer loop) and ``dist-T8`` are
 references. ``from-*`` start from an explicit loss instead: DIST's paper default (T=1, w=1), KD (T=4) or DIST T=16;
 ``dist-T1`` and ``dist-T16`` are those losses without an outer loop. Both validation top-1 (1000 images, the split
 used to pick settings) and test top-1 are recorded; pick by validation, never by test. docs/benchmarks.md has the
@@ -50,7 +52,7 @@ DEFAULT_TUNED_FROM = os.path.join(os.path.dirname(os.path.dirname(os.path.abspat
 def lkd(k: int, source: str, lr: float, **extra: Any) -> dict[str, Any]:
     fields = dict(loss="lkd", lkd_init="dist", lookahead_steps=k, meta_interval=max(5, k),
                   meta_val_source="heldout" if source == "ho" else "train_batch", meta_learning_rate=lr,
-                  meta_batch_size=200 if source == "ho" else None)
+                  meta_batch_size=200 if source == "ho" else None, meta_val_loss="ce")
     return {**fields, **extra}
 
 
@@ -71,6 +73,7 @@ VARIANTS: dict[str, dict[str, Any]] = {  # LKDConfig fields on top of the pair's
     "dist-T1": dict(loss="dist", dist_temperature=1.0, distill_weight=1.0),  # DIST's paper default
     "dist-T16": dict(loss="dist", dist_temperature=16.0, distill_weight=1.0),
     "from-T1-k1": lkd(1, "tb", 1e-2, dist_temperature=1.0, distill_weight=1.0),
+    "from-T1-k1-lr1e-1": lkd(1, "tb", 1e-1, dist_temperature=1.0, distill_weight=1.0),
     "from-T1-k5": lkd(5, "tb", 1e-2, dist_temperature=1.0, distill_weight=1.0),
     "from-T1-k5-lr3e-2": lkd(5, "tb", 3e-2, dist_temperature=1.0, distill_weight=1.0),
     "from-T1-k5-lr1e-1": lkd(5, "tb", 1e-1, dist_temperature=1.0, distill_weight=1.0),
@@ -80,6 +83,27 @@ VARIANTS: dict[str, dict[str, Any]] = {  # LKDConfig fields on top of the pair's
     # longer horizons with a meta step every 5 student steps (as many meta steps as K=5)
     "from-T1-k10-i5-lr1e-1": lkd(10, "tb", 1e-1, meta_interval=5, dist_temperature=1.0, distill_weight=1.0),
     "from-T1-k20-i5-lr1e-1": lkd(20, "tb", 1e-1, meta_interval=5, dist_temperature=1.0, distill_weight=1.0),
+    # implicit (Neumann-series) hypergradients: K=1 is the pure alignment term -lr <grad L_train, grad L_val> at w
+    "imp1-tb": lkd(1, "tb", 1e-2, hypergradient="implicit"),
+    "imp1-ho": lkd(1, "ho", 1e-2, hypergradient="implicit"),
+    "from-T1-imp1-lr1e-1": lkd(1, "tb", 1e-1, hypergradient="implicit", dist_temperature=1.0, distill_weight=1.0),
+    "from-T1-imp1-ho-lr1e-1": lkd(1, "ho", 1e-1, hypergradient="implicit", dist_temperature=1.0, distill_weight=1.0),
+    # outer objective: the validation cross-entropy after temperature scaling (blind to the logits' scale)
+    "cal-k1-tb": lkd(1, "tb", 1e-2, meta_val_loss="calibrated_ce"),
+    "cal-k5-tb": lkd(5, "tb", 1e-2, meta_val_loss="calibrated_ce"),
+    "from-T1-cal-k1-lr1e-1": lkd(1, "tb", 1e-1, meta_val_loss="calibrated_ce", dist_temperature=1.0,
+                                 distill_weight=1.0),
+    "from-T1-cal-k5-lr1e-1": lkd(5, "tb", 1e-1, meta_val_loss="calibrated_ce", dist_temperature=1.0,
+                                 distill_weight=1.0),
+    "from-T1-cal-imp1-lr1e-1": lkd(1, "tb", 1e-1, hypergradient="implicit", meta_val_loss="calibrated_ce",
+                                   dist_temperature=1.0, distill_weight=1.0),
+    # no meta step in the first 40 of ~190 student steps (the early hypergradients ask for a lower temperature)
+    "cal-k1-tb-w40": lkd(1, "tb", 1e-2, meta_val_loss="calibrated_ce", meta_warmup_steps=40),
+    "cal-k5-tb-w40": lkd(5, "tb", 1e-2, meta_val_loss="calibrated_ce", meta_warmup_steps=40),
+    "from-T1-cal-k1-lr1e-1-w40": lkd(1, "tb", 1e-1, meta_val_loss="calibrated_ce", meta_warmup_steps=40,
+                                     dist_temperature=1.0, distill_weight=1.0),
+    "from-T1-cal-k5-lr1e-1-w40": lkd(5, "tb", 1e-1, meta_val_loss="calibrated_ce", meta_warmup_steps=40,
+                                     dist_temperature=1.0, distill_weight=1.0),
 }
 
 

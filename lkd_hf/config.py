@@ -9,6 +9,7 @@ from transformers import TrainingArguments
 
 from .hypergradients import available_hypergradients
 from .loss_networks import LOGIT_LOSS_BASES
+from .meta_objectives import META_VAL_LOSSES
 from .snapshots import SNAPSHOT_STRATEGIES
 
 
@@ -81,8 +82,9 @@ class LKDConfig(TrainingArguments):
     )
     hypergradient: str = field(
         default="unrolled",
-        metadata={"help": "Hypergradient estimator: 'unrolled' (exact, second order) or 'finite_difference' "
-                  "(no double backward; works for every timm model)."},
+        metadata={"help": "Hypergradient estimator: 'unrolled' (exact, second order), 'finite_difference' (no double "
+                  "backward; works for every timm model) or 'implicit' (Neumann-series implicit differentiation at "
+                  "the current weights, no trajectory; no double backward)."},
     )
     lookahead_lr: float | None = field(
         default=None,
@@ -95,6 +97,12 @@ class LKDConfig(TrainingArguments):
         default=0.0,
         metadata={"help": "If > 0, each meta step draws its horizon K ~ round(N(lookahead_steps, std)), clipped to "
                   "[1, lookahead_steps + 2 std] ('Gaussian sampling'); 0 keeps K fixed."},
+    )
+    meta_val_loss: str = field(
+        default="calibrated_ce",
+        metadata={"help": "Outer objective of a meta step: 'calibrated_ce' (the validation cross-entropy after "
+                  "temperature scaling, blind to the logits' scale; see lkd_hf.meta_objectives) or 'ce' (the plain "
+                  "validation cross-entropy)."},
     )
     meta_val_source: str = field(
         default="heldout",
@@ -162,6 +170,8 @@ class LKDConfig(TrainingArguments):
             raise ValueError(f"lookahead_steps must be >= 1, got {self.lookahead_steps}")
         if self.lookahead_steps_std < 0:
             raise ValueError(f"lookahead_steps_std must be >= 0, got {self.lookahead_steps_std}")
+        if self.meta_val_loss not in META_VAL_LOSSES:
+            raise ValueError(f"meta_val_loss must be one of {list(META_VAL_LOSSES)}, got {self.meta_val_loss!r}")
         if self.meta_val_source not in ("heldout", "train_batch"):
             raise ValueError(f"meta_val_source must be 'heldout' or 'train_batch', got {self.meta_val_source!r}")
         if self.snapshot_strategy not in SNAPSHOT_STRATEGIES:

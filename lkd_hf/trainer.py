@@ -35,6 +35,7 @@ from .data import ImageCollator, resolve_data_config
 from .features import StudentWithConnectors, forward_with_features
 from .hub import LearnedLoss, create_repo, dataset_name, describe_run, last_eval_metrics
 from .hypergradients import Hypergradient, MetaProblem, get_hypergradient
+from .meta_objectives import META_VAL_LOSSES
 from .loss_networks import FeatureLossNet, LogitLossNet
 from .losses import build_loss
 from .losses.registry import parse_loss_spec
@@ -454,7 +455,7 @@ class LKDTrainer(Trainer):
 
         def val_loss(output: Any, batch: dict[str, Any]) -> torch.Tensor:
             logits = output[0] if isinstance(output, tuple) else output
-            return F.cross_entropy(logits.float(), batch["labels"])
+            return META_VAL_LOSSES[self.args.meta_val_loss](logits.float(), batch["labels"])
 
         problem = MetaProblem(
             forward=forward,
@@ -465,6 +466,10 @@ class LKDTrainer(Trainer):
             val_batch=self._recent_batches[-1] if self.args.meta_val_source == "train_batch" else self._next_meta_batch(),
             lr=self._lookahead_lr(),
             fd_epsilon=self.args.fd_epsilon,
+            # the virtual steps clip their gradient like the real ones: unclipped, a loss with a large gradient (e.g.
+            # DIST at T=8, norm ~200 where the real step is clipped to 1) looks ahead with a far larger step than the
+            # student takes, and the hypergradient then turns the loss down whatever it does.
+            max_grad_norm=self.args.max_grad_norm if self.args.max_grad_norm and self.args.max_grad_norm > 0 else None,
         )
         if "meta/val_loss_before" not in self._metrics:  # once per logging window: it costs a validation forward
             with torch.no_grad():

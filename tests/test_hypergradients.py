@@ -57,12 +57,18 @@ def _setup(steps: int, dropout: float = 0.0, seed: int = 0):
 
 
 def _brute_force(problem: MetaProblem, params, h=1e-6):
-    """Central differences of L_val(w_K(phi)), with w_K from plain SGD steps (no second-order code)."""
+    """Central differences of L_val(w_K(phi)), with w_K from plain SGD steps (no second-order code), their gradient
+    clipped with torch's own clip_grad_norm_ when the problem sets max_grad_norm."""
 
     def objective():
         w = {n: p.clone().requires_grad_(True) for n, p in params.items()}
         for b in problem.train_batches:
             g = torch.autograd.grad(problem.train_loss(problem.forward(w, b), b), list(w.values()))
+            if problem.max_grad_norm is not None:
+                for wi, gi in zip(w.values(), g):
+                    wi.grad = gi.clone()
+                torch.nn.utils.clip_grad_norm_(list(w.values()), problem.max_grad_norm)
+                g = [wi.grad for wi in w.values()]
             w = {n: (t - problem.lr * gi).detach().requires_grad_(True) for (n, t), gi in zip(w.items(), g)}
         with torch.no_grad():
             return problem.val_loss(problem.forward(w, problem.val_batch), problem.val_batch).item()
@@ -90,11 +96,20 @@ def _flat(grads):
     return torch.cat([g.reshape(-1) for g in grads])
 
 
-@pytest.mark.parametrize("steps", [1, 3])
-def test_estimators_match_brute_force(steps):
+def _gradient_norm(problem: MetaProblem, params) -> float:
+    w = {n: p.clone().requires_grad_(True) for n, p in params.items()}
+    b = problem.train_batches[0]
+    g = torch.autograd.grad(problem.train_loss(problem.forward(w, b), b), list(w.values()))
+    return torch.sqrt(sum(gi.square().sum() for gi in g)).item()
+
+
+@pytest.mark.parametrize("steps,clip", [(1, False), (3, False), (1, True), (3, True)])
+def test_estimators_match_brute_force(steps, clip):
     problem, params = _setup(steps)
     for p in problem.loss_params:
         p.requires_grad_(True)
+    if clip:  # well below the gradient norm, so that every virtual step is clipped
+        problem.max_grad_norm = 0.3 * _gradient_norm(problem, params)
     expected = _brute_force(problem, params)
     assert expected.norm() > 1e-6
 
@@ -103,6 +118,53 @@ def test_estimators_match_brute_force(steps):
 
     approx = _flat(get_hypergradient("finite_difference")(problem, params).grads)
     assert F.cosine_similarity(approx, expected, dim=0).item() > 0.99
+
+
+def test_implicit_equals_unrolled_on_a_quadratic_training_loss():
+    """With a training loss quadratic in w (phi only in its linear term) and a linear validation loss, every virtual
+    step has the same Hessian and mixed product wherever it is taken, so the Neumann series is the unrolled K steps."""
+    torch.manual_seed(0)
+    dim, out_dim = 5, 3
+    phi = nn.Parameter(torch.randn(out_dim, dtype=torch.float64))
+    direction = torch.randn(out_dim, dtype=torch.float64)
+
+    def batch(n):
+        return {"x": torch.randn(n, dim, dtype=torch.float64)}
+
+    problem = MetaProblem(
+        forward=lambda w, b: b["x"] @ w["W"],
+        train_loss=lambda out, b: 0.5 * out.square().mean() - (torch.tanh(phi) * out.mean(0)).sum(),
+        val_loss=lambda out, b: (out.mean(0) * direction).sum(),
+        loss_params=[phi],
+        train_batches=[batch(8) for _ in range(4)],
+        val_batch=batch(8),
+        lr=0.3,
+        fd_epsilon=1e-3,
+    )
+    params = {"W": torch.randn(dim, out_dim, dtype=torch.float64)}
+    exact = _flat(get_hypergradient("unrolled")(problem, params).grads)
+    implicit = _flat(get_hypergradient("implicit")(problem, params).grads)
+    assert exact.norm() > 1e-3
+    torch.testing.assert_close(implicit, exact, rtol=1e-6, atol=1e-9)
+    one_step = _flat(get_hypergradient("implicit")(
+        MetaProblem(**{**problem.__dict__, "train_batches": problem.train_batches[:1]}), params).grads)
+    assert (one_step - implicit).norm() > 1e-3 * implicit.norm()  # the later terms of the series matter
+
+
+@pytest.mark.parametrize("clip", [False, True])
+def test_implicit_one_step_is_the_small_step_limit_of_unrolled(clip):
+    """At K=1 the implicit hypergradient keeps only the first-order (alignment) term of the look-ahead: its
+    relative distance to the exact one shrinks with the virtual step (the left-out term is second order)."""
+    problem, params = _setup(steps=1)
+    if clip:
+        problem.max_grad_norm = 0.3 * _gradient_norm(problem, params)
+    errors = []
+    for lr in (1e-4, 1.0):
+        problem.lr = lr
+        exact = _flat(get_hypergradient("unrolled")(problem, params).grads)
+        implicit = _flat(get_hypergradient("implicit")(problem, params).grads)
+        errors.append(((implicit - exact).norm() / exact.norm()).item())
+    assert errors[0] < 1e-2 and errors[0] < 0.05 * errors[1]
 
 
 def test_estimators_agree_with_dropout_when_seeded_alike():
@@ -124,5 +186,5 @@ def test_estimators_leave_start_weights_and_bn_statistics_alone():
 
 
 def test_unknown_estimator_lists_known_ones():
-    with pytest.raises(ValueError, match="finite_difference, unrolled"):
+    with pytest.raises(ValueError, match="finite_difference, implicit, unrolled"):
         get_hypergradient("first_order")

@@ -73,7 +73,7 @@ def test_config_rejects_val_fraction_outside_unit_interval(tmp_path, fraction):
 
 
 def test_config_rejects_unknown_hypergradient(tmp_path):
-    with pytest.raises(ValueError, match="Known: finite_difference, unrolled"):
+    with pytest.raises(ValueError, match="Known: finite_difference, implicit, unrolled"):
         make_config(tmp_path, hypergradient="first_order")
 
 
@@ -158,7 +158,7 @@ def _one_batch(trainer):
     return trainer._with_teacher_outputs(trainer._prepare_inputs(batch))
 
 
-@pytest.mark.parametrize("hypergradient", ["unrolled", "finite_difference"])
+@pytest.mark.parametrize("hypergradient", ["unrolled", "finite_difference", "implicit"])
 def test_meta_step_updates_only_the_loss_network(tmp_path, hypergradient):
     trainer = _lkd_trainer(tmp_path, hypergradient=hypergradient, lookahead_lr=0.1)
     trainer.create_optimizer_and_scheduler(num_training_steps=10)
@@ -190,6 +190,37 @@ def test_compute_hypergradient_changes_nothing_and_is_the_gradient_meta_step_app
     trainer.meta_step(trainer.model)  # SGD, lr 1, no clipping, momentum buffer starts at the gradient: phi -= grad
     for a, p, g in zip(before, trainer.loss_params, grads):
         torch.testing.assert_close(p.detach(), a - g, rtol=1e-5, atol=1e-7)
+
+
+def _hypergradient(tmp_path, **fields):
+    trainer = _lkd_trainer(tmp_path, meta_val_source="train_batch", lookahead_lr=0.1, snapshot_strategy="current",
+                           **fields)
+    trainer.create_optimizer_and_scheduler(num_training_steps=10)
+    trainer.model.train()
+    trainer._recent_batches.append(_one_batch(trainer))
+    torch.manual_seed(0)
+    return trainer.compute_hypergradient(trainer.model)
+
+
+def test_virtual_step_clips_its_gradient_like_the_real_step(tmp_path):
+    # plain CE: these tiny students separate the batch, where the calibrated CE (and its gradient) goes to 0
+    unclipped = _hypergradient(tmp_path / "a", max_grad_norm=0.0, meta_val_loss="ce")
+    clipped = _hypergradient(tmp_path / "b", max_grad_norm=1e-6, meta_val_loss="ce")  # the virtual step all but vanishes
+    norm = lambda result: torch.sqrt(sum(g.square().sum() for g in result.grads))  # noqa: E731
+    assert norm(unclipped) > 0
+    assert norm(clipped) < 1e-3 * norm(unclipped)
+
+
+def test_meta_val_loss_selects_the_outer_objective(tmp_path):
+    plain = _hypergradient(tmp_path / "a", meta_val_loss="ce")
+    calibrated = _hypergradient(tmp_path / "b", meta_val_loss="calibrated_ce")
+    assert calibrated.val_loss < plain.val_loss  # same virtual step; the temperature-scaled CE is never larger
+    assert any(not torch.allclose(a, b) for a, b in zip(plain.grads, calibrated.grads))
+
+
+def test_config_rejects_unknown_meta_val_loss(tmp_path):
+    with pytest.raises(ValueError, match="meta_val_loss"):
+        make_config(tmp_path, meta_val_loss="accuracy")
 
 
 def test_meta_step_with_frozen_knobs_learns_only_the_corrections(tmp_path):
