@@ -2,8 +2,9 @@
 
 The student step minimises ``ce_weight * CE + distill_weight * distill_loss``. When the distillation loss has
 trainable parameters (the learned ``lkd`` loss network), every ``meta_interval`` student steps a meta step
-updates them along the hypergradient of the student's validation cross-entropy after a virtual look-ahead
-(see :mod:`lkd_hf.hypergradients`).
+updates them along the hypergradient of the student's validation cross-entropy (``meta_val_loss``; temperature-scaled
+by default, see :mod:`lkd_hf.meta_objectives`) after a virtual look-ahead whose steps clip the gradient like the
+real ones (see :mod:`lkd_hf.hypergradients`).
 """
 
 from __future__ import annotations

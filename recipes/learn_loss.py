@@ -8,7 +8,8 @@
    ``loss="kd"`` run with ``save_strategy="steps"``); a directory that holds ``checkpoint-*`` dirs is expanded.
 2. Runs ``--meta_steps`` meta steps (:meth:`lkd_hf.LKDTrainer.learn_loss`): each starts from a snapshot drawn
    uniformly from the pool, takes ``lookahead_steps`` virtual student steps on training batches, and moves the loss
-   network along the hypergradient of the validation cross-entropy (on the dataset's ``validation`` split).
+   network along the hypergradient of the (temperature-scaled, ``meta_val_loss``) validation cross-entropy (on the
+   dataset's ``validation`` split).
 3. Saves the learned loss (a :class:`lkd_hf.LearnedLoss`: config, weights, model card) to ``<output_dir>/lkd_loss``.
    Reuse it frozen in another run (costs about as much as KD)::
 
