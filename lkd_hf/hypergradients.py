@@ -114,11 +114,17 @@ def _total_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
     return torch.sqrt(sum(t.square().sum() for t in tensors))
 
 
+def _clip_coef(grads: list[torch.Tensor], max_norm: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(||g||, min(1, max_norm / (||g|| + 1e-6)))``: the real step's clipping (``clip_grad_norm_``)."""
+    norm = _total_norm(grads)
+    return norm, (max_norm / (norm + 1e-6)).clamp(max=1.0)
+
+
 def _clipped(grads: list[torch.Tensor], max_norm: float | None) -> list[torch.Tensor]:
     """The real step's gradient clipping, ``g * min(1, max_norm / (||g|| + 1e-6))``, differentiable in ``g``."""
     if max_norm is None:
         return grads
-    coef = (max_norm / (_total_norm(grads) + 1e-6)).clamp(max=1.0)
+    coef = _clip_coef(grads, max_norm)[1]
     return [g * coef for g in grads]
 
 
@@ -126,11 +132,10 @@ def _clipped_vjp(adjoint: list[torch.Tensor], grads: list[torch.Tensor], max_nor
     """``J^T a`` for the Jacobian ``J`` of ``_clipped`` at the gradient ``grads`` (detached)."""
     if max_norm is None:
         return adjoint
-    norm = _total_norm(grads)
-    if max_norm / (norm + 1e-6) >= 1.0:
+    norm, coef = _clip_coef(grads, max_norm)
+    if coef >= 1.0:
         return adjoint
-    coef = max_norm / (norm + 1e-6)
-    projection = sum((a * g).sum() for a, g in zip(adjoint, grads)) * max_norm / ((norm + 1e-6) ** 2 * norm)
+    projection = sum((a * g).sum() for a, g in zip(adjoint, grads)) * coef / ((norm + 1e-6) * norm)
     return [coef * a - projection * g for a, g in zip(adjoint, grads)]
 
 
@@ -207,7 +212,7 @@ def _reverse_mode_fd(
     for k in reversed(range(len(problem.train_batches))):
         need_hvp = k > 0  # H_k a is only needed to carry the direction to earlier steps
         along = direction if step_grads is None else _clipped_vjp(direction, step_grads[k], problem.max_grad_norm)
-        norm = torch.sqrt(sum((d.double() ** 2).sum() for d in along))
+        norm = _total_norm([d.double() for d in along])
         eps = problem.fd_epsilon / (norm + 1e-12)
         perturbed = []
         for sign in (1.0, -1.0):

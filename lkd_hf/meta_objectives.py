@@ -34,12 +34,11 @@ def fit_logit_scale(logits: torch.Tensor, labels: torch.Tensor, iterations: int 
             mean_z = (p * z).sum(-1)
             grad = (mean_z - z_target).mean()
             hess = ((p * z * z).sum(-1) - mean_z**2).mean()
-            new = scale - grad / hess.clamp_min(1e-12)
-            new = torch.minimum(torch.maximum(new, scale / 4), scale * 4).clamp(_MIN_SCALE, _MAX_SCALE)
-            if torch.abs(new - scale) <= 1e-6 * scale:
-                scale = new
-                break
+            new = (scale - grad / hess.clamp_min(1e-12)).clamp(scale / 4, scale * 4).clamp(_MIN_SCALE, _MAX_SCALE)
+            converged = torch.abs(new - scale) <= 1e-6 * scale
             scale = new
+            if converged:
+                break
     return scale.to(logits.dtype)
 
 

@@ -36,10 +36,10 @@ from .data import ImageCollator, resolve_data_config
 from .features import StudentWithConnectors, forward_with_features
 from .hub import LearnedLoss, create_repo, dataset_name, describe_run, last_eval_metrics
 from .hypergradients import Hypergradient, MetaProblem, get_hypergradient
-from .meta_objectives import META_VAL_LOSSES
 from .loss_networks import FeatureLossNet, LogitLossNet
 from .losses import build_loss
 from .losses.registry import parse_loss_spec
+from .meta_objectives import META_VAL_LOSSES
 from .metrics import build_compute_metrics
 from .snapshots import Snapshot, SnapshotPool
 
