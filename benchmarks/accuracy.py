@@ -324,9 +324,10 @@ class Benchmark:
                     hypergradient=PAIRS[pair].hypergradient)
 
     def train_student(self, pair: str, seed: int, output_dir: str, fields: dict[str, Any],
-                      callbacks: list | None = None) -> tuple[LKDTrainer, float]:
-        """Train a fresh student of ``pair`` (seeded) with the LKDConfig ``fields`` (and Trainer ``callbacks``);
-        return the trainer and the wall seconds of ``trainer.train()``."""
+                      callbacks: list | None = None, before_train=None) -> tuple[LKDTrainer, float]:
+        """Train a fresh student of ``pair`` (seeded) with the LKDConfig ``fields`` (and Trainer ``callbacks``;
+        ``before_train(trainer)`` is called before training); return the trainer and the wall seconds of
+        ``trainer.train()``."""
         spec = PAIRS[pair]
         torch.manual_seed(seed)
         student = timm.create_model(spec.student, num_classes=self.num_classes, **spec.student_kwargs)
@@ -335,6 +336,8 @@ class Benchmark:
         trainer = LKDTrainer(model=student, teacher=None if fields["loss"] == "ce" else self.teacher, args=config,
                              train_dataset=self.data["train"], eval_dataset=self.data["test"], callbacks=callbacks)
         trainer.remove_callback(PrinterCallback)
+        if before_train is not None:
+            before_train(trainer)
         start = time.perf_counter()
         trainer.train()
         return trainer, time.perf_counter() - start

@@ -8,8 +8,10 @@ stays exactly that DIST), and its weights and learning rate are recorded at ``--
 horizon ``K`` of ``--horizons``, ``LKDTrainer.compute_hypergradient`` (the meta step's own estimator, virtual SGD
 steps at the student's learning rate of that step, from these weights) is taken ``--draws`` times, each on fresh
 training batches and the 200 held-out meta images as the validation batch. Reported: the median
-``dL_val/dlog T`` and ``dL_val/dlog w``, and how many draws ask for a *higher* temperature / weight (a negative
-derivative: the meta optimizer then raises it). The loss network is never updated.
+``dL_val/dlog T`` and ``dL_val/dlog w``, and of the biases ``b_beta`` / ``b_gamma`` of the per-sample / per-class
+heads (at initialisation uniform scales ``1 + tanh(b)`` of DIST's inter-class / intra-class term), and how many draws
+ask for a *higher* value (a negative derivative: the meta optimizer then raises it). The loss network is never
+updated.
 """
 
 from __future__ import annotations
@@ -48,6 +50,9 @@ class SignArguments:
     output_dir: str = field(default="outputs/hypergradient_sign", metadata={"help": "Where results.json goes."})
 
 
+KNOB_LABELS = dict(T="log T", w="log w", beta="b_beta", gamma="b_gamma")
+
+
 class RecordWeights(TrainerCallback):
     """Keep a copy of the student's weights and learning rate at the given steps."""
 
@@ -79,11 +84,13 @@ def main() -> None:
     batches = (trainer._with_teacher_outputs(trainer._prepare_inputs(b)) for b in itertools.chain.from_iterable(
         itertools.repeat(loader)))
     loss = trainer.distill_loss
-    t_index, w_index = (next(i for i, p in enumerate(trainer.loss_params) if p is knob)
-                        for knob in (loss.log_temperature, loss.log_weight))
+    # at initialisation the heads' biases are uniform scales of DIST's two terms: s_i = 1 + tanh(b) multiplies the
+    # inter-class term (beta), u_c = 1 + tanh(b) the intra-class term (gamma)
+    knobs = dict(T=loss.log_temperature, w=loss.log_weight, beta=loss.sample_head.bias, gamma=loss.class_head.bias)
+    index = {name: next(i for i, p in enumerate(trainer.loss_params) if p is knob) for name, knob in knobs.items()}
     rows = []
-    print("| step | student lr | K | median dL/dlog T | draws for higher T | median dL/dlog w | draws for higher w | "
-          "s per draw |\n|---|---|---|---|---|---|---|---|")
+    print("| step | student lr | K | " + " | ".join(f"median dL/d{KNOB_LABELS[n]} | draws for higher {n}" for n in knobs)
+          + " | s per draw |\n|---|---|---|" + "---|---|" * len(knobs) + "---|")
     for step in steps:
         state, lr = recorder.records[step]
         student.load_state_dict(state)
@@ -92,18 +99,18 @@ def main() -> None:
         for k in horizons:
             trainer.args.lookahead_steps = k
             start = time.perf_counter()
-            d_t, d_w = [], []
+            draws = {name: [] for name in knobs}
             for _ in range(args.draws):
                 trainer._recent_batches.clear()
                 trainer._recent_batches.extend(next(batches) for _ in range(k))
                 grads = trainer.compute_hypergradient(trainer.model).grads
-                d_t.append(float(grads[t_index]))
-                d_w.append(float(grads[w_index]))
-            row = dict(step=step, lr=lr, K=k, dT=d_t, dw=d_w, seconds=(time.perf_counter() - start) / args.draws)
+                for name in knobs:
+                    draws[name].append(float(grads[index[name]]))
+            row = dict(step=step, lr=lr, K=k, **{f"d{name}": d for name, d in draws.items()},
+                       seconds=(time.perf_counter() - start) / args.draws)
             rows.append(row)
-            print(f"| {step} | {lr:.4f} | {k} | {statistics.median(d_t):+.3g} | {sum(g < 0 for g in d_t)}/{len(d_t)} | "
-                  f"{statistics.median(d_w):+.3g} | {sum(g < 0 for g in d_w)}/{len(d_w)} | {row['seconds']:.1f} |",
-                  flush=True)
+            cells = " | ".join(f"{statistics.median(d):+.3g} | {sum(g < 0 for g in d)}/{len(d)}" for d in draws.values())
+            print(f"| {step} | {lr:.4f} | {k} | {cells} | {row['seconds']:.1f} |", flush=True)
     os.makedirs(args.output_dir, exist_ok=True)
     with open(os.path.join(args.output_dir, "results.json"), "w") as f:
         json.dump({"args": vars(args), "test_top1": test, "rows": rows}, f, indent=1)

@@ -10,7 +10,9 @@ from the DIST that ``accuracy.py``'s ``dist-tuned`` picked for the pair on the v
 ``K`` of the virtual steps (a meta step every ``max(5, K)`` student steps), the validation batch (``tb``: the
 training batch, all 2000 images train the student; ``ho``: all 200 held-out images, the student trains on 1800) and
 the meta learning rate (Adam, 1e-2 unless named); ``cal-*`` use the calibrated-CE outer objective, ``imp*`` the
-implicit estimator, ``-w40`` no meta step before student step 40. Every variant names ``meta_val_loss`` where it
+implicit estimator, ``-w40`` no meta step before student step 40. ``probe-*`` and ``sched-*`` are hand-made changes of
+the tuned DIST outside ``dist-tuned``'s grid (CE weight, DIST's beta / gamma, a FitNet hint; a temperature going
+geometrically from factor a to factor b of the tuned one over the run): is there a better loss near it to find? Every variant names ``meta_val_loss`` where it
 matters (``lkd`` sets plain CE, the default before session 6, unless a variant names calibrated CE). ``dist-tuned`` (that DIST, no outer loop) and ``dist-T8`` are
 references. ``from-*`` start from an explicit loss instead: DIST's paper default (T=1, w=1), KD (T=4) or DIST T=16;
 ``dist-T1`` and ``dist-T16`` are those losses without an outer loop. Both validation top-1 (1000 images, the split
@@ -40,7 +42,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
-from transformers import HfArgumentParser  # noqa: E402
+from transformers import HfArgumentParser, TrainerCallback  # noqa: E402
 
 from accuracy import PAIRS, AccuracyArguments, Benchmark, split_list  # noqa: E402
 
@@ -104,6 +106,26 @@ VARIANTS: dict[str, dict[str, Any]] = {  # LKDConfig fields on top of the pair's
                                      dist_temperature=1.0, distill_weight=1.0),
     "from-T1-cal-k5-lr1e-1-w40": lkd(5, "tb", 1e-1, meta_val_loss="calibrated_ce", meta_warmup_steps=40,
                                      dist_temperature=1.0, distill_weight=1.0),
+    # longer horizons with the fixed (clipped) look-ahead and the calibrated-CE objective (session 7)
+    "cal-k10-tb-w40": lkd(10, "tb", 1e-2, meta_val_loss="calibrated_ce", meta_warmup_steps=40),
+    "cal-k20-tb-w40": lkd(20, "tb", 1e-2, meta_val_loss="calibrated_ce", meta_warmup_steps=40),
+    "cal-k20-ho-w40": lkd(20, "ho", 1e-2, meta_val_loss="calibrated_ce", meta_warmup_steps=40),
+    "cal-k10-tb-w40-lr5e-2": lkd(10, "tb", 5e-2, meta_val_loss="calibrated_ce", meta_warmup_steps=40),
+    "cal-k20-tb-w40-lr5e-2": lkd(20, "tb", 5e-2, meta_val_loss="calibrated_ce", meta_warmup_steps=40),
+    "cal-k5-tb-w40-lr3e-2": lkd(5, "tb", 3e-2, meta_val_loss="calibrated_ce", meta_warmup_steps=40),
+    # headroom probes (session 7): hand-made changes of the tuned DIST outside the T x w grid; is there a better
+    # loss near it for the outer loop to find? (pick by validation)
+    "probe-ce0.5": dict(loss="dist", ce_weight=0.5),
+    "probe-ce0": dict(loss="dist", ce_weight=0.0),
+    "probe-beta2": dict(loss="dist", dist_beta=2.0),
+    "probe-gamma2": dict(loss="dist", dist_gamma=2.0),
+    "probe-beta0": dict(loss="dist", dist_beta=0.0),
+    "probe-gamma0": dict(loss="dist", dist_gamma=0.0),
+    "probe-fitnet": dict(loss="dist+fitnet"),
+    # hand-made temperature schedules: T goes geometrically from factor a to factor b of the tuned T over the run
+    "sched-down4": dict(loss="dist", temperature_schedule=(2.0, 0.5)),
+    "sched-down2": dict(loss="dist", temperature_schedule=(2**0.5, 2**-0.5)),
+    "sched-up4": dict(loss="dist", temperature_schedule=(0.5, 2.0)),
 }
 
 
@@ -129,6 +151,20 @@ def tuned_dist(path: str) -> dict[str, dict[str, float]]:
             for r in runs if r.get("method", r.get("variant")) == "dist-tuned" and r["seed"] == 0}
 
 
+class TemperatureSchedule(TrainerCallback):
+    """Set the hand-made DIST loss's temperature before each student step: ``T0 * a * (b / a) ** (step / steps)``."""
+
+    def __init__(self, start: float, end: float) -> None:
+        self.start, self.end, self.loss, self.base = start, end, None, None
+
+    def bind(self, trainer) -> None:
+        self.loss, self.base = trainer.distill_loss, trainer.distill_loss.temperature
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        frac = state.global_step / max(1, state.max_steps)
+        self.loss.temperature = self.base * self.start * (self.end / self.start) ** frac
+
+
 _BENCH: Benchmark | None = None
 
 
@@ -146,12 +182,16 @@ def run_one(task: tuple[str, str, int, dict[str, Any], str]) -> dict[str, Any]:
     if fields["loss"] == "lkd":
         fields.setdefault("hypergradient", PAIRS[pair].hypergradient)
     run_dir = os.path.join(bench.args.output_dir, "runs", pair.replace("->", "_to_"), variant, f"seed{seed}")
-    trainer, wall = bench.train_student(pair, seed, run_dir, fields)
+    factors = fields.pop("temperature_schedule", None)
+    schedule = TemperatureSchedule(*factors) if factors else None
+    trainer, wall = bench.train_student(pair, seed, run_dir, fields, callbacks=[schedule] if schedule else None,
+                                        before_train=schedule.bind if schedule else None)
     return dict(pair=pair, variant=variant, seed=seed, device=device, wall_s=wall, steps=trainer.state.global_step,
                 train_images=len(trainer.train_dataset),
                 val_top1=trainer.evaluate(eval_dataset=bench.data["validation"])["eval_accuracy"],
                 test_top1=trainer.evaluate(eval_dataset=bench.data["test"])["eval_accuracy"],
-                **{k: v for k, v in fields.items() if k != "use_cpu"}, **trainer.loss_knobs())
+                **{k: v for k, v in fields.items() if k != "use_cpu"}, **trainer.loss_knobs(),
+                **({"temperature_schedule": list(factors)} if factors else {}))
 
 
 def report(runs: list[dict[str, Any]], pairs: list[str], variants: list[str]) -> str:
