@@ -50,9 +50,6 @@ class SignArguments:
     output_dir: str = field(default="outputs/hypergradient_sign", metadata={"help": "Where results.json goes."})
 
 
-KNOB_LABELS = dict(T="log T", w="log w", beta="b_beta", gamma="b_gamma")
-
-
 class RecordWeights(TrainerCallback):
     """Keep a copy of the student's weights and learning rate at the given steps."""
 
@@ -86,10 +83,12 @@ def main() -> None:
     loss = trainer.distill_loss
     # at initialisation the heads' biases are uniform scales of DIST's two terms: s_i = 1 + tanh(b) multiplies the
     # inter-class term (beta), u_c = 1 + tanh(b) the intra-class term (gamma)
-    knobs = dict(T=loss.log_temperature, w=loss.log_weight, beta=loss.sample_head.bias, gamma=loss.class_head.bias)
-    index = {name: next(i for i, p in enumerate(trainer.loss_params) if p is knob) for name, knob in knobs.items()}
+    knobs = dict(T=("log T", loss.log_temperature), w=("log w", loss.log_weight),  # name: (derivative label, parameter)
+                 beta=("b_beta", loss.sample_head.bias), gamma=("b_gamma", loss.class_head.bias))
+    index = {name: next(i for i, p in enumerate(trainer.loss_params) if p is knob) for name, (_, knob) in knobs.items()}
     rows = []
-    print("| step | student lr | K | " + " | ".join(f"median dL/d{KNOB_LABELS[n]} | draws for higher {n}" for n in knobs)
+    print("| step | student lr | K | " + " | ".join(f"median dL/d{label} | draws for higher {name}"
+                                                   for name, (label, _) in knobs.items())
           + " | s per draw |\n|---|---|---|" + "---|---|" * len(knobs) + "---|")
     for step in steps:
         state, lr = recorder.records[step]

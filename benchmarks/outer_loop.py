@@ -182,16 +182,16 @@ def run_one(task: tuple[str, str, int, dict[str, Any], str]) -> dict[str, Any]:
     if fields["loss"] == "lkd":
         fields.setdefault("hypergradient", PAIRS[pair].hypergradient)
     run_dir = os.path.join(bench.args.output_dir, "runs", pair.replace("->", "_to_"), variant, f"seed{seed}")
-    factors = fields.pop("temperature_schedule", None)
+    factors = fields.get("temperature_schedule")  # not an LKDConfig field: a callback sets the temperature
     schedule = TemperatureSchedule(*factors) if factors else None
-    trainer, wall = bench.train_student(pair, seed, run_dir, fields, callbacks=[schedule] if schedule else None,
+    config_fields = {k: v for k, v in fields.items() if k != "temperature_schedule"}
+    trainer, wall = bench.train_student(pair, seed, run_dir, config_fields, callbacks=[schedule] if schedule else None,
                                         before_train=schedule.bind if schedule else None)
     return dict(pair=pair, variant=variant, seed=seed, device=device, wall_s=wall, steps=trainer.state.global_step,
                 train_images=len(trainer.train_dataset),
                 val_top1=trainer.evaluate(eval_dataset=bench.data["validation"])["eval_accuracy"],
                 test_top1=trainer.evaluate(eval_dataset=bench.data["test"])["eval_accuracy"],
-                **{k: v for k, v in fields.items() if k != "use_cpu"}, **trainer.loss_knobs(),
-                **({"temperature_schedule": list(factors)} if factors else {}))
+                **{k: v for k, v in fields.items() if k != "use_cpu"}, **trainer.loss_knobs())
 
 
 def report(runs: list[dict[str, Any]], pairs: list[str], variants: list[str]) -> str:
