@@ -13,7 +13,7 @@ __version__ = "0.1.0"
 from . import models  # noqa: F401  (registers lkd_hf's small models in timm)
 from .config import LKDConfig
 from .data import BUNDLED_DATASETS, ImageCollator, build_datasets, image_transform, load_image_splits, with_transform
-from .hypergradients import available_hypergradients, register_hypergradient
+from .meta.hypergradients import available_hypergradients, register_hypergradient
 from .features import Connector, StudentWithConnectors, forward_with_features
 from .hub import LearnedLoss, LearnedLossConfig
 from .loss_networks import FeatureLossNet, LogitLossNet

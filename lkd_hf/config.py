@@ -7,10 +7,7 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
-from .hypergradients import available_hypergradients
-from .loss_networks import LOGIT_LOSS_BASES
-from .meta_objectives import META_VAL_LOSSES
-from .snapshots import SNAPSHOT_STRATEGIES
+from .constants import LOGIT_LOSS_BASES, META_OPTIMIZERS, META_VAL_LOSS_NAMES, META_VAL_SOURCES, SNAPSHOT_STRATEGIES
 
 
 @dataclass
@@ -101,7 +98,7 @@ class LKDConfig(TrainingArguments):
     meta_val_loss: str = field(
         default="calibrated_ce",
         metadata={"help": "Outer objective of a meta step: 'calibrated_ce' (the validation cross-entropy after "
-                  "temperature scaling, blind to the logits' scale; see lkd_hf.meta_objectives) or 'ce' (the plain "
+                  "temperature scaling, blind to the logits' scale; see lkd_hf.meta.objectives) or 'ce' (the plain "
                   "validation cross-entropy)."},
     )
     meta_val_source: str = field(
@@ -170,20 +167,16 @@ class LKDConfig(TrainingArguments):
             raise ValueError(f"lookahead_steps must be >= 1, got {self.lookahead_steps}")
         if self.lookahead_steps_std < 0:
             raise ValueError(f"lookahead_steps_std must be >= 0, got {self.lookahead_steps_std}")
-        if self.meta_val_loss not in META_VAL_LOSSES:
-            raise ValueError(f"meta_val_loss must be one of {list(META_VAL_LOSSES)}, got {self.meta_val_loss!r}")
-        if self.meta_val_source not in ("heldout", "train_batch"):
-            raise ValueError(f"meta_val_source must be 'heldout' or 'train_batch', got {self.meta_val_source!r}")
+        if self.meta_val_loss not in META_VAL_LOSS_NAMES:
+            raise ValueError(f"meta_val_loss must be one of {META_VAL_LOSS_NAMES}, got {self.meta_val_loss!r}")
+        if self.meta_val_source not in META_VAL_SOURCES:
+            raise ValueError(f"meta_val_source must be one of {META_VAL_SOURCES}, got {self.meta_val_source!r}")
         if self.snapshot_strategy not in SNAPSHOT_STRATEGIES:
             raise ValueError(
                 f"Unknown snapshot_strategy {self.snapshot_strategy!r}. Known: {', '.join(SNAPSHOT_STRATEGIES)}."
             )
-        if self.meta_optimizer not in ("adam", "sgd"):
-            raise ValueError(f"meta_optimizer must be 'adam' or 'sgd', got {self.meta_optimizer!r}")
-        if self.hypergradient not in available_hypergradients():
-            raise ValueError(
-                f"Unknown hypergradient {self.hypergradient!r}. Known: {', '.join(available_hypergradients())}."
-            )
+        if self.meta_optimizer not in META_OPTIMIZERS:
+            raise ValueError(f"meta_optimizer must be one of {META_OPTIMIZERS}, got {self.meta_optimizer!r}")
         if self.snapshot_interval < 1 or self.snapshot_pool_size < 2:
             raise ValueError("snapshot_interval must be >= 1 and snapshot_pool_size >= 2.")
         self.feature_taps = _parse_taps(self.feature_taps)

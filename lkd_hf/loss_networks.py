@@ -48,6 +48,7 @@ from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from .constants import LOGIT_LOSS_BASES
 from .losses.logit import pearson_rows
 from .losses.registry import register_loss
 
@@ -55,7 +56,6 @@ _NUM_INPUTS = 6
 _MIN_TEMPERATURE, _MAX_TEMPERATURE = 0.5, 20.0
 _MIN_LOG_WEIGHT, _MAX_LOG_WEIGHT = -10.0, 3.0
 _LOG_RATIO_CLIP = 10.0
-LOGIT_LOSS_BASES = ("kd", "dist")
 
 
 class LogitLossNet(

@@ -3,8 +3,8 @@
 The student step minimises ``ce_weight * CE + distill_weight * distill_loss``. When the distillation loss has
 trainable parameters (the learned ``lkd`` loss network), every ``meta_interval`` student steps a meta step
 updates them along the hypergradient of the student's validation cross-entropy (``meta_val_loss``; temperature-scaled
-by default, see :mod:`lkd_hf.meta_objectives`) after a virtual look-ahead whose steps clip the gradient like the
-real ones (see :mod:`lkd_hf.hypergradients`).
+by default, see :mod:`lkd_hf.meta.objectives`) after a virtual look-ahead whose steps clip the gradient like the
+real ones (see :mod:`lkd_hf.meta.hypergradients`).
 """
 
 from __future__ import annotations
@@ -35,13 +35,13 @@ from .config import LKDConfig
 from .data import ImageCollator, resolve_data_config
 from .features import StudentWithConnectors, forward_with_features
 from .hub import LearnedLoss, create_repo, dataset_name, describe_run, last_eval_metrics
-from .hypergradients import Hypergradient, MetaProblem, get_hypergradient
+from .meta.hypergradients import Hypergradient, MetaProblem, get_hypergradient
 from .loss_networks import FeatureLossNet, LogitLossNet
 from .losses import build_loss
 from .losses.registry import parse_loss_spec
-from .meta_objectives import META_VAL_LOSSES
+from .meta.objectives import META_VAL_LOSSES
 from .metrics import build_compute_metrics
-from .snapshots import Snapshot, SnapshotPool
+from .meta.snapshots import Snapshot, SnapshotPool
 
 logger = logging.get_logger(__name__)
 

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from lkd_hf.hypergradients import MetaProblem, available_hypergradients, get_hypergradient
+from lkd_hf.meta.hypergradients import MetaProblem, available_hypergradients, get_hypergradient
 from lkd_hf.loss_networks import LogitLossNet
 
 NUM_CLASSES = 4

@@ -8,7 +8,7 @@ import timm
 import torch
 
 from lkd_hf import LKDTrainer
-from lkd_hf.snapshots import SnapshotPool
+from lkd_hf.meta.snapshots import SnapshotPool
 from lkd_hf.trainer import LKD_SNAPSHOTS_SUBDIR, LKD_STATE_DIRNAME, LKD_STATE_NAME, MetaBatchSampler
 
 from test_trainer import make_config, make_dataset

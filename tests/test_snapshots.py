@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 
-from lkd_hf.snapshots import SnapshotPool
+from lkd_hf.meta.snapshots import SnapshotPool
 
 
 def params(value: float):

@@ -48,3 +48,4 @@ def calibrated_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torc
 
 
 META_VAL_LOSSES: dict[str, MetaValLoss] = {"ce": F.cross_entropy, "calibrated_ce": calibrated_cross_entropy}
+"""The outer objectives by name (the names of :data:`lkd_hf.constants.META_VAL_LOSS_NAMES`)."""

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 import torch
 from safetensors.torch import load_file, save_file
 
-SNAPSHOT_STRATEGIES = ("current", "uniform", "gaussian", "fixed")
+from ..constants import SNAPSHOT_STRATEGIES
+
 POOL_STATE_NAME = "pool.json"
 
 

@@ -1,0 +1,25 @@
+"""Names and file names shared by the configuration and the modules that implement them (no imports)."""
+
+LOGIT_LOSS_BASES = ("kd", "dist")
+"""Hand-made losses the learned logit loss can reproduce at initialisation (``LKDConfig.lkd_init``)."""
+
+SNAPSHOT_STRATEGIES = ("current", "uniform", "gaussian", "fixed")
+"""Where a meta step's virtual steps start (``LKDConfig.snapshot_strategy``)."""
+
+META_VAL_LOSS_NAMES = ("ce", "calibrated_ce")
+"""Outer objectives of a meta step (``LKDConfig.meta_val_loss``)."""
+
+META_VAL_SOURCES = ("heldout", "train_batch")
+"""Validation batch of a meta step (``LKDConfig.meta_val_source``)."""
+
+META_OPTIMIZERS = ("adam", "sgd")
+"""Optimizers of the loss networks (``LKDConfig.meta_optimizer``)."""
+
+LOSS_DIRNAME = "lkd_loss"
+"""Folder of the learned loss (a ``LearnedLoss``) in a training output or checkpoint."""
+
+CONNECTORS_NAME = "connectors.safetensors"
+"""File of the feature connectors beside the student's weights."""
+
+LKD_STATE_DIRNAME = "lkd_state"
+"""Folder in a checkpoint with what a resumed run needs beyond the Trainer's own state."""
