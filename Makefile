@@ -6,7 +6,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo test test-fast bench-overhead bench-accuracy clean
+.PHONY: install demo test test-fast test-floors bench-overhead bench-accuracy clean
 
 install: $(VENV)/.installed
 
@@ -26,6 +26,25 @@ test: install
 
 test-fast: install
 	$(PY) -m pytest -q -m "not slow"
+
+# The declared dependency floors: a venv with the `>=` versions of pyproject.toml's dependencies pinned (torch
+# aside: it uses the .venv's packages for everything else) runs a few tests that reach the Trainer, accelerate, Hub,
+# datasets, evaluate and timm APIs lkd_hf overrides or calls (training logs, evaluation, checkpoint save / resume,
+# Hub repo creation and pushes, the LearnedLoss folder).
+FLOORS_VENV ?= $(VENV)/floors
+FLOORS_TESTS ?= tests/test_hub.py::test_round_trip_gives_identical_losses_config_card_and_plot \
+	tests/test_hub.py::test_trainer_pushes_the_loss_with_the_student_and_to_its_own_repo \
+	tests/test_trainer.py::test_lkd_training_logs_meta_statistics_and_evaluates \
+	tests/test_resume.py::test_hand_made_loss_resumes_and_a_checkpoint_without_lkd_state_warns
+SITE_PACKAGES := import sysconfig; print(sysconfig.get_paths()["purelib"])
+FLOOR_PINS := import re, tomllib; deps = tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]; \
+	print(" ".join(d.replace(">=", "==") for d in deps if ">=" in d and not re.match("torch\\b", d)))
+
+test-floors: install
+	$(PY) -m venv $(FLOORS_VENV)
+	$(PY) -c '$(SITE_PACKAGES)' > "$$($(FLOORS_VENV)/bin/python -c '$(SITE_PACKAGES)')/lkd_hf_venv.pth"
+	$(FLOORS_VENV)/bin/python -m pip install -q $$($(PY) -c '$(FLOOR_PINS)')
+	PYTHONPATH=$(CURDIR) $(FLOORS_VENV)/bin/python -m pytest -q -p no:cacheprovider $(FLOORS_TESTS)
 
 bench-overhead: install
 	$(PY) benchmarks/overhead.py

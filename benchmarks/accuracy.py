@@ -14,17 +14,17 @@ Setting (the same for every method, pair and seed):
   never used for training, meta steps or selection. All images are transformed for the *teacher*
   (1x28x28, its normalisation), because teacher and student see the same batch; every student here is
   fully convolutional with global pooling, so it runs on that input.
-* Teacher: ``lkd_convnet_teacher`` trained once with CE on the 7000 training images by
-  ``recipes/quickstart.py``'s ``get_teacher`` (10 epochs). The one the published table used is committed in
-  ``benchmarks/teacher`` (the default ``--teacher_dir``): teacher training is not bit-reproducible on CPU, the
-  student runs are, so a fresh run with it reproduces the table.
-* Student recipe: ``recipes/quickstart.py``'s ``training_config`` (SGD Nesterov 0.9, lr 0.05, cosine, weight
-  decay 5e-4, batch 64), ``augment="light"``, ``--epochs`` epochs. Test top-1 is the **last epoch's** (no
-  best-epoch selection).
+* Teacher: ``lkd_convnet_teacher`` trained once with CE on the 7000 training images (10 epochs, the student
+  recipe; ``common.Setting.load_teacher``). The one the published table used is committed in ``benchmarks/teacher``
+  (the default ``--teacher_dir``): teacher training is not bit-reproducible on CPU, the student runs are, so a
+  fresh run with it reproduces the table.
+* Student recipe (``common.RECIPE``, the quickstart's): SGD Nesterov 0.9, lr 0.05, cosine, weight decay 5e-4,
+  batch 64, ``augment="light"``, ``--epochs`` epochs. Test top-1 is the **last epoch's** (no best-epoch
+  selection).
 * LKD's meta (validation) images come out of the same training budget: ``lkd_val_fraction`` (0.1) of the
   subset is held out (200 of 2000 images) and LKD trains on the rest, for the same number of epochs.
 
-Pairs (``PAIRS``): ``teacher->s4`` (``lkd_convnet_s4``, 1.7k params), ``teacher->s16`` (``lkd_convnet_s16``,
+Pairs (``common.PAIRS``): ``teacher->s4`` (``lkd_convnet_s4``, 1.7k params), ``teacher->s16`` (``lkd_convnet_s16``,
 24k params) and the heterogeneous ``teacher->resnet8`` (CIFAR ResNet-8, ``in_chans=1``: a residual network
 instead of the teacher's plain CNN).
 
@@ -65,14 +65,11 @@ one worker. ``--quick`` (1 pair, 5 methods, 1 seed, 2 epochs) takes ~2 min.
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import json
 import math
-import multiprocessing as mp
 import os
 import statistics
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -80,34 +77,23 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root: recipes/
-
-import timm  # noqa: E402
 import torch  # noqa: E402
-from transformers import HfArgumentParser, PrinterCallback  # noqa: E402
+from transformers import HfArgumentParser  # noqa: E402
 
-from lkd_hf import LKDTrainer, build_datasets, plot_learned_loss  # noqa: E402
-from lkd_hf.trainer import LOSS_DIRNAME  # noqa: E402
-from recipes.quickstart import QuickstartArguments, get_teacher, training_config  # noqa: E402
+from common import (  # noqa: E402
+    BUNDLED_TEACHER_DIR,
+    PAIRS,
+    TEACHER_MODEL,
+    Setting,
+    WorkerPool,
+    format_mean_std,
+    mean_std,
+    run_dir,
+    split_list,
+)
+from lkd_hf import LOSS_DIRNAME, LearnedLoss, plot_learned_loss  # noqa: E402
 
 DEFAULT_OUTPUT_DIR = "outputs/benchmark_accuracy"
-# the committed teacher (96.97% test top-1)
-BUNDLED_TEACHER_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "teacher")
-TEACHER_MODEL = "lkd_convnet_teacher"
-
-
-@dataclass(frozen=True)
-class Pair:
-    student: str
-    student_kwargs: dict = field(default_factory=dict)
-    hypergradient: str = "unrolled"  # "finite_difference" for students without double backward
-
-
-PAIRS: dict[str, Pair] = {
-    "teacher->s4": Pair("lkd_convnet_s4"),
-    "teacher->s16": Pair("lkd_convnet_s16"),
-    "teacher->resnet8": Pair("cifar_resnet8", {"in_chans": 1}),
-}
 DONORS: dict[str, str] = {  # lkd-frozen on <key> uses the loss learned by the lkd run on <value> (same seed)
     "teacher->s4": "teacher->s16",
     "teacher->s16": "teacher->s4",
@@ -186,8 +172,8 @@ class AccuracyArguments:
     )
     teacher_dir: str | None = field(
         default=None,
-        metadata={"help": "Cached teacher directory, named 'teacher' (default: the teacher committed in "
-                  "benchmarks/teacher; a directory without one gets a teacher trained there first)."},
+        metadata={"help": "Cached teacher directory, with model.safetensors and teacher.json (default: the teacher "
+                  "committed in benchmarks/teacher; a directory without one gets a teacher trained there first)."},
     )
     teacher_epochs: float = field(default=10.0, metadata={"help": "Teacher epochs if it has to be trained."})
     output_dir: str | None = field(
@@ -209,10 +195,6 @@ class AccuracyArguments:
             self.output_dir = os.path.join(DEFAULT_OUTPUT_DIR, "quick") if self.quick else DEFAULT_OUTPUT_DIR
         if self.teacher_dir is None:
             self.teacher_dir = BUNDLED_TEACHER_DIR
-        if os.path.basename(os.path.normpath(self.teacher_dir)) != "teacher":
-            raise ValueError(
-                f"--teacher_dir must be a directory named 'teacher' (get_teacher's layout), got {self.teacher_dir!r}."
-            )
         for name, known in (("pairs", PAIRS), ("methods", METHODS)):
             unknown = [x for x in split_list(getattr(self, name)) if x not in known]
             if unknown:
@@ -229,10 +211,6 @@ class AccuracyArguments:
     @property
     def seeds(self) -> list[int]:
         return list(range(self.num_seeds))
-
-
-def split_list(text: str) -> list[str]:
-    return [x.strip() for x in text.split(",") if x.strip()]
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -290,57 +268,29 @@ class Results:
 
 
 class Benchmark:
-    """Trains students and records their test top-1 and wall time in :class:`Results` (``record=False``: a worker
-    process that only trains, :meth:`train_record`; its parent records)."""
+    """Trains students in the :class:`~common.Setting` and records their test top-1 and wall time in
+    :class:`Results` (``record=False``: a worker process that only trains, :meth:`train_record`; its parent
+    records)."""
 
     def __init__(self, args: AccuracyArguments, record: bool = True) -> None:
         self.args = args
         self.results = Results(args) if record else None
-        self.recipe = QuickstartArguments(
-            teacher_model=TEACHER_MODEL,
-            teacher_epochs=args.teacher_epochs,
-            batch_size=args.batch_size,
-            learning_rate=args.learning_rate,
-            output_dir=os.path.dirname(os.path.normpath(args.teacher_dir)),
-            seed=args.split_seed,
-        )
-        self.num_classes = 10
+        self.setting = Setting(epochs=args.epochs, train_subset=args.train_subset, batch_size=args.batch_size,
+                               learning_rate=args.learning_rate, split_seed=args.split_seed,
+                               teacher_dir=args.teacher_dir, teacher_epochs=args.teacher_epochs)
         self.tuned: dict[tuple[str, str], dict[str, Any]] = {}  # (pair, tuned method) -> fields picked on val
-        self.teacher, teacher_accuracy = get_teacher(self.recipe, self.num_classes)
         if record:
-            self.results.set_teacher({"model": TEACHER_MODEL, "test_top1": teacher_accuracy, "dir": args.teacher_dir})
-        # Every pair trains on the same images, transformed for the teacher (teacher and student see one batch).
-        self.data = build_datasets(
-            "animal-mnist", self.teacher, seed=args.split_seed, augment="light", train_subset=args.train_subset
-        )
+            self.results.set_teacher({"model": TEACHER_MODEL, "test_top1": self.setting.teacher_accuracy,
+                                      "dir": args.teacher_dir})
 
     def run_dir(self, pair: str, method: str, seed: int) -> str:
-        return os.path.join(self.args.output_dir, "runs", pair.replace("->", "_to_"), method, f"seed{seed}")
+        return run_dir(self.args.output_dir, pair, method, seed)
 
     def lkd_fields(self, pair: str) -> dict[str, Any]:
         a = self.args
         return dict(meta_interval=a.lkd_meta_interval, lookahead_steps=a.lkd_lookahead_steps,
                     snapshot_strategy=a.lkd_snapshot_strategy, lkd_val_fraction=a.lkd_val_fraction,
                     hypergradient=PAIRS[pair].hypergradient)
-
-    def train_student(self, pair: str, seed: int, output_dir: str, fields: dict[str, Any],
-                      callbacks: list | None = None, before_train=None) -> tuple[LKDTrainer, float]:
-        """Train a fresh student of ``pair`` (seeded) with the LKDConfig ``fields`` (and Trainer ``callbacks``;
-        ``before_train(trainer)`` is called before training); return the trainer and the wall seconds of
-        ``trainer.train()``."""
-        spec = PAIRS[pair]
-        torch.manual_seed(seed)
-        student = timm.create_model(spec.student, num_classes=self.num_classes, **spec.student_kwargs)
-        config = training_config(dataclasses.replace(self.recipe, seed=seed), output_dir, self.args.epochs,
-                                 disable_tqdm=True, log_level="warning", **fields)
-        trainer = LKDTrainer(model=student, teacher=None if fields["loss"] == "ce" else self.teacher, args=config,
-                             train_dataset=self.data["train"], eval_dataset=self.data["test"], callbacks=callbacks)
-        trainer.remove_callback(PrinterCallback)
-        if before_train is not None:
-            before_train(trainer)
-        start = time.perf_counter()
-        trainer.train()
-        return trainer, time.perf_counter() - start
 
     def run(self, pair: str, method: str, seed: int, fields: dict[str, Any], *, validate: bool = False,
             **extra: Any) -> dict[str, Any]:
@@ -357,18 +307,15 @@ class Benchmark:
                      extra: dict[str, Any] | None = None) -> dict[str, Any]:
         """Train one student of ``pair`` with the LKDConfig ``fields`` and return its record (``extra`` added)."""
         spec = PAIRS[pair]
-        trainer, wall = self.train_student(pair, seed, self.run_dir(pair, method, seed), fields)
-        meta_images = len(trainer.meta_dataset) if trainer.meta_dataset is not None and trainer.loss_params else 0
+        trainer, wall = self.setting.train_student(pair, seed, self.run_dir(pair, method, seed), fields)
+        learner = trainer.loss_learner
+        meta_images = len(learner.meta_dataset) if learner is not None and learner.meta_dataset is not None else 0
         record = dict(
             pair=pair, method=method, seed=seed, student=spec.student,
-            student_params=sum(p.numel() for p in trainer.student.parameters()),
-            loss=fields["loss"], test_top1=trainer.evaluate()["eval_accuracy"], wall_s=wall,
-            steps=trainer.state.global_step, train_images=len(trainer.train_dataset), meta_images=meta_images,
-            **{k: fields[k] for k in TUNED_KEYS if k in fields}, **(extra or {}),
+            student_params=sum(p.numel() for p in trainer.student.parameters()), loss=fields["loss"],
+            **self.setting.scores(trainer, wall, validate), meta_images=meta_images,
+            **{k: fields[k] for k in TUNED_KEYS if k in fields}, **(extra or {}), **trainer.loss_knobs(),
         )
-        if validate:
-            record["val_top1"] = trainer.evaluate(eval_dataset=self.data["validation"])["eval_accuracy"]
-        record.update(trainer.loss_knobs())
         if trainer.loss_params:
             trainer.save_model()  # the learned loss network(s) -> <output_dir>/lkd_loss (for lkd-frozen, plots)
         return record
@@ -457,10 +404,6 @@ def format_record(r: dict[str, Any]) -> str:
 # ------------------------------------------------------------------------------------------------------------
 
 
-def mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-
-
 def pair_table(results: Results, pair: str, methods: list[str]) -> list[str]:
     """Markdown rows for one pair: teacher, then each method (mean ± std over seeds, wall time, ratio to kd)."""
     teacher = results.data["teacher"]
@@ -477,7 +420,7 @@ def pair_table(results: Results, pair: str, methods: list[str]) -> list[str]:
         records = results.records(pair, method)
         if not records:
             continue
-        acc_mean, acc_std = mean_std([100 * r["test_top1"] for r in records])
+        accuracy = format_mean_std([100 * r["test_top1"] for r in records])
         wall = statistics.fmean(r["wall_s"] for r in records)
         ratio = f"{wall / kd_mean:.2f}" if kd_mean else "-"
         label = method
@@ -495,7 +438,7 @@ def pair_table(results: Results, pair: str, methods: list[str]) -> list[str]:
             label += f" (init {start}, meta lr {r['meta_learning_rate']:g}, val {r['meta_val_source']}{horizon})"
         elif method == "lkd-frozen":
             label += f" (loss of {records[0]['loss_from']})"
-        lines.append(f"| {label} | {acc_mean:.2f} ± {acc_std:.2f} | {len(records)} | {wall:.1f} | {ratio} |")
+        lines.append(f"| {label} | {accuracy} | {len(records)} | {wall:.1f} | {ratio} |")
     lkd_wall = [r["wall_s"] for r in results.records(pair, "lkd")]
     if kd_mean and lkd_wall:
         lines += ["", f"LKD overhead ratio (lkd wall time / kd wall time): {statistics.fmean(lkd_wall) / kd_mean:.2f}"]
@@ -610,7 +553,6 @@ def fixed_teacher_logits(teacher: torch.nn.Module, test) -> tuple[torch.Tensor, 
 
 # pair, method (or grid run name), seed, LKDConfig fields, whether to evaluate on validation, extra record entries
 Task = tuple[str, str, int, dict[str, Any], bool, dict[str, Any]]
-_WORKER: Benchmark | None = None
 
 
 def planned_runs(bench: Benchmark, phase: int) -> list[Task]:
@@ -640,25 +582,25 @@ def planned_runs(bench: Benchmark, phase: int) -> list[Task]:
     return [t for key, t in unique.items() if bench.results.get(*key) is None]
 
 
-def _init_worker(args: AccuracyArguments) -> None:
-    global _WORKER
+def worker_benchmark(args: AccuracyArguments) -> Benchmark:
+    """A worker process's benchmark: it trains, the parent records."""
     if args.threads:
         torch.set_num_threads(args.threads)
-    _WORKER = Benchmark(args, record=False)
+    return Benchmark(args, record=False)
 
 
-def _train(task: Task) -> dict[str, Any]:
+def train_task(bench: Benchmark, task: Task) -> dict[str, Any]:
     pair, method, seed, fields, validate, extra = task
-    return _WORKER.train_record(pair, method, seed, fields, validate, extra)
+    return bench.train_record(pair, method, seed, fields, validate, extra)
 
 
 def run_parallel(bench: Benchmark) -> None:
     """Train the planned runs of both phases on ``--workers`` processes, recording each as it finishes."""
-    with mp.get_context("spawn").Pool(bench.args.workers, initializer=_init_worker, initargs=(bench.args,)) as pool:
+    with WorkerPool(bench.args.workers, worker_benchmark, bench.args) as pool:
         for phase in (1, 2):
             tasks = planned_runs(bench, phase)
             print(f"phase {phase}: {len(tasks)} runs on {bench.args.workers} workers", flush=True)
-            for record in pool.imap_unordered(_train, tasks):
+            for record in pool.results(train_task, tasks):
                 bench.results.add(record)
                 print(format_record(record), flush=True)
 
@@ -676,7 +618,7 @@ def main() -> None:
     bench = Benchmark(args)
     methods, pairs = args.method_list, args.pair_list
     print(f"Pairs {pairs}, methods {methods}, seeds {args.seeds}, {args.epochs:g} epochs on "
-          f"{len(bench.data['train'])} images; output in {args.output_dir}")
+          f"{len(bench.setting.data['train'])} images; output in {args.output_dir}")
     if args.workers > 1:
         run_parallel(bench)  # then the sequential pass below finds every run recorded
     for method in GRIDS:
@@ -698,7 +640,7 @@ def main() -> None:
         f.write(text + "\n")
     plot_accuracy(bench.results, args, os.path.join(args.output_dir, "accuracy.png"))
     plots = ["accuracy.png"]
-    z_t, label = fixed_teacher_logits(bench.teacher, bench.data["test"])
+    z_t, label = fixed_teacher_logits(bench.setting.teacher, bench.setting.data["test"])
     for method, name in (("lkd", "learned_loss.png"), ("lkd-tuned", "learned_loss_tuned.png")):
         learned = [r for r in bench.results.data["runs"] if r["method"] == method and r["pair"] in pairs]
         if not learned:
@@ -706,12 +648,14 @@ def main() -> None:
         r = min(learned, key=lambda r: (pairs.index(r["pair"]), r["seed"]))
         title = (f"learned LogitLossNet of {method} on {r['pair']}, seed {r['seed']}; fixed teacher distribution: "
                  f"a test image of class {label}")
-        run_dir = bench.run_dir(r["pair"], r.get("reused", method), r["seed"])  # a reused grid run: its directory
-        plot_learned_loss(os.path.join(run_dir, LOSS_DIRNAME), os.path.join(args.output_dir, name),
+        run = r.get("reused", method)  # a reused grid run: its directory
+        loss_dir = os.path.join(bench.run_dir(r["pair"], run, r["seed"]), LOSS_DIRNAME)
+        plot_learned_loss(LearnedLoss.from_pretrained(loss_dir), os.path.join(args.output_dir, name),
                           teacher_logits=z_t, label=label, title=title)
         plots.append(name)
     print(f"\nSaved {args.output_dir}/results.json, results.md, {', '.join(plots)}; "
           f"total {time.perf_counter() - started:.0f} s.")
+
 
 if __name__ == "__main__":
     main()

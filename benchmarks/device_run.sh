@@ -5,7 +5,7 @@
 #      most DEADLINE seconds; results in $OUT/outer_loop_results.{json,md}.
 # Call 1: GPU_ROWS=1 WORKERS=13 DEADLINE=400 VARIANTS=<the first 12 variants>; call 2: WORKERS=15 DEADLINE=230
 #   VARIANTS=dist-T1,dist-T16,from-T1-k1,from-T1-k5,from-T1-k5-lr3e-2,from-T1-k5-lr1e-1,from-T1-k20-lr1e-1,
-#   from-kd-k5-lr3e-2,from-T16-k5 NUM_SEEDS=2. Call 3 (session 6, clipped virtual steps): GPU_ROWS=1 WORKERS=0
+#   from-kd-k5-lr3e-2,from-T16-k5 NUM_SEEDS=2. Call 3 (with clipped virtual steps): GPU_ROWS=1 WORKERS=0
 #   (GPU rows only).
 # The machine's image lacks some packages: their wheels travel in .whl/ (python3 -m pip download --no-deps
 # --only-binary=:all: --python-version 3.12 ... -d .whl transformers==5.24.0 timm==1.0.31 datasets==5.2.0 ...).

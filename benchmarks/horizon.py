@@ -7,7 +7,7 @@ The learned loss (``lkd``, initialised to KD with T=4) is meta-trained with enou
 rate ``--meta_learning_rate`` 1e-2, a meta step every ``--meta_interval`` 1 student step) under several outer-loop
 settings (``VARIANTS``):
 
-* ``k1-current``: one virtual step from the live weights (the short-sighted baseline of LKD_METHOD.md);
+* ``k1-current``: one virtual step from the live weights (the short-sighted baseline, docs/method.md);
 * ``k1-uniform``: one step, from a snapshot drawn uniformly from the pool;
 * ``k5-current`` / ``k5-uniform``: five virtual steps (truncated differentiation through all five);
 * ``kgauss-uniform``: K drawn per meta step from round(N(5, 2)), clipped to [1, 9];
@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import os
 import statistics
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,13 +32,11 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root
-
 from transformers import HfArgumentParser  # noqa: E402
 
-from benchmarks.accuracy import BUNDLED_TEACHER_DIR, PAIRS, AccuracyArguments, Benchmark  # noqa: E402
+from common import BUNDLED_TEACHER_DIR, PAIRS, Setting, format_mean_std, split_list  # noqa: E402
 
-LKD = dict(loss="lkd")
+LKD = dict(loss="lkd", lkd_val_fraction=0.1)  # meta steps on 10% of the images, held out
 VARIANTS: dict[str, dict[str, Any]] = {
     "kd-T4": dict(loss="kd", temperature=4.0),
     "kd-T2": dict(loss="kd", temperature=2.0),
@@ -71,17 +68,17 @@ class HorizonArguments:
 
     @property
     def variant_list(self) -> list[str]:
-        return [v.strip() for v in self.variants.split(",") if v.strip()]
+        return split_list(self.variants)
 
 
-def run_variant(bench: Benchmark, args: HorizonArguments, name: str, seed: int) -> dict[str, Any]:
+def run_variant(setting: Setting, args: HorizonArguments, name: str, seed: int) -> dict[str, Any]:
     """Train one student with the variant's fields; return accuracies and the learned loss's knob trajectory."""
     fields = dict(VARIANTS[name])
     if fields["loss"] == "lkd":
         fields.update(meta_learning_rate=args.meta_learning_rate, meta_interval=args.meta_interval,
                       snapshot_interval=args.snapshot_interval, hypergradient=PAIRS[args.pair].hypergradient)
     output_dir = os.path.join(args.output_dir, "runs", name, f"seed{seed}")
-    trainer, wall = bench.train_student(args.pair, seed, output_dir, {**fields, "logging_steps": args.logging_steps})
+    trainer, wall = setting.train_student(args.pair, seed, output_dir, {**fields, "logging_steps": args.logging_steps})
     trajectory = [dict(step=0, temperature=fields.get("temperature", 4.0), weight=1.0)] + [
         dict(step=h["step"], temperature=h["lkd/temperature"], weight=h["lkd/weight"],
              val_loss_after=h.get("meta/val_loss_after"), time_share=h.get("meta/time_share"))
@@ -89,8 +86,7 @@ def run_variant(bench: Benchmark, args: HorizonArguments, name: str, seed: int) 
     ]
     record = dict(
         variant=name, seed=seed, fields=fields, wall_s=wall, steps=trainer.state.global_step,
-        test_top1=trainer.evaluate()["eval_accuracy"],
-        val_top1=trainer.evaluate(eval_dataset=bench.data["validation"])["eval_accuracy"],
+        test_top1=setting.top1(trainer, "test"), val_top1=setting.top1(trainer, "validation"),
         trajectory=trajectory,
     )
     last = trajectory[-1]
@@ -111,17 +107,12 @@ def report(records: list[dict[str, Any]], args: HorizonArguments) -> str:
         rs = [r for r in records if r["variant"] == name]
         if not rs:
             continue
-
-        def stat(key: str) -> str:
-            values = [100 * r[key] for r in rs]
-            std = statistics.stdev(values) if len(values) > 1 else 0.0
-            return f"{statistics.fmean(values):.2f} ± {std:.2f}"
-
+        val, test = (format_mean_std([100 * r[key] for r in rs]) for key in ("val_top1", "test_top1"))
         final_t = statistics.fmean(r["trajectory"][-1]["temperature"] for r in rs)
         min_t = min(p["temperature"] for r in rs for p in r["trajectory"])
         final_w = statistics.fmean(r["trajectory"][-1]["weight"] for r in rs)
         wall = statistics.fmean(r["wall_s"] for r in rs)
-        lines.append(f"| {name} | {stat('val_top1')} | {stat('test_top1')} | {final_t:.2f} ({min_t:.2f}) | "
+        lines.append(f"| {name} | {val} | {test} | {final_t:.2f} ({min_t:.2f}) | "
                      f"{final_w:.2f} | {wall:.0f} |")
     return "\n".join(lines)
 
@@ -157,13 +148,12 @@ def plot(records: list[dict[str, Any]], args: HorizonArguments, path: str) -> No
 def main() -> None:
     (args,) = HfArgumentParser(HorizonArguments).parse_args_into_dataclasses()
     started = time.perf_counter()
-    bench = Benchmark(AccuracyArguments(pairs=args.pair, methods="kd", num_seeds=1, epochs=args.epochs,
-                                        teacher_dir=args.teacher_dir, output_dir=args.output_dir), record=False)
+    setting = Setting(epochs=args.epochs, teacher_dir=args.teacher_dir)
     path = os.path.join(args.output_dir, "results.json")
     records = []
     for seed in range(args.num_seeds):
         for name in args.variant_list:
-            records.append(run_variant(bench, args, name, seed))
+            records.append(run_variant(setting, args, name, seed))
             with open(path, "w") as f:
                 json.dump({"args": args.__dict__, "records": records}, f, indent=1)
     text = report(records, args)

@@ -21,18 +21,16 @@ import itertools
 import json
 import os
 import statistics
-import sys
 import time
 from dataclasses import dataclass, field
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
 from transformers import HfArgumentParser, TrainerCallback  # noqa: E402
 
-from accuracy import AccuracyArguments, Benchmark, split_list  # noqa: E402
+from common import Setting, split_list  # noqa: E402
 
 
 @dataclass
@@ -65,21 +63,20 @@ def main() -> None:
     (args,) = HfArgumentParser(SignArguments).parse_args_into_dataclasses()
     torch.set_num_threads(args.threads)
     steps, horizons = [int(s) for s in split_list(args.steps)], [int(k) for k in split_list(args.horizons)]
-    bench_args = AccuracyArguments(pairs=args.pair, methods="ce", output_dir=os.path.join(args.output_dir, "bench"))
-    bench = Benchmark(bench_args, record=False)
+    setting = Setting()
     fields = dict(loss="lkd", lkd_init="dist", dist_temperature=args.temperature, distill_weight=args.weight,
-                  meta_learning_rate=0.0, meta_val_source="heldout", meta_batch_size=200, snapshot_strategy="current",
+                  meta_learning_rate=0.0, meta_val_source="heldout", lkd_val_fraction=0.1, meta_batch_size=200, snapshot_strategy="current",
                   meta_interval=10**9, lookahead_steps=max(horizons), meta_val_loss=args.meta_val_loss)
     if args.hypergradient:
         fields["hypergradient"] = args.hypergradient
     recorder = RecordWeights(set(steps))
-    trainer, wall = bench.train_student(args.pair, args.seed, os.path.join(args.output_dir, "run"), fields, [recorder])
-    test = trainer.evaluate()["eval_accuracy"]
+    run_dir = os.path.join(args.output_dir, "run")
+    trainer, wall = setting.train_student(args.pair, args.seed, run_dir, fields, [recorder])
+    test = setting.top1(trainer, "test")
     print(f"{args.pair}, DIST T={args.temperature:g} w={args.weight:g}: test top-1 {test:.4f} ({wall:.0f} s)")
-    student = trainer.accelerator.unwrap_model(trainer.model)
+    student, recent_batches = trainer.student, trainer.loss_learner.recent_batches
     loader = trainer.get_train_dataloader()
-    batches = (trainer._with_teacher_outputs(trainer._prepare_inputs(b)) for b in itertools.chain.from_iterable(
-        itertools.repeat(loader)))
+    batches = (trainer.prepare_batch(b) for b in itertools.chain.from_iterable(itertools.repeat(loader)))
     loss = trainer.distill_loss
     # at initialisation the heads' biases are uniform scales of DIST's two terms: s_i = 1 + tanh(b) multiplies the
     # inter-class term (beta), u_c = 1 + tanh(b) the intra-class term (gamma)
@@ -100,8 +97,8 @@ def main() -> None:
             start = time.perf_counter()
             draws = {name: [] for name in knobs}
             for _ in range(args.draws):
-                trainer._recent_batches.clear()
-                trainer._recent_batches.extend(next(batches) for _ in range(k))
+                recent_batches.clear()
+                recent_batches.extend(next(batches) for _ in range(k))
                 grads = trainer.compute_hypergradient(trainer.model).grads
                 for name in knobs:
                     draws[name].append(float(grads[index[name]]))

@@ -7,9 +7,9 @@ For each loss of ``LOSSES`` a student of each ``--pairs`` pair is trained with t
 median and range of the Trainer's logged ``grad_norm`` (the student's gradient norm *before* clipping to 1), and on
 the 1000-image validation split: top-1, plain cross-entropy, the cross-entropy after temperature scaling
 (``lkd_hf.meta.objectives.calibrated_cross_entropy``, the ``calibrated_ce`` outer objective), the fitted logit scale
-and the standard deviation of the logits. The two facts behind the session-6 fixes of the meta step
-(docs/benchmarks.md): LKD's virtual steps must clip like the real ones, and plain CE ranks these students by their
-logit scale, not by what they predict.
+and the standard deviation of the logits. It measures two facts behind the meta step's design (docs/benchmarks.md):
+LKD's virtual steps must clip like the real ones, and plain CE ranks these students by their logit scale, not by
+what they predict (hence the ``calibrated_ce`` outer objective).
 """
 
 from __future__ import annotations
@@ -17,18 +17,16 @@ from __future__ import annotations
 import json
 import os
 import statistics
-import sys
 from dataclasses import dataclass, field
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from transformers import HfArgumentParser  # noqa: E402
 
-from accuracy import AccuracyArguments, Benchmark, split_list  # noqa: E402
+from common import Setting, split_list  # noqa: E402
 from lkd_hf.meta.objectives import calibrated_cross_entropy, fit_logit_scale  # noqa: E402
 
 LOSSES = {
@@ -54,17 +52,16 @@ def main() -> None:
     (args,) = HfArgumentParser(ScaleArguments).parse_args_into_dataclasses()
     torch.set_num_threads(args.threads)
     pairs = split_list(args.pairs)
-    bench = Benchmark(AccuracyArguments(pairs=",".join(pairs), methods="ce",
-                                        output_dir=os.path.join(args.output_dir, "bench")), record=False)
+    setting = Setting()
     rows = []
     print("| pair | loss | grad norm median (min-max) | val top-1 | val CE | val calibrated CE | fitted scale | "
           "logit std |\n|---|---|---|---|---|---|---|---|")
     for pair in pairs:
         for name in split_list(args.losses):
             run_dir = os.path.join(args.output_dir, "runs", pair.replace("->", "_to_"), name)
-            trainer, _ = bench.train_student(pair, args.seed, run_dir, dict(LOSSES[name], logging_steps=5))
+            trainer, _ = setting.train_student(pair, args.seed, run_dir, dict(LOSSES[name], logging_steps=5))
             norms = [h["grad_norm"] for h in trainer.state.log_history if "grad_norm" in h]
-            prediction = trainer.predict(bench.data["validation"])
+            prediction = trainer.predict(setting.data["validation"])
             logits, labels = torch.tensor(prediction.predictions).double(), torch.tensor(prediction.label_ids)
             row = dict(pair=pair, loss=name, grad_norm_median=statistics.median(norms), grad_norm_min=min(norms),
                        grad_norm_max=max(norms), val_top1=(logits.argmax(1) == labels).double().mean().item(),

@@ -12,13 +12,14 @@ training batch, all 2000 images train the student; ``ho``: all 200 held-out imag
 the meta learning rate (Adam, 1e-2 unless named); ``cal-*`` use the calibrated-CE outer objective, ``imp*`` the
 implicit estimator, ``-w40`` no meta step before student step 40. ``probe-*`` and ``sched-*`` are hand-made changes of
 the tuned DIST outside ``dist-tuned``'s grid (CE weight, DIST's beta / gamma, a FitNet hint; a temperature going
-geometrically from factor a to factor b of the tuned one over the run): is there a better loss near it to find? Every variant names ``meta_val_loss`` where it
-matters (``lkd`` sets plain CE, the default before session 6, unless a variant names calibrated CE). ``dist-tuned`` (that DIST, no outer loop) and ``dist-T8`` are
+geometrically from factor a to factor b of the tuned one over the run): is there a better loss near it to find?
+Every variant names ``meta_val_loss`` where it matters (``lkd`` sets plain CE, the outer objective of the first
+runs, unless a variant names calibrated CE). ``dist-tuned`` (that DIST, no outer loop) and ``dist-T8`` are
 references. ``from-*`` start from an explicit loss instead: DIST's paper default (T=1, w=1), KD (T=4) or DIST T=16;
 ``dist-T1`` and ``dist-T16`` are those losses without an outer loop. Both validation top-1 (1000 images, the split
-used to pick settings) and test top-1 are recorded; pick by validation, never by test. docs/benchmarks.md has the
-two runs made so far (on the lent GPU machine's CPU cores, ``benchmarks/device_run.sh``); the first started from
-the T=4 picks of the accuracy benchmark's earlier grid: ``--tuned_from
+used to pick settings) and test top-1 are recorded; pick by validation, never by test. docs/benchmarks.md reports
+the runs (some on the lent GPU machine's CPU cores, ``benchmarks/device_run.sh``); the first started from the T=4
+picks of the accuracy benchmark's earlier grid: ``--tuned_from
 docs/benchmark_device/call1/outer_loop_results.json`` repeats that.
 
 Runs go to ``--workers`` processes (one thread each); ``--deadline`` seconds after the start no new run begins
@@ -29,22 +30,19 @@ Runs go to ``--workers`` processes (one thread each); ``--deadline`` seconds aft
 from __future__ import annotations
 
 import json
-import multiprocessing as mp
 import os
 import statistics
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
 from transformers import HfArgumentParser, TrainerCallback  # noqa: E402
 
-from accuracy import PAIRS, AccuracyArguments, Benchmark, split_list  # noqa: E402
+from common import PAIRS, Setting, WorkerPool, format_mean_std, run_dir, split_list  # noqa: E402
 
 DEFAULT_OUTPUT_DIR = "outputs/benchmark_outer_loop"
 DEFAULT_TUNED_FROM = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -54,7 +52,8 @@ DEFAULT_TUNED_FROM = os.path.join(os.path.dirname(os.path.dirname(os.path.abspat
 def lkd(k: int, source: str, lr: float, **extra: Any) -> dict[str, Any]:
     fields = dict(loss="lkd", lkd_init="dist", lookahead_steps=k, meta_interval=max(5, k),
                   meta_val_source="heldout" if source == "ho" else "train_batch", meta_learning_rate=lr,
-                  meta_batch_size=200 if source == "ho" else None, meta_val_loss="ce")
+                  meta_batch_size=200 if source == "ho" else None, lkd_val_fraction=0.1 if source == "ho" else None,
+                  meta_val_loss="ce")
     return {**fields, **extra}
 
 
@@ -106,15 +105,15 @@ VARIANTS: dict[str, dict[str, Any]] = {  # LKDConfig fields on top of the pair's
                                      dist_temperature=1.0, distill_weight=1.0),
     "from-T1-cal-k5-lr1e-1-w40": lkd(5, "tb", 1e-1, meta_val_loss="calibrated_ce", meta_warmup_steps=40,
                                      dist_temperature=1.0, distill_weight=1.0),
-    # longer horizons with the fixed (clipped) look-ahead and the calibrated-CE objective (session 7)
+    # longer horizons with the clipped look-ahead and the calibrated-CE objective
     "cal-k10-tb-w40": lkd(10, "tb", 1e-2, meta_val_loss="calibrated_ce", meta_warmup_steps=40),
     "cal-k20-tb-w40": lkd(20, "tb", 1e-2, meta_val_loss="calibrated_ce", meta_warmup_steps=40),
     "cal-k20-ho-w40": lkd(20, "ho", 1e-2, meta_val_loss="calibrated_ce", meta_warmup_steps=40),
     "cal-k10-tb-w40-lr5e-2": lkd(10, "tb", 5e-2, meta_val_loss="calibrated_ce", meta_warmup_steps=40),
     "cal-k20-tb-w40-lr5e-2": lkd(20, "tb", 5e-2, meta_val_loss="calibrated_ce", meta_warmup_steps=40),
     "cal-k5-tb-w40-lr3e-2": lkd(5, "tb", 3e-2, meta_val_loss="calibrated_ce", meta_warmup_steps=40),
-    # headroom probes (session 7): hand-made changes of the tuned DIST outside the T x w grid; is there a better
-    # loss near it for the outer loop to find? (pick by validation)
+    # headroom probes: hand-made changes of the tuned DIST outside the T x w grid; is there a better loss near it
+    # for the outer loop to find? (pick by validation)
     "probe-ce0.5": dict(loss="dist", ce_weight=0.5),
     "probe-ce0": dict(loss="dist", ce_weight=0.0),
     "probe-beta2": dict(loss="dist", dist_beta=2.0),
@@ -165,32 +164,26 @@ class TemperatureSchedule(TrainerCallback):
         self.loss.temperature = self.base * self.start * (self.end / self.start) ** frac
 
 
-_BENCH: Benchmark | None = None
-
-
-def _init_worker(output_dir: str) -> None:
-    global _BENCH
+def worker_setting() -> Setting:
+    """A worker process's setting (one thread)."""
     torch.set_num_threads(1)
-    bench_dir = os.path.join(output_dir, "bench")
-    _BENCH = Benchmark(AccuracyArguments(pairs=",".join(PAIRS), methods="ce", output_dir=bench_dir), record=False)
+    return Setting()
 
 
-def run_one(task: tuple[str, str, int, dict[str, Any], str]) -> dict[str, Any]:
-    pair, variant, seed, fields, device = task
-    bench = _BENCH
+def run_one(setting: Setting, task: tuple[str, str, int, dict[str, Any], str, str]) -> dict[str, Any]:
+    """Train one variant on one pair and seed; return its record."""
+    pair, variant, seed, fields, device, output_dir = task
     fields = dict(fields, use_cpu=device == "cpu")
     if fields["loss"] == "lkd":
         fields.setdefault("hypergradient", PAIRS[pair].hypergradient)
-    run_dir = os.path.join(bench.args.output_dir, "runs", pair.replace("->", "_to_"), variant, f"seed{seed}")
     factors = fields.get("temperature_schedule")  # not an LKDConfig field: a callback sets the temperature
     schedule = TemperatureSchedule(*factors) if factors else None
     config_fields = {k: v for k, v in fields.items() if k != "temperature_schedule"}
-    trainer, wall = bench.train_student(pair, seed, run_dir, config_fields, callbacks=[schedule] if schedule else None,
-                                        before_train=schedule.bind if schedule else None)
-    return dict(pair=pair, variant=variant, seed=seed, device=device, wall_s=wall, steps=trainer.state.global_step,
-                train_images=len(trainer.train_dataset),
-                val_top1=trainer.evaluate(eval_dataset=bench.data["validation"])["eval_accuracy"],
-                test_top1=trainer.evaluate(eval_dataset=bench.data["test"])["eval_accuracy"],
+    trainer, wall = setting.train_student(pair, seed, run_dir(output_dir, pair, variant, seed), config_fields,
+                                          callbacks=[schedule] if schedule else None,
+                                          setup=schedule.bind if schedule else None)
+    scores = setting.scores(trainer, wall, validate=True)
+    return dict(pair=pair, variant=variant, seed=seed, device=device, **scores,
                 **{k: v for k, v in fields.items() if k != "use_cpu"}, **trainer.loss_knobs())
 
 
@@ -205,11 +198,10 @@ def report(runs: list[dict[str, Any]], pairs: list[str], variants: list[str]) ->
             if not rs:
                 continue
             test = [100 * r["test_top1"] for r in rs]
-            sd = statistics.stdev(test) if len(test) > 1 else 0.0
             delta = f"{statistics.fmean(test) - 100 * statistics.fmean(ref):+.2f}" if ref else "-"
             knob = lambda key: f"{statistics.fmean(r[key] for r in rs):.2f}" if key in rs[0] else "-"  # noqa: E731
             lines.append(f"| {variant} | {len(rs)} | {100 * statistics.fmean(r['val_top1'] for r in rs):.2f} | "
-                         f"{statistics.fmean(test):.2f} ± {sd:.2f} | {delta} | {knob('lkd/temperature')} | "
+                         f"{format_mean_std(test)} | {delta} | {knob('lkd/temperature')} | "
                          f"{knob('lkd/weight')} | {statistics.fmean(r['wall_s'] for r in rs):.1f} |")
     return "\n".join(lines)
 
@@ -228,30 +220,21 @@ def main() -> None:
         with open(path) as f:
             runs = json.load(f)["runs"]
     done = {(r["pair"], r["variant"], r["seed"]) for r in runs}
-    tasks = [(pair, v, seed, {**start[pair], **VARIANTS[v]}, args.device)  # seed-major: every variant gets seed 0 first
-             for seed in range(args.num_seeds) for v in variants for pair in pairs if (pair, v, seed) not in done]
+    tasks = [(pair, v, seed, {**start[pair], **VARIANTS[v]}, args.device, args.output_dir)  # seed-major: every
+             for seed in range(args.num_seeds) for v in variants for pair in pairs  # variant gets seed 0 first
+             if (pair, v, seed) not in done]
     print(f"{len(tasks)} runs on {args.workers} workers ({args.device}); starting losses {start}", flush=True)
     os.makedirs(args.output_dir, exist_ok=True)
-    ctx = mp.get_context("spawn")
-    with ctx.Pool(args.workers, initializer=_init_worker, initargs=(args.output_dir,), maxtasksperchild=None) as pool:
-        pending = [pool.apply_async(run_one, (t,)) for t in tasks]
-        while pending:
-            if args.deadline and time.monotonic() - started > args.deadline:
-                print(f"deadline: {len(pending)} runs not finished, stopping", flush=True)
-                pool.terminate()
-                break
-            ready = [p for p in pending if p.ready()]
-            for p in ready:
-                pending.remove(p)
-                r = p.get()
-                runs.append(r)
-                print(f"[{r['pair']}] {r['variant']:<18} seed {r['seed']}: val {r['val_top1']:.4f} test "
-                      f"{r['test_top1']:.4f} T {r.get('lkd/temperature', float('nan')):.2f} "
-                      f"w {r.get('lkd/weight', float('nan')):.2f} {r['wall_s']:.0f}s", flush=True)
-                with open(path + ".tmp", "w") as f:
-                    json.dump({"args": vars(args), "runs": runs}, f, indent=1)
-                os.replace(path + ".tmp", path)
-            time.sleep(0.5)
+    deadline = started + args.deadline if args.deadline else None
+    with WorkerPool(args.workers, worker_setting) as pool:
+        for r in pool.results(run_one, tasks, deadline):
+            runs.append(r)
+            print(f"[{r['pair']}] {r['variant']:<18} seed {r['seed']}: val {r['val_top1']:.4f} test "
+                  f"{r['test_top1']:.4f} T {r.get('lkd/temperature', float('nan')):.2f} "
+                  f"w {r.get('lkd/weight', float('nan')):.2f} {r['wall_s']:.0f}s", flush=True)
+            with open(path + ".tmp", "w") as f:
+                json.dump({"args": vars(args), "runs": runs}, f, indent=1)
+            os.replace(path + ".tmp", path)
     text = report(runs, pairs, variants)
     print(text)
     with open(os.path.join(args.output_dir, "results.md"), "w") as f:

@@ -7,7 +7,14 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
-from .constants import LOGIT_LOSS_BASES, META_OPTIMIZERS, META_VAL_LOSS_NAMES, META_VAL_SOURCES, SNAPSHOT_STRATEGIES
+from .constants import (
+    LOGIT_LOSS_BASES,
+    META_OPTIMIZERS,
+    META_PRECISIONS,
+    META_VAL_LOSS_NAMES,
+    META_VAL_SOURCES,
+    SNAPSHOT_STRATEGIES,
+)
 
 
 @dataclass
@@ -39,6 +46,32 @@ class LKDConfig(TrainingArguments):
     dist_temperature: float = field(default=1.0, metadata={"help": "DIST: softmax temperature."})
     dkd_alpha: float = field(default=1.0, metadata={"help": "DKD: weight of target-class KD (TCKD)."})
     dkd_beta: float = field(default=8.0, metadata={"help": "DKD: weight of non-target-class KD (NCKD)."})
+    dkd_logit_stand: bool = field(
+        default=False, metadata={"help": "DKD: z-score each sample's logits first (logit standardization)."}
+    )
+    ls_temperature: float = field(
+        default=2.0,
+        metadata={"help": "'ls' (KD with logit standardization): base temperature on the z-scored logits (the "
+                  "paper's CIFAR-100 setting 2, with a distillation weight of 9)."},
+    )
+    ctkd_temperature_min: float = field(
+        default=1.0, metadata={"help": "CTKD: lower end of the learned temperature (the reference code's t_start)."}
+    )
+    ctkd_temperature_range: float = field(
+        default=20.0,
+        metadata={"help": "CTKD: width of the learned temperature's range (the reference code's t_end): temperature "
+                  "= ctkd_temperature_min + ctkd_temperature_range * sigmoid(raw), raw starting at 1."},
+    )
+    ctkd_lambda_min: float = field(default=0.0, metadata={"help": "CTKD: gradient-reversal strength at the start."})
+    ctkd_lambda_max: float = field(
+        default=1.0, metadata={"help": "CTKD: gradient-reversal strength once the curriculum is over."}
+    )
+    ctkd_curriculum_fraction: float = field(
+        default=10 / 240,
+        metadata={"help": "CTKD: fraction of the training steps over which the reversal strength rises from "
+                  "ctkd_lambda_min to ctkd_lambda_max along a cosine (10 of 240 epochs in the paper's CIFAR-100 "
+                  "setting)."},
+    )
     loss_hidden_dim: int = field(default=32, metadata={"help": "Width of the learned loss network's MLP."})
     lkd_init: str = field(
         default="kd",
@@ -66,7 +99,18 @@ class LKDConfig(TrainingArguments):
 
     # --- the outer (meta) loop -------------------------------------------------------------------------------
     meta_interval: int = field(default=5, metadata={"help": "Update the learned loss every N student steps."})
-    meta_warmup_steps: int = field(default=0, metadata={"help": "Student steps before the first meta update."})
+    meta_warmup_steps: int = field(
+        default=0, metadata={"help": "Student steps before the first meta update (overrides meta_warmup_ratio when > 0)."}
+    )
+    meta_warmup_ratio: float = field(
+        default=0.0,
+        metadata={"help": "Share of the run's training steps before the first meta update (like warmup_ratio)."},
+    )
+    max_nonfinite_steps: int = field(
+        default=10,
+        metadata={"help": "Stop training with an error after this many consecutive student steps skipped because the "
+                  "loss or the gradient was not finite (a skipped step leaves the student unchanged)."},
+    )
     meta_learning_rate: float = field(default=1e-3, metadata={"help": "Learning rate of the loss network."})
     meta_optimizer: str = field(default="adam", metadata={"help": "Loss network optimizer: 'adam' or 'sgd'."})
     meta_weight_decay: float = field(default=0.0, metadata={"help": "Weight decay of the loss network."})
@@ -101,10 +145,19 @@ class LKDConfig(TrainingArguments):
                   "temperature scaling, blind to the logits' scale; see lkd_hf.meta.objectives) or 'ce' (the plain "
                   "validation cross-entropy)."},
     )
-    meta_val_source: str = field(
-        default="heldout",
-        metadata={"help": "Validation batch of a meta step: 'heldout' (a fresh batch of the meta set) or "
-                  "'train_batch' (the current training batch: batch data consistency)."},
+    meta_val_source: str | None = field(
+        default=None,
+        metadata={"help": "Validation batch of a meta step: 'heldout' (a fresh batch of the meta set: the trainer's "
+                  "meta_dataset, or lkd_val_fraction of the training set) or 'train_batch' (the current training "
+                  "batch: no image held out). Default: 'heldout' when the trainer gets a meta_dataset or "
+                  "lkd_val_fraction is set, else 'train_batch'."},
+    )
+    meta_precision: str = field(
+        default="auto",
+        metadata={"help": "Precision of the meta step: 'fp32', or 'bf16' (the validation pass under bf16 autocast, "
+                  "the training-loss passes in fp32 and exact forward-mode mixed products; cosine >= 0.99 to an fp64 "
+                  "hypergradient in tests/test_meta_precision.py). 'auto': 'bf16' when the run trains in bf16, else "
+                  "'fp32' (fp16 gradients would need loss scaling)."},
     )
     snapshot_strategy: str = field(
         default="uniform",
@@ -142,10 +195,10 @@ class LKDConfig(TrainingArguments):
     fd_epsilon: float = field(
         default=0.01, metadata={"help": "finite_difference: perturbation size, relative to the weights' gradient norm."}
     )
-    lkd_val_fraction: float = field(
-        default=0.1,
-        metadata={"help": "Fraction of the training set held out for the meta (validation) loss when no "
-                  "meta_dataset is given to the trainer."},
+    lkd_val_fraction: float | None = field(
+        default=None,
+        metadata={"help": "Hold this fraction of the training set out for the meta (validation) loss when no "
+                  "meta_dataset is given to the trainer (default: hold nothing out)."},
     )
 
     # --- TrainingArguments defaults that timm models need ---------------------------------------------------
@@ -157,7 +210,7 @@ class LKDConfig(TrainingArguments):
         if self.label_names is None:
             self.label_names = ["labels"]
         super().__post_init__()
-        if not 0.0 < self.lkd_val_fraction < 1.0:
+        if self.lkd_val_fraction is not None and not 0.0 < self.lkd_val_fraction < 1.0:
             raise ValueError(f"lkd_val_fraction must be in (0, 1), got {self.lkd_val_fraction}")
         if self.lkd_init not in LOGIT_LOSS_BASES:
             raise ValueError(f"lkd_init must be one of {LOGIT_LOSS_BASES}, got {self.lkd_init!r}")
@@ -169,12 +222,14 @@ class LKDConfig(TrainingArguments):
             raise ValueError(f"lookahead_steps_std must be >= 0, got {self.lookahead_steps_std}")
         if self.meta_val_loss not in META_VAL_LOSS_NAMES:
             raise ValueError(f"meta_val_loss must be one of {META_VAL_LOSS_NAMES}, got {self.meta_val_loss!r}")
-        if self.meta_val_source not in META_VAL_SOURCES:
+        if self.meta_val_source is not None and self.meta_val_source not in META_VAL_SOURCES:
             raise ValueError(f"meta_val_source must be one of {META_VAL_SOURCES}, got {self.meta_val_source!r}")
         if self.snapshot_strategy not in SNAPSHOT_STRATEGIES:
             raise ValueError(
                 f"Unknown snapshot_strategy {self.snapshot_strategy!r}. Known: {', '.join(SNAPSHOT_STRATEGIES)}."
             )
+        if self.meta_precision not in META_PRECISIONS:
+            raise ValueError(f"meta_precision must be one of {META_PRECISIONS}, got {self.meta_precision!r}")
         if self.meta_optimizer not in META_OPTIMIZERS:
             raise ValueError(f"meta_optimizer must be one of {META_OPTIMIZERS}, got {self.meta_optimizer!r}")
         if self.snapshot_interval < 1 or self.snapshot_pool_size < 2:
@@ -189,6 +244,23 @@ class LKDConfig(TrainingArguments):
                 )
         if self.meta_batch_size is None:
             self.meta_batch_size = 2 * self.per_device_train_batch_size
+        if self.meta_batch_size < 1:
+            raise ValueError(f"meta_batch_size must be >= 1, got {self.meta_batch_size}")
+        if not 0.0 <= self.meta_warmup_ratio < 1.0:
+            raise ValueError(f"meta_warmup_ratio must be in [0, 1), got {self.meta_warmup_ratio}")
+        if self.max_nonfinite_steps < 1:
+            raise ValueError(f"max_nonfinite_steps must be >= 1, got {self.max_nonfinite_steps}")
+        temperatures = {
+            "temperature": self.temperature,
+            "dist_temperature": self.dist_temperature,
+            "ls_temperature": self.ls_temperature,
+            "ctkd_temperature_range": self.ctkd_temperature_range,
+        }
+        for name, value in temperatures.items():
+            if not value > 0:  # also rejects NaN
+                raise ValueError(f"{name} must be > 0, got {value}: a temperature divides the logits.")
+        if not self.ctkd_temperature_min >= 0:
+            raise ValueError(f"ctkd_temperature_min must be >= 0, got {self.ctkd_temperature_min}")
 
     @property
     def max_lookahead_steps(self) -> int:

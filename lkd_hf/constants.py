@@ -12,6 +12,9 @@ META_VAL_LOSS_NAMES = ("ce", "calibrated_ce")
 META_VAL_SOURCES = ("heldout", "train_batch")
 """Validation batch of a meta step (``LKDConfig.meta_val_source``)."""
 
+META_PRECISIONS = ("auto", "fp32", "bf16")
+"""Precision of a meta step's validation pass (``LKDConfig.meta_precision``)."""
+
 META_OPTIMIZERS = ("adam", "sgd")
 """Optimizers of the loss networks (``LKDConfig.meta_optimizer``)."""
 

@@ -11,6 +11,10 @@ feature loss network (:class:`~lkd_hf.FeatureLossNet`) of one run with what is n
 * ``README.md``: a model card (tags, provenance, accuracy, the reuse code) embedding
 * ``learned_loss.png``: the learned loss against the hand-made loss it started from (when matplotlib is installed).
 
+``save_pretrained`` writes the folder next to its target and renames it into place, so the folder is always one
+whole save (never a mix of two saves' config and weights); ``from_pretrained`` validates ``config.json`` (required
+fields, ``format_version``, field types) and refuses non-finite weights, naming the file and what to do.
+
 The feature connectors are not part of it: they belong to the student (``connectors.safetensors`` beside it), and
 the feature loss network works on any connector-mapped features; a run that reuses the loss trains its own.
 
@@ -20,22 +24,29 @@ with the student), ``LKDConfig(loss_hub_model_id=...)`` also pushes it to a repo
 (:meth:`LearnedLoss.check_compatible`).
 """
 
+import errno
+import inspect
 import json
 import os
+import shutil
+import uuid
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import torch
 from huggingface_hub import HfApi, ModelCard, ModelCardData, PyTorchModelHubMixin, is_offline_mode, snapshot_download
-from safetensors.torch import load_model
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_model
 from torch import nn
 from transformers.utils import logging
 
-from . import __version__
 from .features import StudentWithConnectors
 from .loss_networks import FeatureLossNet, LogitLossNet
 from .plots import matplotlib_available, plot_learned_loss, starting_loss, synthetic_teacher_logits
+from .version import __version__
 
 logger = logging.get_logger(__name__)
 
@@ -108,8 +119,8 @@ class LearnedLoss(
         if config.logit_net is None and config.feature_net is None:
             raise ValueError("A LearnedLoss holds at least one loss network: config.logit_net or config.feature_net.")
         self.config = config
-        self.logit = None if config.logit_net is None else LogitLossNet(**config.logit_net)
-        self.feature = None if config.feature_net is None else FeatureLossNet(**config.feature_net)
+        self.logit = _build_network(LogitLossNet, config.logit_net, "`logit_net`")
+        self.feature = _build_network(FeatureLossNet, config.feature_net, "`feature_net`")
         self.source: str | None = None  # where it was loaded from (for messages)
 
     # --- building ---------------------------------------------------------------------------------------------
@@ -150,15 +161,25 @@ class LearnedLoss(
         token: str | bool | None = None,
         map_location: str = "cpu",
     ) -> "LearnedLoss":
-        """Load a bundle from a local folder or the Hub (weights loaded strictly).
+        """Load a bundle from a local folder or the Hub, validated (see Raises), weights loaded strictly.
 
-        ``pretrained_model_name_or_path`` is a folder, a repo id (``"user/repo"``) or a folder inside a repo
-        (``"user/repo/lkd_loss"``: the copy pushed with a student). A folder in the layout used before bundles (a
-        ``LogitLossNet`` saved in it, a ``FeatureLossNet`` in ``feature/``) loads too, without run metadata.
+        A folder in the layout used before bundles (a ``LogitLossNet`` saved in it, and / or a ``FeatureLossNet`` in
+        ``feature/``) loads too, without run metadata (a warning says so).
+
+        Args:
+            pretrained_model_name_or_path: a folder, a Hub repo id (``"user/repo"``) or a folder inside a repo
+                (``"user/repo/lkd_loss"``: the copy pushed with a student).
+            revision / cache_dir / force_download / local_files_only / token: for a Hub repo, as
+                :func:`huggingface_hub.snapshot_download`.
+            map_location: the device to load the weights on.
 
         Raises:
-            OSError: not a folder, and the Hub is offline / unreachable or the repo is unknown (named in the message).
-            ValueError: no learned loss in the folder, or one written by a newer ``lkd_hf``.
+            OSError: not a folder, and the Hub is offline / unreachable or the repo is unknown (named in the message);
+                ``FileNotFoundError`` when ``config.json`` is there but not its weights.
+            ValueError: no learned loss in the folder; a ``config.json`` that is not valid JSON, lacks a field, has
+                a field of the wrong type, or a ``format_version`` this ``lkd_hf`` cannot read (a newer one: upgrade
+                ``lkd_hf``); weights that do not match the config or hold NaN / inf values. The message names the
+                file, the field or tensor, and what to do.
         """
         source = str(pretrained_model_name_or_path)
         directory = resolve_directory(
@@ -166,39 +187,57 @@ class LearnedLoss(
             local_files_only=local_files_only, token=token,
         )
         config_path = os.path.join(directory, CONFIG_NAME)
-        raw = json.loads(Path(config_path).read_text()) if os.path.isfile(config_path) else None
-        if raw is None or "format_version" not in raw:
-            bundle = cls._from_legacy_layout(directory, source)
+        raw = _read_json(config_path, source) if os.path.isfile(config_path) else None
+        legacy = _legacy_arguments(directory, raw, source)
+        if legacy is not None:
+            bundle = cls._from_legacy_layout(directory, source, *legacy, map_location=map_location)
+        elif raw is None:
+            where = "" if os.path.abspath(directory) == os.path.abspath(source) else f" ({directory})"
+            raise ValueError(
+                f"No learned loss in {source!r}{where}: expected the {CONFIG_NAME} and {WEIGHTS_NAME} of a "
+                "LearnedLoss. Pass the folder LearnedLoss.save_pretrained wrote (the trainer writes "
+                "<output_dir>/lkd_loss), or the Hub repo id (or repo folder) it was pushed to."
+            )
         else:
-            if raw["format_version"] > FORMAT_VERSION:
-                raise ValueError(
-                    f"The learned loss in {source!r} has format version {raw['format_version']}; this lkd_hf "
-                    f"({__version__}) reads up to {FORMAT_VERSION}. Upgrade lkd_hf to load it."
-                )
-            known = {f.name for f in fields(LearnedLossConfig)}
-            bundle = cls(LearnedLossConfig(**{k: v for k, v in raw.items() if k in known}))
-            load_model(bundle, os.path.join(directory, WEIGHTS_NAME), strict=True, device=map_location)
+            config = _config_from_json(raw, config_path, source)
+            try:
+                bundle = cls(config)
+            except ValueError as error:
+                raise _invalid_file(source, config_path, str(error)) from error
+            _load_weights(bundle, os.path.join(directory, WEIGHTS_NAME), source, map_location)
         bundle.source = source
         return bundle.eval()
 
     @classmethod
-    def _from_legacy_layout(cls, directory: str, source: str) -> "LearnedLoss":
+    def _from_legacy_layout(
+        cls,
+        directory: str,
+        source: str,
+        logit_arguments: dict[str, Any] | None,
+        feature_arguments: dict[str, Any] | None,
+        map_location: str,
+    ) -> "LearnedLoss":
         """A bundle of the networks saved one per folder (``LogitLossNet`` in ``directory``, ``FeatureLossNet`` in
         ``directory/feature``), as ``lkd_hf`` saved them before bundles; its run metadata is unknown."""
         feature_dir = os.path.join(directory, LEGACY_FEATURE_SUBDIR)
-        has_logit = os.path.isfile(os.path.join(directory, CONFIG_NAME))
-        if not has_logit and not os.path.isdir(feature_dir):
-            raise ValueError(
-                f"No learned loss in {source!r}: expected {CONFIG_NAME} and {WEIGHTS_NAME} of a LearnedLoss (what "
-                "LearnedLoss.save_pretrained writes, and the trainer saves in <output_dir>/lkd_loss)."
-            )
-        logit = LogitLossNet.from_pretrained(directory, strict=True) if has_logit else None
-        feature = FeatureLossNet.from_pretrained(feature_dir, strict=True) if os.path.isdir(feature_dir) else None
+        networks = []
+        for kind, folder, arguments in (
+            (LogitLossNet, directory, logit_arguments), (FeatureLossNet, feature_dir, feature_arguments)
+        ):
+            network = None
+            if arguments is not None:
+                config_path = os.path.join(folder, CONFIG_NAME)
+                try:
+                    network = _build_network(kind, arguments, "the arguments")
+                except ValueError as error:
+                    raise _invalid_file(source, config_path, str(error)) from error
+                _load_weights(network, os.path.join(folder, WEIGHTS_NAME), source, map_location)
+            networks.append(network)
         logger.warning(
             f"{source!r} holds loss networks saved without run metadata (the layout before LearnedLoss bundles): "
             "their compatibility with this run cannot be checked. Re-save them with LearnedLoss.save_pretrained."
         )
-        return cls.from_networks(logit, feature)
+        return cls.from_networks(*networks)
 
     # --- compatibility ----------------------------------------------------------------------------------------
     def check_compatible(
@@ -263,23 +302,56 @@ class LearnedLoss(
         save_directory: str | os.PathLike,
         *,
         repo_id: str | None = None,
+        push_to_hub: bool = False,
         model_card_kwargs: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> str | None:
-        """Write ``config.json``, ``model.safetensors``, the plot and a fresh model card into ``save_directory``.
+        """Write ``config.json``, ``model.safetensors``, the plot and a fresh model card as the folder
+        ``save_directory``, replacing a folder there as a whole.
 
-        ``repo_id`` is where the folder will live on the Hub (used by the card's reuse code; and the repo to push to
-        with ``push_to_hub=True``). Other arguments as :meth:`huggingface_hub.ModelHubMixin.save_pretrained`.
+        The files are written into a new folder beside the target (``_<name>.tmp-*``), which is then renamed to
+        ``save_directory``; an existing ``save_directory`` stays untouched until then, is renamed aside
+        (``_<name>.old-*``) just before and deleted just after. So an interrupted save leaves the previous folder
+        as it was, and of concurrent saves to one folder the last rename wins whole. (The ``_`` prefix keeps
+        leftovers of a killed process out of the Trainer's Hub pushes.)
+
+        Args:
+            save_directory: the bundle's folder (created with its parents; an existing one is replaced).
+            repo_id: where the folder will live on the Hub (used by the card's reuse code), and the repo to push to
+                with ``push_to_hub=True`` (default: the folder's name).
+            push_to_hub: push the bundle to ``repo_id`` after saving (see :meth:`push_to_hub`).
+            model_card_kwargs: passed to :meth:`generate_model_card`.
+            **kwargs: ``config`` (the ``config.json`` content, default: :attr:`config`) and, with
+                ``push_to_hub=True``, the arguments of :meth:`push_to_hub`.
+
+        Returns:
+            The Hub commit's URL with ``push_to_hub=True``, else ``None``.
+
+        Raises:
+            NotADirectoryError: ``save_directory`` is a file.
         """
-        directory = Path(save_directory)
-        for stale in (CARD_NAME, PLOT_NAME):  # the mixin keeps an existing card: this one describes these weights
-            (directory / stale).unlink(missing_ok=True)
+        target = Path(save_directory).absolute()
+        if target.exists() and not target.is_dir():
+            raise NotADirectoryError(f"Cannot save the learned loss as {str(target)!r}: it is a file, not a folder.")
+        target.parent.mkdir(parents=True, exist_ok=True)
         card_kwargs = {"repo_id": repo_id, **(model_card_kwargs or {})}
-        return super().save_pretrained(directory, repo_id=repo_id, model_card_kwargs=card_kwargs, **kwargs)
+        staging = target.with_name(f"_{target.name}.tmp-{uuid.uuid4().hex[:12]}")
+        staging.mkdir()
+        config = kwargs.pop("config", None)
+        try:
+            super().save_pretrained(staging, config=config, model_card_kwargs=card_kwargs)
+            _replace_directory(staging, target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)  # a failed save's partial folder (gone after the rename)
+        if push_to_hub:
+            return self.push_to_hub(
+                repo_id or target.name, config=config, model_card_kwargs=model_card_kwargs, **kwargs
+            )
+        return None
 
     def _save_pretrained(self, save_directory: Path) -> None:
         """The weights (``model.safetensors``) and, with matplotlib, the plot (``learned_loss.png``)."""
-        super()._save_pretrained(save_directory)
+        save_model(self, str(save_directory / WEIGHTS_NAME))
         teacher_logits, label = synthetic_teacher_logits(self.config.num_classes or 10)
         title = f"learned loss of {self.config.teacher} -> {self.config.student}" if self.config.student else None
         plot_learned_loss(
@@ -333,6 +405,229 @@ def hub_error(what: str, error: Exception) -> OSError:
     else:
         reason = "the Hugging Face Hub is unreachable or refused the request"
     return OSError(f"{what}: {reason} ({type(error).__name__}: {error}).")
+
+
+# --- loading: validation -----------------------------------------------------------------------------------------
+_LOAD_ADVICE = (
+    "Save the learned loss again with LearnedLoss.save_pretrained (the trainer writes <output_dir>/lkd_loss), or "
+    "load an intact copy; a hand-edited file must keep the fields and types that lkd_hf writes."
+)
+
+
+def _invalid_file(source: str, path: str, problem: str, advice: str = _LOAD_ADVICE) -> ValueError:
+    """``ValueError("Cannot load the learned loss <source>: <path>: <problem>. <advice>")``."""
+    return ValueError(f"Cannot load the learned loss {source!r}: {path}: {problem.rstrip('.')}. {advice}")
+
+
+def _read_json(path: str, source: str) -> Any:
+    """The JSON content of ``path``; ``ValueError`` naming the file when it is not valid JSON."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise _invalid_file(source, path, f"not valid JSON ({error})") from error
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_tap_list(value: Any) -> bool:
+    return isinstance(value, list) and all(_is_int(t) or isinstance(t, str) for t in value)
+
+
+def _is_shape_list(value: Any) -> bool:
+    return isinstance(value, list) and all(
+        isinstance(shape, list) and len(shape) == 3 and all(_is_int(d) and d > 0 for d in shape) for shape in value
+    )
+
+
+def _is_metrics(value: Any) -> bool:
+    return isinstance(value, dict) and all(
+        isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool) for k, v in value.items()
+    )
+
+
+_TAPS = (_is_tap_list, "a list of stage indices (integers) or module names (strings), or null")
+_SHAPES = (_is_shape_list, "a list of [C, H, W] lists of positive integers, or null")
+_OPTIONAL_STRING = (lambda v: isinstance(v, str), "a string or null")
+# Each LearnedLossConfig field but format_version: (check of a non-null value, what it must be). Only ``metrics``
+# may not be null.
+_FIELD_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "logit_net": (lambda v: isinstance(v, dict), "an object of LogitLossNet arguments, or null"),
+    "feature_net": (lambda v: isinstance(v, dict), "an object of FeatureLossNet arguments, or null"),
+    "loss": _OPTIONAL_STRING,
+    "teacher": _OPTIONAL_STRING,
+    "student": _OPTIONAL_STRING,
+    "num_classes": (lambda v: _is_int(v) and v > 0, "a positive integer or null"),
+    "student_taps": _TAPS,
+    "teacher_taps": _TAPS,
+    "student_feature_shapes": _SHAPES,
+    "teacher_feature_shapes": _SHAPES,
+    "dataset": _OPTIONAL_STRING,
+    "steps": (lambda v: _is_int(v) and v >= 0, "a non-negative integer or null"),
+    "metrics": (_is_metrics, "an object of metric names to numbers"),
+    "lkd_hf_version": _OPTIONAL_STRING,
+}
+
+
+def _config_from_json(raw: Any, path: str, source: str) -> LearnedLossConfig:
+    """The :class:`LearnedLossConfig` of a bundle's ``config.json`` content ``raw`` (read from ``path``), validated.
+
+    ``format_version`` must be an integer from 1 to :data:`FORMAT_VERSION`; every field of that format must be
+    present, of its type (:data:`_FIELD_CHECKS`), with at least one of ``logit_net`` / ``feature_net`` set. Keys
+    that are not fields are ignored.
+
+    Args:
+        raw: the parsed JSON.
+        path: the file it was read from (for messages).
+        source: what the caller asked to load (for messages).
+
+    Raises:
+        ValueError: naming ``path``, the field and what to do.
+    """
+    if not isinstance(raw, dict):
+        raise _invalid_file(source, path, f"expected a JSON object, got {type(raw).__name__}")
+    if "format_version" not in raw:
+        raise _invalid_file(
+            source, path, "`format_version` is missing (every config.json of a LearnedLoss has one), and the folder "
+            "is not in the layout before bundles either (a LogitLossNet's config.json and model.safetensors, and / or "
+            f"a FeatureLossNet's in {LEGACY_FEATURE_SUBDIR}/)",
+        )
+    version = raw["format_version"]
+    if not _is_int(version):
+        raise _invalid_file(
+            source, path, f"`format_version` must be an integer, got {version!r} ({type(version).__name__})"
+        )
+    if version > FORMAT_VERSION:
+        raise _invalid_file(
+            source, path, f"the learned loss has format version {version}; this lkd_hf ({__version__}) reads up to "
+            f"{FORMAT_VERSION}", advice="Upgrade lkd_hf to load it (pip install -U lkd_hf).",
+        )
+    if version < 1:
+        raise _invalid_file(
+            source, path, f"`format_version` {version} is not a LearnedLoss format (1 to {FORMAT_VERSION})"
+        )
+    missing = [name for name in _FIELD_CHECKS if name not in raw]
+    if missing:
+        raise _invalid_file(source, path, f"missing field(s) {', '.join(f'`{name}`' for name in missing)}")
+    for name, (check, expected) in _FIELD_CHECKS.items():
+        value = raw[name]
+        if value is None and name != "metrics":
+            continue
+        if value is None or not check(value):
+            raise _invalid_file(source, path, f"`{name}` must be {expected}, got {value!r} ({type(value).__name__})")
+    if raw["logit_net"] is None and raw["feature_net"] is None:
+        raise _invalid_file(source, path, "`logit_net` and `feature_net` are both null: it holds no loss network")
+    return LearnedLossConfig(**{f.name: raw[f.name] for f in fields(LearnedLossConfig)})
+
+
+def _build_network(kind: type[nn.Module], arguments: dict[str, Any] | None, name: str) -> nn.Module | None:
+    """``kind(**arguments)`` (``None`` for ``None``); ``ValueError`` naming ``name`` when the arguments do not fit."""
+    if arguments is None:
+        return None
+    try:
+        return kind(**arguments)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{name} {arguments} are not valid {kind.__name__} arguments ({error})") from error
+
+
+def _constructor_arguments(kind: type[nn.Module]) -> set[str]:
+    return set(inspect.signature(kind.__init__).parameters) - {"self"}
+
+
+def _legacy_arguments(
+    directory: str, raw: Any, source: str
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None] | None:
+    """The constructor arguments of the ``LogitLossNet`` / ``FeatureLossNet`` of a folder in the layout before
+    bundles (each network's ``config.json`` and ``model.safetensors``: the logit one in ``directory``, the feature
+    one in ``directory/feature``); ``None`` when ``directory`` is not such a folder.
+
+    Args:
+        directory: the folder.
+        raw: the content of its ``config.json`` (``None``: there is none).
+        source: what the caller asked to load (for messages).
+    """
+
+    def arguments(folder: str, content: Any, kind: type[nn.Module]) -> dict[str, Any] | None:
+        fits = isinstance(content, dict) and bool(content) and set(content) <= _constructor_arguments(kind)
+        return content if fits and os.path.isfile(os.path.join(folder, WEIGHTS_NAME)) else None
+
+    logit = arguments(directory, raw, LogitLossNet)
+    if raw is not None and logit is None:
+        return None  # a config.json that is not a LogitLossNet's: a bundle's (validated as one)
+    feature_dir = os.path.join(directory, LEGACY_FEATURE_SUBDIR)
+    feature_config = os.path.join(feature_dir, CONFIG_NAME)
+    feature_raw = _read_json(feature_config, source) if os.path.isfile(feature_config) else None
+    feature = arguments(feature_dir, feature_raw, FeatureLossNet)
+    return None if logit is None and feature is None else (logit, feature)
+
+
+def _load_weights(module: nn.Module, path: str, source: str, map_location: str) -> None:
+    """Load the safetensors file ``path`` into ``module`` strictly, after checking that every tensor is finite.
+
+    Raises:
+        FileNotFoundError: ``path`` is missing.
+        ValueError: ``path`` is not a safetensors file, holds a NaN / inf value (the tensor is named) or does not
+            match ``module`` (missing, unexpected or differently shaped tensors).
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"Cannot load the learned loss {source!r}: {path} is missing (the folder has a config.json but not its "
+            f"weights: an incomplete copy). Copy the whole folder LearnedLoss.save_pretrained wrote, or save it again."
+        )
+    try:
+        with safe_open(path, framework="pt", device=map_location) as weights:
+            tensors = {name: weights.get_tensor(name) for name in weights.keys()}
+    except SafetensorError as error:
+        raise _invalid_file(source, path, f"not a readable safetensors file ({error})") from error
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise _invalid_file(
+                source, path, f"tensor {name!r} holds non-finite values (NaN or inf)",
+                advice="The run that saved it diverged: load an earlier save of it (e.g. the lkd_loss folder of an "
+                "earlier checkpoint) or learn the loss again.",
+            )
+    try:
+        module.load_state_dict(tensors, strict=True)
+    except RuntimeError as error:
+        problem = f"its weights do not fit the networks of its config.json ({error})"
+        raise _invalid_file(source, path, problem) from error
+
+
+# --- saving: replace a folder as a whole ------------------------------------------------------------------------
+def _replace_directory(new: Path, target: Path) -> None:
+    """Rename the complete folder ``new`` to ``target`` (same parent), replacing an existing ``target`` as a whole.
+
+    A folder cannot be renamed onto a non-empty one, so an existing ``target`` is first renamed aside
+    (``_<name>.old-*``), and deleted once ``new`` is in place. When another writer renames its folder into place
+    in between, that one is moved aside too: the last rename wins, whole.
+
+    Args:
+        new: the folder to put in place.
+        target: where it goes.
+    """
+    moved_aside: list[Path] = []
+    try:
+        while True:
+            try:
+                os.rename(new, target)
+                break
+            except OSError as error:
+                if error.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise
+            aside = target.with_name(f"_{target.name}.old-{uuid.uuid4().hex[:12]}")
+            try:
+                os.rename(target, aside)
+            except FileNotFoundError:
+                continue  # another writer moved it aside first
+            moved_aside.append(aside)
+    except BaseException:
+        if moved_aside and not target.exists():  # put back the folder this call moved aside last
+            os.rename(moved_aside.pop(), target)
+        raise
+    finally:
+        for aside in moved_aside:
+            shutil.rmtree(aside, ignore_errors=True)
 
 
 def create_repo(repo_id: str, token: str | None = None, private: bool | None = None) -> str:

@@ -1,4 +1,4 @@
-"""Evaluation metrics for ``Trainer(compute_metrics=...)``: top-1 and top-k accuracy from logits.
+"""Evaluation metrics for ``Trainer(compute_metrics=...)``: top-1, top-k and balanced accuracy from logits.
 
 The computation lives in one place, the ``evaluate`` metric module ``lkd_hf/metric_modules/topk_accuracy``
 (shipped with the package and loaded by local path, so it works offline, without the Hugging Face Hub)::
@@ -7,7 +7,8 @@ The computation lives in one place, the ``evaluate`` metric module ``lkd_hf/metr
     from lkd_hf.metrics import TOPK_METRIC_PATH
 
     topk = evaluate.load(TOPK_METRIC_PATH)
-    topk.compute(predictions=logits, references=labels, k=5)  # {"accuracy": ..., "top5_accuracy": ...}
+    topk.compute(predictions=logits, references=labels, k=5)
+    # {"accuracy": ..., "top5_accuracy": ..., "balanced_accuracy": ...}
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ TOPK_METRIC_PATH: str = os.path.join(
 
 @lru_cache(maxsize=1)
 def load_topk_accuracy() -> evaluate.EvaluationModule:
-    """The top-k accuracy metric module, loaded once per process from :data:`TOPK_METRIC_PATH` (no Hub).
+    """The top-1 / top-k / balanced accuracy metric module, loaded once per process from
+    :data:`TOPK_METRIC_PATH` (no Hub).
 
     It is kept in memory (``keep_in_memory=True``): no cache files or locks on disk.
     """
@@ -48,12 +50,22 @@ def _first(value: Any) -> Any:
 def build_compute_metrics(num_classes: int, k: int = 5) -> Callable[[EvalPrediction], dict[str, float]]:
     """A ``compute_metrics`` function for the ``Trainer``.
 
-    It returns ``{"accuracy": ...}``, plus ``{f"top{k}_accuracy": ...}`` when ``num_classes > k`` (otherwise
-    top-k accuracy would trivially be 1).
+    It returns ``{"accuracy": ..., "balanced_accuracy": ...}`` (top-1 accuracy, and the mean top-1 recall over
+    the classes present in the evaluated labels: classes absent from them are left out of the mean, so it is
+    never NaN), plus ``{f"top{k}_accuracy": ...}`` when ``num_classes > k`` (otherwise top-k accuracy would
+    trivially be 1). The ``Trainer`` logs them as ``eval_accuracy``, ``eval_balanced_accuracy``, ...
 
     The returned function takes an :class:`~transformers.EvalPrediction` (or a ``(predictions, label_ids)``
     pair) whose ``predictions`` are logits of shape ``(N, num_classes)``, a numpy array or a tuple whose first
     element is the logits (models that also return features).
+
+    Args:
+        num_classes: number of classes of the model (the logits' last dimension); a positive integer.
+        k: the k of top-k accuracy; a positive integer.
+
+    Raises:
+        ValueError: ``num_classes`` or ``k`` is not positive. The returned function raises it for logits of
+            another shape or missing labels.
     """
     if int(num_classes) < 1:
         raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}.")
@@ -82,6 +94,7 @@ def build_compute_metrics(num_classes: int, k: int = 5) -> Callable[[EvalPredict
         metrics = {"accuracy": float(result["accuracy"])}
         if num_classes > k:
             metrics[topk_key] = float(result[topk_key])
+        metrics["balanced_accuracy"] = float(result["balanced_accuracy"])
         return metrics
 
     return compute_metrics

@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import importlib.util
 import os
-from typing import TYPE_CHECKING, Union
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -20,9 +20,6 @@ from transformers.utils import logging
 
 from .loss_networks import FeatureLossNet, LogitLossNet
 from .losses.logit import DISTLoss, KDLoss, kd_loss
-
-if TYPE_CHECKING:
-    from .hub import LearnedLoss
 
 logger = logging.get_logger(__name__)
 
@@ -59,7 +56,7 @@ def synthetic_teacher_logits(num_classes: int = 10) -> tuple[torch.Tensor, int]:
 
 @torch.no_grad()
 def plot_learned_loss(
-    loss: Union["LearnedLoss", LogitLossNet, FeatureLossNet, str],
+    loss: LogitLossNet | FeatureLossNet | Any,
     path: str,
     *,
     teacher_logits: torch.Tensor | None = None,
@@ -80,23 +77,26 @@ def plot_learned_loss(
       map ``t`` and students ``t + a * d`` along a fixed random direction ``d``.
 
     Args:
-        loss: a :class:`~lkd_hf.LearnedLoss`, a bare loss network, or a folder / Hub repo id of a saved loss.
+        loss: a :class:`~lkd_hf.LearnedLoss` (or any object with ``logit`` / ``feature`` loss networks), or a
+            bare :class:`~lkd_hf.LogitLossNet` / :class:`~lkd_hf.FeatureLossNet`. Load a saved one first:
+            ``plot_learned_loss(LearnedLoss.from_pretrained(folder_or_repo_id), path)``.
         path: where to write the PNG.
         teacher_logits / label: the teacher distribution of the logit panels (1-D logits and the true class).
         title: figure title.
 
     Returns:
-        ``path``, or ``None`` when matplotlib is not installed (a warning is logged) or there is nothing to plot.
+        ``path``, or ``None`` when matplotlib is not installed (a warning is logged).
+
+    Raises:
+        TypeError: ``loss`` is neither a loss network nor holds one (e.g. a path: load it first, see ``loss``).
     """
+    logit_net, feature_net = _networks(loss)
     try:
         from matplotlib.figure import Figure
     except ImportError:
         logger.warning("matplotlib is not installed: skipping the plot of the learned loss (pip install matplotlib).")
         return None
-    logit_net, feature_net = _networks(loss)
     panels = (2 if logit_net is not None else 0) + (1 if feature_net is not None else 0)
-    if panels == 0:
-        return None
     fig = Figure(figsize=(5 * panels, 4))
     axes = fig.subplots(1, panels, squeeze=False)[0]
     if logit_net is not None:
@@ -118,18 +118,21 @@ def _cpu_copy(net: nn.Module) -> nn.Module:
     return copy.deepcopy(net).cpu().eval()
 
 
-def _networks(loss: object) -> tuple[LogitLossNet | None, FeatureLossNet | None]:
-    from .hub import LearnedLoss
-
-    if isinstance(loss, (str, os.PathLike)):
-        loss = LearnedLoss.from_pretrained(str(loss))
+def _networks(loss: Any) -> tuple[LogitLossNet | None, FeatureLossNet | None]:
+    """The logit and feature loss networks of ``loss``: a network itself, or a bundle's ``logit`` / ``feature``."""
     if isinstance(loss, LogitLossNet):
         return loss, None
     if isinstance(loss, FeatureLossNet):
         return None, loss
-    if isinstance(loss, LearnedLoss):
-        return loss.logit, loss.feature
-    raise TypeError(f"Cannot plot a {type(loss).__name__}: pass a LearnedLoss, a LogitLossNet or a FeatureLossNet.")
+    logit, feature = getattr(loss, "logit", None), getattr(loss, "feature", None)
+    holds_networks = logit is not None or feature is not None
+    if holds_networks and isinstance(logit, LogitLossNet | None) and isinstance(feature, FeatureLossNet | None):
+        return logit, feature
+    hint = " (load it first: plot_learned_loss(LearnedLoss.from_pretrained(...), path))"
+    raise TypeError(
+        f"Cannot plot a {type(loss).__name__}: pass a LearnedLoss, a LogitLossNet or a FeatureLossNet"
+        + (hint if isinstance(loss, (str, os.PathLike)) else "") + "."
+    )
 
 
 def _rotations(logits: torch.Tensor, label: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -36,7 +36,7 @@ from common import (
     training_config,
     uses_teacher,
 )
-from lkd_hf.data import ConvertMode, dataset_num_classes, image_transform, resolve_data_config
+from lkd_hf import ConvertMode, dataset_num_classes, image_transform, resolve_data_config
 
 PRESETS: dict[str, tuple[str, str]] = {
     "resnet32x4-resnet8x4": ("cifar_resnet32x4", "cifar_resnet8x4"),
@@ -52,7 +52,7 @@ TRAINER_DEFAULTS = dict(
     weight_decay=5e-4,
     per_device_eval_batch_size=256,
     logging_steps=50,
-    dataloader_num_workers=4,
+    dataloader_num_workers=min(4, os.cpu_count() or 1),  # more workers than cores: a warning per loader
 )
 """``LKDConfig`` defaults of the recipe (the learning rate, batch split and schedule: see common.training_config)."""
 

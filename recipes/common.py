@@ -29,14 +29,17 @@ from torch import nn
 from transformers import HfArgumentParser
 from transformers.utils import SAFE_WEIGHTS_NAME
 
-from lkd_hf import LKDConfig, LKDTrainer
-from lkd_hf.data import load_image_splits, with_transform
-from lkd_hf.losses.registry import parse_loss_spec
+from lkd_hf import LKDConfig, LKDTrainer, load_image_splits, parse_loss_spec, with_transform
 
 R = TypeVar("R", bound="RecipeArguments")
 
-AUTO_FIELDS = ("per_device_train_batch_size", "learning_rate", "lr_scheduler_type", "hypergradient")
-"""``LKDConfig`` fields the recipe derives unless given on the command line (see :func:`training_config`)."""
+AUTO_FIELDS = {
+    "per_device_train_batch_size": "global_batch_size / (processes x gradient_accumulation_steps)",
+    "learning_rate": "base_learning_rate x global batch / base_batch_size",
+    "lr_scheduler_type": "the step schedule of lr_decay_epochs / lr_decay_rate",
+    "hypergradient": "'finite_difference' for students without double backward, else 'unrolled'",
+}
+"""``LKDConfig`` fields the recipe derives unless given on the command line, and how (see :func:`training_config`)."""
 
 SHARED_TRAINER_DEFAULTS = dict(
     optim="sgd",
@@ -98,6 +101,9 @@ def parse_recipe_args(
     ``None`` unless given. With ``--lr_scheduler_type`` the step schedule is switched off."""
     parser = HfArgumentParser((recipe_cls, LKDConfig))
     parser.set_defaults(**trainer_defaults, **dict.fromkeys(AUTO_FIELDS))
+    for action in parser._actions:  # --help shows how the recipe sets the derived fields, not "(default: None)"
+        if action.dest in AUTO_FIELDS:
+            action.help = f"{action.help or ''} (default: {AUTO_FIELDS[action.dest]})%(default).0s"
     namespace, unknown = parser.parse_known_args(args=argv)
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
@@ -216,7 +222,7 @@ def load_splits(
     run: RecipeArguments, args: LKDConfig, train_transform: Callable, eval_transform: Callable
 ) -> datasets.DatasetDict:
     """``train`` / ``validation`` (held out of train, LKD's meta set) / ``test`` splits of ``run.dataset`` with the
-    given transforms (``lkd_hf.data.load_image_splits`` + ``with_transform``). The main process loads (downloads,
+    given transforms (``lkd_hf.load_image_splits`` + ``with_transform``). The main process loads (downloads,
     caches) first, the other processes then read its cache."""
     with args.main_process_first(desc="loading the dataset"):
         splits = load_image_splits(

@@ -18,6 +18,8 @@ written to ``<output_dir>/eval_results.json``.
 
 from __future__ import annotations
 
+import os
+
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -38,8 +40,7 @@ from common import (
     training_config,
     uses_teacher,
 )
-from lkd_hf.data import ConvertMode, dataset_num_classes, resolve_data_config
-from lkd_hf.trainer import model_num_classes
+from lkd_hf import ConvertMode, dataset_num_classes, model_num_classes, resolve_data_config
 
 PRESETS: dict[str, tuple[str, str]] = {
     "resnet34-resnet18": ("resnet34.tv_in1k", "resnet18"),
@@ -52,7 +53,7 @@ TRAINER_DEFAULTS = dict(
     weight_decay=1e-4,
     per_device_eval_batch_size=128,
     logging_steps=100,
-    dataloader_num_workers=8,
+    dataloader_num_workers=min(8, os.cpu_count() or 1),  # more workers than cores: a warning per loader
 )
 """``LKDConfig`` defaults of the recipe (the learning rate, batch split and schedule: see common.training_config)."""
 

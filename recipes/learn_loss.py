@@ -28,9 +28,7 @@ import timm
 from safetensors.torch import load_file
 from transformers import HfArgumentParser
 
-from lkd_hf import LKDConfig, LKDTrainer, build_datasets
-from lkd_hf.data import dataset_num_classes
-from lkd_hf.trainer import LOSS_DIRNAME, checkpoint_step
+from lkd_hf import LOSS_DIRNAME, LKDConfig, LKDTrainer, build_datasets, checkpoint_step, dataset_num_classes
 
 
 @dataclass
@@ -78,7 +76,7 @@ def main(argv: list[str] | None = None) -> str:
     trainer = LKDTrainer(
         model=student, teacher=teacher, args=args, train_dataset=data["train"], meta_dataset=data["validation"]
     )
-    print(f"Learning the loss from {len(trainer.snapshot_pool)} student snapshots, {run.meta_steps} meta steps ...")
+    print(f"Learning the loss from {len(trainer.loss_learner.snapshot_pool)} student snapshots, {run.meta_steps} meta steps ...")
     logs = trainer.learn_loss(run.meta_steps)
     out = os.path.join(args.output_dir, LOSS_DIRNAME)
     trainer.learned_loss(dataset=run.dataset).save_pretrained(out)

@@ -23,8 +23,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import HfArgumentParser
 
-from lkd_hf import LKDConfig, LKDTrainer, build_datasets
-from lkd_hf.trainer import LOSS_DIRNAME
+from lkd_hf import LOSS_DIRNAME, LKDConfig, LKDTrainer, build_datasets
 
 
 @dataclass

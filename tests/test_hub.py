@@ -1,13 +1,16 @@
 """LearnedLoss: one Hub artifact for a run's learned loss (save / load, model card, plot, compatibility checks, the
 trainer's save / push / loss_from, and clear failures when the Hub is offline)."""
 
+import ast
 import concurrent.futures
 import json
 import os
 import sys
 import time
+import tomllib
 import types
 import warnings
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -16,13 +19,13 @@ import pytest
 import torch
 from huggingface_hub import HfApi, ModelCard
 
+import lkd_hf
+import lkd_hf.version
 from lkd_hf import FeatureLossNet, LearnedLoss, LKDTrainer, LogitLossNet
 from lkd_hf.hub import CARD_NAME, CONFIG_NAME, PLOT_NAME, WEIGHTS_NAME
 from lkd_hf.losses.logit import DISTLoss, KDLoss
-from lkd_hf.plots import matplotlib_available, starting_loss
-from lkd_hf.trainer import LOSS_DIRNAME
-
-from test_trainer import make_config, make_dataset, make_models
+from lkd_hf.plots import matplotlib_available, plot_learned_loss, starting_loss
+from lkd_hf.constants import LOSS_DIRNAME
 
 RUN = dict(  # the setting the networks of learned_bundle() were "learned" in
     teacher="test_resnet", student="test_resnet", num_classes=10, student_taps=[4], teacher_taps=[4],
@@ -176,12 +179,18 @@ FEATURE_RUN = dict(loss="lkd+feat", feature_taps=[-1], max_steps=4, meta_interva
                    hypergradient="finite_difference", per_device_train_batch_size=8)
 
 
-def feature_run(tmp_path, num_classes: int = 10, **overrides) -> LKDTrainer:
-    """A few steps of a tiny test_resnet pair on 16x16 synthetic images, learned logit + feature loss by default."""
-    student, teacher = make_models(num_classes)
-    args = make_config(tmp_path, **{**FEATURE_RUN, **overrides})
-    data = make_dataset(48, num_classes=num_classes, size=16)
-    return LKDTrainer(model=student, teacher=teacher, args=args, train_dataset=data, eval_dataset=data)
+@pytest.fixture
+def feature_run(make_config, make_dataset, make_models):
+    """``feature_run(tmp_path, num_classes=10, **overrides)``: a few steps of a tiny test_resnet pair on 16x16 synthetic
+    images, learned logit + feature loss by default."""
+
+    def build(tmp_path, num_classes: int = 10, **overrides) -> LKDTrainer:
+        student, teacher = make_models(num_classes)
+        args = make_config(tmp_path, **{**FEATURE_RUN, **overrides})
+        data = make_dataset(48, num_classes=num_classes, size=16)
+        return LKDTrainer(model=student, teacher=teacher, args=args, train_dataset=data, eval_dataset=data)
+
+    return build
 
 
 def loss_logs(trainer: LKDTrainer) -> list[dict[str, float]]:
@@ -189,7 +198,9 @@ def loss_logs(trainer: LKDTrainer) -> list[dict[str, float]]:
     return [{k: e[k] for k in keys} for e in trainer.state.log_history if "distill" in e]
 
 
-def test_trainer_saves_the_bundle_and_a_frozen_reuse_computes_identical_losses(tmp_path):
+def test_trainer_saves_the_bundle_and_a_frozen_reuse_computes_identical_losses(
+    tmp_path, feature_run, make_models, make_dataset, make_config
+):
     learner = feature_run(tmp_path / "learn")
     learner.train()
     accuracy = learner.evaluate()["eval_accuracy"]
@@ -203,7 +214,7 @@ def test_trainer_saves_the_bundle_and_a_frozen_reuse_computes_identical_losses(t
     assert f"{100 * accuracy:.2f}%" in (saved / CARD_NAME).read_text()
 
     reuse = feature_run(tmp_path / "reuse", loss_from=str(saved), freeze_loss=True)
-    assert reuse.loss_params == [] and reuse.meta_dataset is None
+    assert reuse.loss_params == [] and reuse.loss_learner is None
     assert_same_losses(reuse, learner)
     reuse.train()
     assert_same_losses(reuse, learner)  # frozen: unchanged by training
@@ -219,7 +230,7 @@ def test_trainer_saves_the_bundle_and_a_frozen_reuse_computes_identical_losses(t
     assert loss_logs(reuse) == loss_logs(in_memory) and len(loss_logs(reuse)) > 0
 
 
-def test_loss_from_into_a_run_with_other_classes_fails_at_construction(tmp_path):
+def test_loss_from_into_a_run_with_other_classes_fails_at_construction(tmp_path, feature_run):
     bundle = learned_bundle()
     bundle.save_pretrained(tmp_path / "loss")
     with pytest.raises(ValueError, match="learned for 10 classes, this run has 5"):
@@ -232,12 +243,12 @@ def test_push_fails_fast_naming_the_repo_when_offline(tmp_path, offline):
 
 
 @pytest.mark.parametrize("source", [MISSING_REPO, f"{MISSING_REPO}/lkd_loss"])
-def test_loading_from_the_hub_fails_fast_naming_the_repo_when_offline(tmp_path, offline, source):
+def test_loading_from_the_hub_fails_fast_naming_the_repo_when_offline(tmp_path, offline, source, feature_run):
     assert_fails_fast_naming(lambda: LearnedLoss.from_pretrained(source), MISSING_REPO)
     assert_fails_fast_naming(lambda: feature_run(tmp_path, loss_from=source, freeze_loss=True), MISSING_REPO)
 
 
-def test_trainer_pushing_the_loss_to_its_own_repo_fails_at_construction_when_offline(tmp_path, offline):
+def test_trainer_pushing_the_loss_to_its_own_repo_fails_at_construction_when_offline(tmp_path, offline, feature_run):
     loss_repo = f"{MISSING_REPO}-own"
     assert_fails_fast_naming(
         lambda: feature_run(tmp_path, push_to_hub=True, hub_model_id=MISSING_REPO, loss_hub_model_id=loss_repo),
@@ -272,7 +283,7 @@ class RecordingHub:
         return done
 
 
-def test_trainer_pushes_the_loss_with_the_student_and_to_its_own_repo(tmp_path, offline, monkeypatch):
+def test_trainer_pushes_the_loss_with_the_student_and_to_its_own_repo(tmp_path, offline, monkeypatch, feature_run):
     hub = RecordingHub(monkeypatch)
     trainer = feature_run(
         tmp_path, push_to_hub=True, hub_model_id="user/student", loss_hub_model_id="user/student-loss",
@@ -292,3 +303,50 @@ def test_trainer_pushes_the_loss_with_the_student_and_to_its_own_repo(tmp_path, 
     assert loss_push["repo_id"] == "user/student-loss"
     assert {CONFIG_NAME, WEIGHTS_NAME, CARD_NAME} <= set(loss_push["files"])
     assert 'loss_from="user/student-loss"' in loss_push["cards"][CARD_NAME]
+
+
+def test_save_with_push_to_hub_pushes_under_the_folder_name(tmp_path, offline, monkeypatch):
+    hub = RecordingHub(monkeypatch)
+    url = learned_bundle().save_pretrained(tmp_path / "my-loss", push_to_hub=True)
+    assert url.startswith("https://huggingface.co/my-loss/") and hub.created == ["my-loss"]
+    assert {CONFIG_NAME, WEIGHTS_NAME, CARD_NAME} <= set(hub.uploads[0]["files"])
+    assert_same_losses(LearnedLoss.from_pretrained(tmp_path / "my-loss"), learned_bundle())
+
+
+# --- plots and imports ----------------------------------------------------------------------------------------
+def test_plot_takes_networks_or_anything_holding_them_and_asks_to_load_a_path_first(tmp_path):
+    logit, feature = learned_networks()
+    holder = types.SimpleNamespace(logit=logit, feature=None)  # duck typing, as for a LearnedLoss
+    expected = str(tmp_path / "plot.png") if matplotlib_available() else None
+    assert plot_learned_loss(holder, str(tmp_path / "plot.png")) == expected
+    learned_bundle().save_pretrained(tmp_path / "loss")
+    with pytest.raises(TypeError, match=r"load it first: plot_learned_loss\(LearnedLoss.from_pretrained"):
+        plot_learned_loss(str(tmp_path / "loss"), str(tmp_path / "plot.png"))
+    with pytest.raises(TypeError, match="Cannot plot a SimpleNamespace"):
+        plot_learned_loss(types.SimpleNamespace(logit=feature, feature=None), str(tmp_path / "plot.png"))
+
+
+def imported_modules(module: str) -> set[str]:
+    """The ``lkd_hf`` modules a module of the package imports, anywhere in it (functions, ``TYPE_CHECKING``)."""
+    tree = ast.parse(Path(lkd_hf.__file__).with_name(f"{module}.py").read_text())
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            names.update([node.module] if node.module else [f"__init__ ({a.name})" for a in node.names])
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("lkd_hf"):
+            names.add(node.module.removeprefix("lkd_hf.") or "__init__")
+    return names
+
+
+def test_plots_and_hub_import_neither_each_other_nor_the_package():
+    hub, plots = imported_modules("hub"), imported_modules("plots")
+    assert not any(name.startswith("__init__") for name in hub), hub
+    assert "hub" not in plots and not any(name.startswith("__init__") for name in plots), plots
+    assert imported_modules("version") == set()
+
+
+def test_the_version_comes_from_the_leaf_module_the_build_reads():
+    pyproject = tomllib.loads((Path(lkd_hf.__file__).parents[1] / "pyproject.toml").read_text())
+    assert pyproject["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "lkd_hf.version.__version__"}
+    assert lkd_hf.version.__version__ == lkd_hf.__version__
+    assert learned_bundle().config.lkd_hf_version == lkd_hf.version.__version__

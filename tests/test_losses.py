@@ -59,8 +59,8 @@ def test_dkd_matches_decoupled_definition(logits):
 
 
 def test_registry_lists_known_losses_on_unknown_name():
-    assert {"ce", "kd", "dist", "dkd", "lkd"} <= set(available_losses())
-    with pytest.raises(ValueError, match=r"Unknown loss .nope.*ce, dist, dkd"):
+    assert {"ce", "kd", "dist", "dkd", "lkd", "ls", "ctkd"} <= set(available_losses())
+    with pytest.raises(ValueError, match=r"Unknown loss .nope.*ce, ctkd, dist, dkd"):
         build_loss("nope", None)
 
 

@@ -8,6 +8,7 @@ from torch import nn
 from torch.func import functional_call
 
 import lkd_hf.models  # noqa: F401  (registers the models)
+from lkd_hf.channels import adapt_channel_stats
 from lkd_hf.models import CifarResNet, ConvNet, WideResNet
 
 CONVNETS = ["lkd_convnet_teacher", "lkd_convnet_s4", "lkd_convnet_s16"]
@@ -180,6 +181,15 @@ def test_cifar_in_chans_1_adapts_cfg():
     cfg = resolve_data_config({}, model=model)
     assert cfg["input_size"] == (1, 32, 32) and len(cfg["mean"]) == len(cfg["std"]) == 1
     assert model.conv1.in_channels == 1
+
+
+@pytest.mark.parametrize("name, in_chans", [("cifar_resnet8", 1), ("cifar_resnet8", 4), ("lkd_convnet_s4", 3)])
+def test_in_chans_adapts_the_stats_with_the_shared_rule(name, in_chans):
+    default = timm.models.get_pretrained_cfg(name)
+    cfg = timm.create_model(name, in_chans=in_chans).pretrained_cfg
+    assert cfg["input_size"] == (in_chans, *default.input_size[1:])
+    assert cfg["mean"] == adapt_channel_stats(default.mean, in_chans)
+    assert cfg["std"] == adapt_channel_stats(default.std, in_chans)
 
 
 def _convnet_params(widths, convs, in_chans=1, num_classes=10):

@@ -56,9 +56,22 @@ def test_learn_loss_recipe_learns_from_checkpoints_and_the_loss_is_reusable_froz
         args=LKDConfig(output_dir=str(tmp_path / "reuse"), loss_from=out, freeze_loss=True, max_steps=2, **kd_run),
     )
     frozen.train()
-    assert frozen.loss_params == [] and frozen.meta_optimizer is None
+    assert frozen.loss_params == [] and frozen.loss_learner is None
 
 
 def test_learn_loss_recipe_needs_checkpoints(tmp_path):
     with pytest.raises(ValueError, match="No student checkpoints"):
         load_recipe("learn_loss").expand_checkpoints([])
+
+
+def test_recipe_help_shows_how_derived_fields_are_set(capsys):
+    sys.path.insert(0, str(RECIPES))  # the recipes import their shared module as ``common``
+    try:
+        cifar = load_recipe("cifar")
+        with pytest.raises(SystemExit):
+            cifar.parse_recipe_args(cifar.CifarArguments, cifar.TRAINER_DEFAULTS, ["--help"])
+    finally:
+        sys.path.remove(str(RECIPES))
+    text = " ".join(capsys.readouterr().out.split())
+    assert "'finite_difference' for students without double backward, else 'unrolled'" in text
+    assert "(default: None)" not in text.split("--hypergradient HYPERGRADIENT", 1)[1].split("--", 1)[0]

@@ -7,41 +7,54 @@ import pytest
 import timm
 import torch
 
-from lkd_hf import LKDTrainer
+from lkd_hf import LKDTrainer, LossLearner
 from lkd_hf.meta.snapshots import SnapshotPool
-from lkd_hf.trainer import LKD_SNAPSHOTS_SUBDIR, LKD_STATE_DIRNAME, LKD_STATE_NAME, MetaBatchSampler
-
-from test_trainer import make_config, make_dataset
+from lkd_hf.constants import LKD_STATE_DIRNAME
+from lkd_hf.meta.batches import MetaBatchSampler
+from lkd_hf.meta.learner import SNAPSHOTS_SUBDIR as LKD_SNAPSHOTS_SUBDIR
+from lkd_hf.meta.learner import STATE_NAME as LKD_STATE_NAME
 
 N_STEPS, RESUME_STEP = 12, 6
 
 
-def make_trainer(tmp_path, run: str, feature: bool = False, **overrides) -> LKDTrainer:
-    """A fresh trainer; every run builds identical models and data (the resumed one from scratch too)."""
-    torch.manual_seed(0)
-    teacher = timm.create_model("test_resnet", num_classes=10)
-    student = timm.create_model("test_resnet", num_classes=10, **({"channels": (16, 24, 32, 48)} if feature else {}))
-    fields = dict(
-        output_dir=str(tmp_path / run),
-        max_steps=N_STEPS,
-        save_strategy="steps",
-        save_steps=RESUME_STEP,
-        logging_steps=4,  # not a divisor of the resume step: statistics of an unfinished logging window are restored
-        meta_interval=2,
-        lookahead_steps=2,  # K-step horizons reuse the training batches before the checkpoint
-        snapshot_interval=2,
-        snapshot_pool_size=2,  # pool thinned at steps 4 (before the checkpoint) and 8 (after)
-        meta_batch_size=8,  # 5 meta batches an epoch: the meta stream crosses an epoch after resuming
-        lkd_val_fraction=0.25,
-        meta_learning_rate=0.05,
-    )
-    if feature:
-        fields.update(loss="lkd+feat", feature_taps=[-2, -1], per_device_train_batch_size=20)  # checkpoint at an epoch end
-    fields.update(overrides)
-    return LKDTrainer(model=student, teacher=teacher, args=make_config(tmp_path, **fields), train_dataset=make_dataset(160))
+@pytest.fixture
+def make_trainer(make_config, make_dataset):
+    """``make_trainer(tmp_path, run, feature=False, **overrides)``: a fresh trainer; every run builds identical models
+    and data (the resumed one from scratch too)."""
+
+    def build(tmp_path, run: str, feature: bool = False, **overrides) -> LKDTrainer:
+        torch.manual_seed(0)
+        teacher = timm.create_model("test_resnet", num_classes=10)
+        student = timm.create_model(
+            "test_resnet", num_classes=10, **({"channels": (16, 24, 32, 48)} if feature else {})
+        )
+        fields = dict(
+            output_dir=str(tmp_path / run),
+            max_steps=N_STEPS,
+            save_strategy="steps",
+            save_steps=RESUME_STEP,
+            # not a divisor of the resume step: statistics of an unfinished logging window are restored
+            logging_steps=4,
+            meta_interval=2,
+            lookahead_steps=2,  # K-step horizons reuse the training batches before the checkpoint
+            snapshot_interval=2,
+            snapshot_pool_size=2,  # pool thinned at steps 4 (before the checkpoint) and 8 (after)
+            meta_batch_size=8,  # 5 meta batches an epoch: the meta stream crosses an epoch after resuming
+            lkd_val_fraction=0.25,
+            meta_learning_rate=0.05,
+        )
+        if feature:
+            # checkpoint at an epoch end
+            fields.update(loss="lkd+feat", feature_taps=[-2, -1], per_device_train_batch_size=20)
+        fields.update(overrides)
+        return LKDTrainer(
+            model=student, teacher=teacher, args=make_config(tmp_path, **fields), train_dataset=make_dataset(160)
+        )
+
+    return build
 
 
-def resumed(tmp_path, reference: LKDTrainer, run: str, **kwargs) -> LKDTrainer:
+def resumed(make_trainer, tmp_path, reference: LKDTrainer, run: str, **kwargs) -> LKDTrainer:
     trainer = make_trainer(tmp_path, run, **kwargs)
     trainer.train(resume_from_checkpoint=os.path.join(reference.args.output_dir, f"checkpoint-{RESUME_STEP}"))
     return trainer
@@ -52,20 +65,20 @@ def assert_same_training_state(a: LKDTrainer, b: LKDTrainer) -> None:
     assert a.state.global_step == b.state.global_step == N_STEPS
     for x, y in zip(a.loss_params, b.loss_params, strict=True):
         assert torch.equal(x, y)
-    sa, sb = a.meta_optimizer.state_dict(), b.meta_optimizer.state_dict()
+    sa, sb = a.loss_learner.optimizer.state_dict(), b.loss_learner.optimizer.state_dict()
     assert sa["param_groups"] == sb["param_groups"] and sa["state"].keys() == sb["state"].keys()
     for i in sa["state"]:
         for key, value in sa["state"][i].items():
             assert torch.equal(value, sb["state"][i][key]), f"meta optimizer state {i}/{key}"
     for (name, x), (_, y) in zip(a.model.state_dict().items(), b.model.state_dict().items(), strict=True):
         assert torch.equal(x, y), f"student {name}"
-    assert [s.step for s in a.snapshot_pool.snapshots] == [s.step for s in b.snapshot_pool.snapshots]
-    assert a.snapshot_pool.interval == b.snapshot_pool.interval
-    for s, t in zip(a.snapshot_pool.snapshots, b.snapshot_pool.snapshots):
+    assert [s.step for s in a.loss_learner.snapshot_pool.snapshots] == [s.step for s in b.loss_learner.snapshot_pool.snapshots]
+    assert a.loss_learner.snapshot_pool.interval == b.loss_learner.snapshot_pool.interval
+    for s, t in zip(a.loss_learner.snapshot_pool.snapshots, b.loss_learner.snapshot_pool.snapshots):
         assert all(torch.equal(v, t.params[n]) for n, v in s.params.items())
-    assert a.snapshot_pool._rng.getstate() == b.snapshot_pool._rng.getstate()
-    assert a._horizon_rng.getstate() == b._horizon_rng.getstate()
-    assert a._meta_batches_drawn == b._meta_batches_drawn
+    assert a.loss_learner.snapshot_pool._rng.getstate() == b.loss_learner.snapshot_pool._rng.getstate()
+    assert a.loss_learner.horizon_rng.getstate() == b.loss_learner.horizon_rng.getstate()
+    assert a.loss_learner.meta_batches.position == b.loss_learner.meta_batches.position
 
 
 def differs(a: LKDTrainer, b: LKDTrainer) -> bool:
@@ -73,7 +86,7 @@ def differs(a: LKDTrainer, b: LKDTrainer) -> bool:
 
 
 # --- whole runs ------------------------------------------------------------------------------------------------
-def test_resumed_lkd_run_equals_uninterrupted_run_and_needs_the_lkd_state(tmp_path, monkeypatch):
+def test_resumed_lkd_run_equals_uninterrupted_run_and_needs_the_lkd_state(tmp_path, monkeypatch, make_trainer):
     """Logit LKD, uniform pool, unrolled hypergradient, checkpoint in the middle of an epoch."""
     full = make_trainer(tmp_path, "full")
     initial = [p.detach().clone() for p in full.loss_params]
@@ -85,26 +98,26 @@ def test_resumed_lkd_run_equals_uninterrupted_run_and_needs_the_lkd_state(tmp_pa
         "pool.json", "snapshot-0.safetensors", "snapshot-4.safetensors"
     ]
 
-    resumed_run = resumed(tmp_path, full, "resumed")
+    resumed_run = resumed(make_trainer, tmp_path, full, "resumed")
     assert_same_training_state(full, resumed_run)
 
     # negative control: the Trainer's own resume (student, optimizer, scheduler, RNG, data) without the LKD state
-    monkeypatch.setattr(LKDTrainer, "_load_lkd_state", lambda self, checkpoint: None)
-    partial = resumed(tmp_path, full, "partial")
+    monkeypatch.setattr(LossLearner, "load_checkpoint", lambda self, checkpoint, loss="": None)
+    partial = resumed(make_trainer, tmp_path, full, "partial")
     assert differs(full, partial)
 
 
-def test_resumed_feature_distillation_run_equals_uninterrupted_run(tmp_path):
+def test_resumed_feature_distillation_run_equals_uninterrupted_run(tmp_path, make_trainer):
     """lkd+feat (both loss networks learned, connectors restored), checkpoint at an epoch boundary."""
     full = make_trainer(tmp_path, "full", feature=True)
     full.train()
     assert full.state.epoch == pytest.approx(2.0)  # 6 steps an epoch: the checkpoint is at the epoch boundary
-    resumed_run = resumed(tmp_path, full, "resumed", feature=True)
+    resumed_run = resumed(make_trainer, tmp_path, full, "resumed", feature=True)
     assert_same_training_state(full, resumed_run)
     assert len(resumed_run.loss_params) > len(list(resumed_run.distill_loss.parameters()))  # feature loss learned too
 
 
-def test_resumed_finite_difference_run_with_disk_pool_and_gaussian_horizon(tmp_path):
+def test_resumed_finite_difference_run_with_disk_pool_and_gaussian_horizon(tmp_path, make_trainer):
     """finite_difference estimator, a disk-backed pool and random horizons (the horizon RNG is restored)."""
     options = dict(hypergradient="finite_difference", lookahead_steps_std=0.5, snapshot_strategy="gaussian",
                    snapshot_distance=4)
@@ -112,18 +125,20 @@ def test_resumed_finite_difference_run_with_disk_pool_and_gaussian_horizon(tmp_p
     full.train()
     # the original run thinned the pool after the checkpoint: snapshot-4 is gone from its storage, not from checkpoint-6
     assert sorted(os.listdir(tmp_path / "pool_full")) == ["snapshot-0.safetensors", "snapshot-8.safetensors"]
-    resumed_run = resumed(tmp_path, full, "resumed", snapshot_storage_dir=str(tmp_path / "pool_resumed"), **options)
-    assert resumed_run.snapshot_pool.nbytes == 0
+    resumed_run = resumed(
+        make_trainer, tmp_path, full, "resumed", snapshot_storage_dir=str(tmp_path / "pool_resumed"), **options
+    )
+    assert resumed_run.loss_learner.snapshot_pool.nbytes == 0
     assert sorted(os.listdir(tmp_path / "pool_resumed")) == ["snapshot-0.safetensors", "snapshot-8.safetensors"]
     assert_same_training_state(full, resumed_run)
 
 
-def test_hand_made_loss_resumes_and_a_checkpoint_without_lkd_state_warns(tmp_path):
+def test_hand_made_loss_resumes_and_a_checkpoint_without_lkd_state_warns(tmp_path, make_trainer):
     kd = make_trainer(tmp_path, "kd", loss="kd")
     kd.train()
     checkpoint = os.path.join(kd.args.output_dir, f"checkpoint-{RESUME_STEP}")
     assert not os.path.exists(os.path.join(checkpoint, LKD_STATE_DIRNAME))  # nothing to save for a hand-made loss
-    kd_resumed = resumed(tmp_path, kd, "kd_resumed", loss="kd")
+    kd_resumed = resumed(make_trainer, tmp_path, kd, "kd_resumed", loss="kd")
     for (name, x), (_, y) in zip(kd.model.state_dict().items(), kd_resumed.model.state_dict().items(), strict=True):
         assert torch.equal(x, y), name
 
@@ -135,12 +150,12 @@ def test_hand_made_loss_resumes_and_a_checkpoint_without_lkd_state_warns(tmp_pat
     assert any(not torch.equal(a, b) for a, b in zip(initial, lkd.loss_params))  # learned from its initial weights
 
 
-def test_checkpoint_of_another_loss_is_an_error(tmp_path):
+def test_checkpoint_of_another_loss_is_an_error(tmp_path, make_trainer):
     lkd = make_trainer(tmp_path, "lkd", max_steps=RESUME_STEP)
     lkd.train()
     feature = make_trainer(tmp_path, "feat", feature=True)
     with pytest.raises(ValueError, match="without a feature distillation loss"):
-        feature._load_lkd_state(os.path.join(lkd.args.output_dir, f"checkpoint-{RESUME_STEP}"))
+        feature.loss_learner.load_checkpoint(os.path.join(lkd.args.output_dir, f"checkpoint-{RESUME_STEP}"))
 
 
 # --- the parts -------------------------------------------------------------------------------------------------

@@ -1,12 +1,14 @@
 """Distillation losses: the name registry and the hand-made baselines.
 
-Logit losses: ``ce``, ``kd``, ``dist``, ``dkd``. Feature losses (``kind="feature"``): ``fitnet``, ``at``.
+Logit losses: ``ce``, ``kd``, ``dist``, ``dkd``, ``ls`` (KD with logit standardization) and ``ctkd`` (KD at an
+adversarially learned temperature, trained with the student). Feature losses (``kind="feature"``): ``fitnet``, ``at``.
 The learned losses ``lkd`` (logits) and ``feat`` (features) are registered by :mod:`lkd_hf.loss_networks`.
 """
 
+from .ctkd import CTKDLoss, gradient_reversal
 from .feature import ATLoss, FitNetLoss, attention_map
-from .logit import DISTLoss, DKDLoss, KDLoss, kd_loss
-from .registry import available_losses, build_loss, register_loss
+from .logit import DISTLoss, DKDLoss, KDLoss, LSKDLoss, kd_loss, standardize
+from .registry import LossSpec, available_losses, build_loss, parse_loss_spec, register_loss
 
 
 @register_loss("ce")
@@ -27,7 +29,30 @@ def _build_dist(config):
 
 @register_loss("dkd")
 def _build_dkd(config):
-    return DKDLoss(alpha=config.dkd_alpha, beta=config.dkd_beta, temperature=config.temperature)
+    return DKDLoss(
+        alpha=config.dkd_alpha,
+        beta=config.dkd_beta,
+        temperature=config.temperature,
+        logit_stand=getattr(config, "dkd_logit_stand", False),
+    )
+
+
+@register_loss("ls")
+def _build_ls(config):
+    """KD on per-sample z-scored logits (logit standardization) at the base temperature ``ls_temperature``."""
+    return LSKDLoss(temperature=config.ls_temperature)
+
+
+@register_loss("ctkd")
+def _build_ctkd(config):
+    """KD at a learned global temperature (curriculum temperature); its parameter trains with the student."""
+    return CTKDLoss(
+        temperature_min=config.ctkd_temperature_min,
+        temperature_range=config.ctkd_temperature_range,
+        lambda_min=config.ctkd_lambda_min,
+        lambda_max=config.ctkd_lambda_max,
+        curriculum_fraction=config.ctkd_curriculum_fraction,
+    )
 
 
 @register_loss("fitnet", kind="feature")
@@ -44,13 +69,19 @@ def _build_at(config):
 
 __all__ = [
     "ATLoss",
+    "CTKDLoss",
     "DISTLoss",
     "DKDLoss",
     "FitNetLoss",
     "KDLoss",
+    "LSKDLoss",
     "attention_map",
     "available_losses",
     "build_loss",
+    "gradient_reversal",
+    "LossSpec",
     "kd_loss",
+    "parse_loss_spec",
     "register_loss",
+    "standardize",
 ]

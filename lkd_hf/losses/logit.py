@@ -1,4 +1,4 @@
-"""Hand-made logit distillation losses (baselines): Hinton KD, DIST and DKD.
+"""Hand-made logit distillation losses (baselines): Hinton KD, DIST, DKD and KD with logit standardization.
 
 Each module maps ``(student_logits, teacher_logits, labels)`` to a scalar (mean over the batch).
 """
@@ -18,7 +18,11 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
 
 
 class KDLoss(nn.Module):
-    """Hinton knowledge distillation (KL divergence of temperature-softened distributions)."""
+    """Hinton knowledge distillation (KL divergence of temperature-softened distributions).
+
+    Args:
+        temperature: Softmax temperature ``T`` of both distributions; the KL term is multiplied by ``T^2``.
+    """
 
     def __init__(self, temperature: float = 4.0) -> None:
         super().__init__()
@@ -26,6 +30,38 @@ class KDLoss(nn.Module):
 
     def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return kd_loss(student_logits, teacher_logits, self.temperature)
+
+
+def standardize(logits: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """Z-score each row: ``(z - mean(z)) / (eps + std(z))`` with the unbiased standard deviation.
+
+    This is the pre-process of logit standardization (Sun et al., 2024), with the reference implementation's
+    ``eps`` added to the standard deviation.
+    """
+    mean = logits.mean(dim=-1, keepdim=True)
+    std = logits.std(dim=-1, keepdim=True)
+    return (logits - mean) / (eps + std)
+
+
+class LSKDLoss(nn.Module):
+    """KD with logit standardization (Sun et al., CVPR 2024): Hinton KD on per-sample z-scored logits.
+
+    ``T^2 * KL(softmax(standardize(z_t) / T) || softmax(standardize(z_s) / T))``, averaged over the batch. The
+    student is matched to the teacher's logit relations rather than to its logit range: the loss does not change
+    when a sample's logits are shifted by a constant or scaled by a positive factor.
+
+    Args:
+        temperature: Base temperature ``T`` applied to the standardized logits (the paper's CIFAR-100 setting for
+            KD is 2, with a distillation weight of 9).
+        eps: Added to each sample's standard deviation before dividing.
+    """
+
+    def __init__(self, temperature: float = 2.0, eps: float = 1e-7) -> None:
+        super().__init__()
+        self.temperature, self.eps = temperature, eps
+
+    def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return kd_loss(standardize(student_logits, self.eps), standardize(teacher_logits, self.eps), self.temperature)
 
 
 def pearson_rows(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -40,6 +76,11 @@ class DISTLoss(nn.Module):
 
     ``tau^2 * (beta * (1 - mean_i pearson(p_s[i], p_t[i])) + gamma * (1 - mean_c pearson(p_s[:, c], p_t[:, c])))``.
     Defaults are the paper's ImageNet setting (beta = gamma = tau = 1).
+
+    Args:
+        beta: Weight of the inter-class relation (per-sample Pearson correlation).
+        gamma: Weight of the intra-class relation (per-class Pearson correlation over the batch).
+        temperature: Softmax temperature ``tau``.
     """
 
     def __init__(self, beta: float = 1.0, gamma: float = 1.0, temperature: float = 1.0) -> None:
@@ -59,13 +100,24 @@ class DKDLoss(nn.Module):
 
     TCKD is the binary KL of (target, non-target) probabilities; NCKD the KL among the non-target classes.
     Defaults are the paper's CIFAR-100 setting (alpha 1, beta 8, T 4); its ImageNet setting is beta 0.5, T 1.
+
+    Args:
+        alpha: Weight of TCKD.
+        beta: Weight of NCKD.
+        temperature: Softmax temperature ``T``; both terms are multiplied by ``T^2``.
+        logit_stand: Z-score each sample's student and teacher logits first (:func:`standardize`), as in DKD with
+            logit standardization (Sun et al., 2024).
     """
 
-    def __init__(self, alpha: float = 1.0, beta: float = 8.0, temperature: float = 4.0) -> None:
+    def __init__(
+        self, alpha: float = 1.0, beta: float = 8.0, temperature: float = 4.0, logit_stand: bool = False
+    ) -> None:
         super().__init__()
-        self.alpha, self.beta, self.temperature = alpha, beta, temperature
+        self.alpha, self.beta, self.temperature, self.logit_stand = alpha, beta, temperature, logit_stand
 
     def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.logit_stand:
+            student_logits, teacher_logits = standardize(student_logits), standardize(teacher_logits)
         t = self.temperature
         gt = F.one_hot(labels, student_logits.shape[-1]).bool()
         p_s = F.softmax(student_logits / t, dim=1)

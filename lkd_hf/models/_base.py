@@ -12,7 +12,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Type, TypeVar, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Type, TypeVar, Union
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +21,8 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models._builder import resolve_pretrained_cfg
 from timm.models._features import feature_take_indices
 from torch import nn
+
+from ..channels import adapt_channel_stats
 
 __all__ = [
     "StagedNet", "create_lkd_model", "register_variants", "lkd_cfg", "cifar_cfg",
@@ -230,16 +232,6 @@ def cifar_cfg(**kwargs: Any) -> Dict[str, Any]:
 # ------------------------------------------------------------------------------------------------------------
 
 
-def _adapt_stats(values: Union[float, Sequence[float]], in_chans: int) -> Tuple[float, ...]:
-    """Per-channel normalisation stats for ``in_chans`` channels: kept if they match, one value repeated, else
-    the mean of the values repeated (the policy of timm's prefetch loaders)."""
-    values = (values,) if isinstance(values, (int, float)) else tuple(values)
-    if len(values) == in_chans:
-        return values
-    value = values[0] if len(values) == 1 else sum(values) / len(values)
-    return (value,) * in_chans
-
-
 def _in_chans_overlay(cfg: Dict[str, Any], in_chans: int) -> Dict[str, Any]:
     """``pretrained_cfg`` entries to replace so the config describes a model with ``in_chans`` channels."""
     overlay: Dict[str, Any] = {}
@@ -250,7 +242,7 @@ def _in_chans_overlay(cfg: Dict[str, Any], in_chans: int) -> Dict[str, Any]:
     if overlay:
         for key in ("mean", "std"):
             if cfg.get(key) is not None:
-                overlay[key] = _adapt_stats(cfg[key], in_chans)
+                overlay[key] = adapt_channel_stats(cfg[key], in_chans)
     return overlay
 
 

@@ -11,7 +11,7 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""Top-1 and top-k accuracy from classification logits, as an ``evaluate`` metric module.
+"""Top-1, top-k and balanced accuracy from classification logits, as an ``evaluate`` metric module.
 
 Load it offline by path, e.g. ``evaluate.load(lkd_hf.metrics.TOPK_METRIC_PATH)`` (the directory holding this
 file, or the path of this file itself); no Hugging Face Hub access is needed.
@@ -29,6 +29,14 @@ where rank_i(c) counts the classes scored strictly higher than c for example i, 
 classes with a lower index (ties are broken towards the lower class index, as ``numpy.argmax`` does, so top-1
 accuracy equals the accuracy of ``argmax(logits)`` and top-k accuracy never decreases with k). An example
 whose true-class score is NaN counts as wrong.
+
+Balanced accuracy is the mean over classes of the top-1 recall (the fraction of a class's examples whose
+prediction is right):
+    Balanced accuracy = (1 / |C|) * sum_{c in C} (1 / N_c) * sum_{i: reference_i = c} [ rank_i(c) < 1 ]
+where C is the set of classes that occur in the references and N_c the number of examples of class c. A class
+absent from the references has no recall and is left out of the mean (as scikit-learn's
+``balanced_accuracy_score`` does), so the value is never NaN. It equals top-1 accuracy when every class has the
+same number of examples, and is not fooled by a model that always predicts a frequent class.
 """
 
 
@@ -41,13 +49,14 @@ Args:
 Returns:
     accuracy (`float`): Top-1 accuracy, in [0, 1].
     top{k}_accuracy (`float`): Top-k accuracy, in [0, 1], e.g. `top5_accuracy` for the default k=5.
+    balanced_accuracy (`float`): Mean top-1 recall over the classes present in `references`, in [0, 1].
 Examples:
 
     >>> topk_accuracy = evaluate.load("path/to/lkd_hf/metric_modules/topk_accuracy")
     >>> logits = [[0.1, 0.7, 0.2], [0.6, 0.3, 0.1], [0.2, 0.3, 0.5]]
     >>> results = topk_accuracy.compute(predictions=logits, references=[1, 1, 0], k=2)
     >>> print(results)
-    {'accuracy': 0.3333333333333333, 'top2_accuracy': 0.6666666666666666}
+    {'accuracy': 0.3333333333333333, 'top2_accuracy': 0.6666666666666666, 'balanced_accuracy': 0.25}
 """
 
 
@@ -68,7 +77,7 @@ _CITATION = """
 
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class TopkAccuracy(evaluate.Metric):
-    """Top-1 and top-k accuracy of classification scores."""
+    """Top-1, top-k and balanced accuracy of classification scores."""
 
     def _info(self):
         return evaluate.MetricInfo(
@@ -112,6 +121,12 @@ class TopkAccuracy(evaluate.Metric):
         tied_before = ((scores == target) & (np.arange(num_classes)[None, :] < labels[:, None])).sum(axis=1)
         rank = higher + tied_before
         valid = ~np.isnan(target[:, 0])
-        top1 = float(np.mean((rank < 1) & valid))
+        correct = (rank < 1) & valid
+        top1 = float(np.mean(correct))
         topk = float(np.mean((rank < k) & valid))
-        return {"accuracy": top1, f"top{k}_accuracy": topk}
+        # Per-class recall over the classes present in the references (absent classes have no recall).
+        per_class_total = np.bincount(labels, minlength=num_classes)
+        per_class_correct = np.bincount(labels, weights=correct, minlength=num_classes)
+        present = per_class_total > 0
+        balanced = float(np.mean(per_class_correct[present] / per_class_total[present]))
+        return {"accuracy": top1, f"top{k}_accuracy": topk, "balanced_accuracy": balanced}

@@ -1,0 +1,195 @@
+"""Saving that loses nothing: folders written whole or not at all, checksummed state, one run per output folder, and
+the last complete checkpoint of a run."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shutil
+import socket
+import tempfile
+import time
+import warnings
+from collections.abc import Iterator
+
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers.utils import SAFE_WEIGHTS_NAME
+
+MANIFEST_NAME = "manifest.json"
+LOCK_NAME = ".lkd_run.lock"
+TRAINER_STATE_NAME = "trainer_state.json"
+
+
+@contextlib.contextmanager
+def atomic_directory(target: str) -> Iterator[str]:
+    """Write a folder whole or not at all: yields a temporary folder beside ``target``; when the block ends without
+    error it replaces ``target`` (an existing one is removed only after the new one is complete), else it is deleted.
+
+    Args:
+        target: the folder to write.
+    """
+    parent, name = os.path.split(os.path.abspath(target))
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=parent)
+    try:
+        yield staging
+        old = None
+        if os.path.exists(target):
+            old = tempfile.mkdtemp(prefix=f".{name}.old-", dir=parent)
+            os.replace(target, os.path.join(old, name))
+        os.replace(staging, target)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def atomic_file(path: str) -> str:
+    """A temporary path beside ``path``; pass it to :func:`commit_file` once written."""
+    return f"{path}.tmp-{os.getpid()}"
+
+
+def commit_file(staging: str, path: str) -> None:
+    """Move a file written at ``staging`` (:func:`atomic_file`) into place at ``path`` in one step."""
+    os.replace(staging, path)
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _files(directory: str) -> list[str]:
+    found = []
+    for root, _, files in os.walk(directory):
+        found += [os.path.relpath(os.path.join(root, f), directory) for f in files]
+    return sorted(f for f in found if f != MANIFEST_NAME)
+
+
+def write_manifest(directory: str) -> None:
+    """Write ``manifest.json``: the SHA-256 of every file in ``directory`` (written last, after the files).
+
+    Args:
+        directory: the folder to describe.
+    """
+    manifest = {"files": {f: _sha256(os.path.join(directory, f)) for f in _files(directory)}}
+    with open(os.path.join(directory, MANIFEST_NAME), "w") as f:
+        json.dump(manifest, f, indent=1)
+
+
+def verify_manifest(directory: str, what: str = "saved state") -> None:
+    """Check ``directory`` against its ``manifest.json``; a missing manifest, a missing file or a changed one raises
+    ``ValueError`` naming the file and what to do.
+
+    Args:
+        directory: a folder written with :func:`write_manifest`.
+        what: how errors name the folder's content.
+    """
+    path = os.path.join(directory, MANIFEST_NAME)
+    advice = "It is damaged or incomplete: resume from an earlier checkpoint (or delete this one)."
+    try:
+        with open(path) as f:
+            files = json.load(f)["files"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"Cannot read the manifest {path} of the {what} ({error}). {advice}") from error
+    for name, expected in files.items():
+        file = os.path.join(directory, name)
+        if not os.path.isfile(file):
+            raise ValueError(f"{file} is missing from the {what}. {advice}")
+        if _sha256(file) != expected:
+            raise ValueError(f"{file} does not match its checksum in {path}. {advice}")
+
+
+def checkpoint_is_complete(checkpoint: str) -> bool:
+    """Whether a Trainer checkpoint folder was written to the end: the Trainer writes ``trainer_state.json`` last, and
+    a checkpoint holds the model weights.
+
+    Args:
+        checkpoint: a ``checkpoint-<step>`` folder.
+    """
+    has_weights = any(
+        f == SAFE_WEIGHTS_NAME or (f.startswith("model") and f.endswith((".safetensors", ".bin", ".json")))
+        for f in os.listdir(checkpoint)
+    )
+    return os.path.isfile(os.path.join(checkpoint, TRAINER_STATE_NAME)) and has_weights
+
+
+def last_complete_checkpoint(output_dir: str) -> str | None:
+    """The ``checkpoint-<step>`` folder of ``output_dir`` with the highest step that is complete
+    (:func:`checkpoint_is_complete`); incomplete later ones are skipped with a warning. ``None`` if there is none.
+
+    Args:
+        output_dir: a run's output folder.
+    """
+    pattern = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
+    steps = sorted(
+        (int(m.group(1)), name)
+        for name in (os.listdir(output_dir) if os.path.isdir(output_dir) else [])
+        if (m := pattern.match(name)) and os.path.isdir(os.path.join(output_dir, name))
+    )
+    for _, name in reversed(steps):
+        checkpoint = os.path.join(output_dir, name)
+        if checkpoint_is_complete(checkpoint):
+            return checkpoint
+        warnings.warn(
+            f"Skipping the incomplete checkpoint {checkpoint} (no {TRAINER_STATE_NAME} or no model weights: the run "
+            "was stopped while saving it); resuming from the last complete one.",
+            UserWarning,
+            stacklevel=2,
+        )
+    return None
+
+
+class OutputDirLock:
+    """One run per output folder: an exclusive lock on ``<output_dir>/.lkd_run.lock``, held while the run trains.
+
+    The lock is an OS file lock (``fcntl.flock``): the operating system releases it when the process ends, so a
+    crashed or killed run never leaves it stuck. A second run on the same folder fails at start with the first run's
+    host, process id and start time in the message.
+
+    Args:
+        output_dir: the run's output folder (created).
+        enabled: take the lock (only the main process of a run does).
+    """
+
+    def __init__(self, output_dir: str, enabled: bool = True) -> None:
+        self.path = os.path.join(output_dir, LOCK_NAME)
+        self.enabled = enabled
+        self._file = None
+
+    def __enter__(self) -> "OutputDirLock":
+        if not self.enabled:
+            return self
+        import fcntl
+
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        handle = open(self.path, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise RuntimeError(
+                f"The output_dir {os.path.dirname(self.path)!r} is in use by another run ({holder}): two runs on one "
+                "folder would overwrite each other's checkpoints and learned loss. Give this run its own output_dir, "
+                "or wait for the other run to end."
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"host {socket.gethostname()}, pid {os.getpid()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}")
+        handle.flush()
+        self._file = handle
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._file is not None:
+            self._file.close()  # closing releases the lock
+            self._file = None

@@ -1,0 +1,116 @@
+"""The package's shape: no import cycles (every import statement counts), a config that depends on constants only,
+and an ``import lkd_hf`` that leaves the Trainer stack unimported until a trainer-side name is used."""
+
+import ast
+import os
+import subprocess
+import sys
+
+import lkd_hf
+
+PACKAGE_DIR = os.path.dirname(lkd_hf.__file__)
+
+
+def _modules() -> dict[str, str]:
+    """Dotted module name -> file, for every module of the package."""
+    found = {}
+    for root, _, files in os.walk(PACKAGE_DIR):
+        for name in files:
+            if name.endswith(".py"):
+                path = os.path.join(root, name)
+                parts = os.path.relpath(path, os.path.dirname(PACKAGE_DIR))[:-3].split(os.sep)
+                if parts[-1] == "__init__":
+                    parts = parts[:-1]
+                found[".".join(parts)] = path
+    return found
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """Module -> the package modules it imports, from every import statement (module level, in functions, under
+    ``TYPE_CHECKING``). Importing ``a.b.c`` also imports the package ``a.b``, unless it is a package of the importing
+    module itself (its import runs them first; the root package counts only where a module imports it by name)."""
+    modules = _modules()
+    graph = {name: set() for name in modules}
+    for name, path in modules.items():
+        package = name if path.endswith("__init__.py") else name.rsplit(".", 1)[0]
+        for node in ast.walk(ast.parse(open(path).read())):
+            targets = []
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join(anchor + ([base] if base else []))
+                targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names]
+            for target in targets:
+                if target not in modules:
+                    continue
+                graph[name].add(target)
+                parts = target.split(".")
+                own_packages = {name.rsplit(".", i)[0] for i in range(1, name.count(".") + 1)}
+                graph[name].update(".".join(parts[:i]) for i in range(2, len(parts)) if ".".join(parts[:i]) not in own_packages)
+        graph[name].discard(name)
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index, low, stack, on_stack, found = {}, {}, [], set(), []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for nxt in graph[node]:
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in on_stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in graph:
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_the_cycle_finder_sees_function_level_and_package_cycles():
+    graph = {"p": {"p.a"}, "p.a": {"p.b"}, "p.b": {"p.a"}, "p.c": set()}
+    assert _cycles(graph) == [["p.a", "p.b"]]
+    assert _cycles({"p": set(), "p.a": set()}) == []
+
+
+def test_no_import_cycle_inside_the_package():
+    graph = _import_graph()
+    assert "lkd_hf.trainer" in graph["lkd_hf"] or "lkd_hf.hub" in graph["lkd_hf"]  # the graph is read
+    assert _cycles(graph) == []
+
+
+def test_the_config_depends_on_constants_only():
+    assert _import_graph()["lkd_hf.config"] == {"lkd_hf.constants"}
+
+
+def _imported_after(code: str) -> set[str]:
+    out = subprocess.run(
+        [sys.executable, "-c", f"import sys\n{code}\nprint(' '.join(sys.modules))"],
+        capture_output=True, text=True, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    return set(out.stdout.split())
+
+
+def test_import_and_learned_losses_leave_the_trainer_stack_unimported():
+    modules = _imported_after("import lkd_hf\nlkd_hf.LearnedLoss, lkd_hf.LogitLossNet, lkd_hf.available_losses()")
+    assert "lkd_hf.hub" in modules
+    assert not {"transformers.trainer", "datasets", "evaluate", "lkd_hf.trainer"} & modules
+    assert "transformers.trainer" in _imported_after("import lkd_hf\nlkd_hf.LKDTrainer")
