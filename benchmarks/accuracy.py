@@ -82,6 +82,7 @@ from transformers import HfArgumentParser  # noqa: E402
 
 from common import (  # noqa: E402
     BUNDLED_TEACHER_DIR,
+    DATASET,
     PAIRS,
     TEACHER_MODEL,
     Setting,
@@ -106,6 +107,12 @@ METHODS: dict[str, dict[str, Any]] = {  # LKDConfig fields of each method (kd-tu
     "dist": dict(loss="dist"),
     "dist-tuned": dict(loss="dist"),
     "dkd": dict(loss="dkd"),
+    # KD on z-scored logits (logit standardization), the paper's CIFAR KD+LS setting: base temperature 2, KD weight 9
+    "ls": dict(loss="ls", ls_temperature=2.0, distill_weight=9.0),
+    "ls-tuned": dict(loss="ls"),
+    # curriculum temperature (CTKD), the official global-temperature variant and CIFAR weights (CE 0.1, KD 0.9)
+    "ctkd": dict(loss="ctkd", ce_weight=0.1, distill_weight=0.9),
+    "ctkd-tuned": dict(loss="ctkd"),
     "kd+fitnet": dict(loss="kd+fitnet", temperature=4.0),
     "lkd": dict(loss="lkd"),
     "lkd+feat": dict(loss="lkd+feat"),
@@ -135,6 +142,14 @@ GRIDS: dict[str, dict[str, dict[str, Any]]] = {
         f"dist-grid-T{t:g}-w{w:g}": dict(loss="dist", dist_temperature=t, distill_weight=w, ce_weight=1.0)
         for t in (1.0, 2.0, 4.0, 8.0, 16.0) for w in (0.5, 1.0, 2.0)
     },
+    "ls-tuned": {
+        f"ls-grid-T{t:g}-w{w:g}": dict(loss="ls", ls_temperature=t, distill_weight=w, ce_weight=1.0)
+        for t in (1.0, 2.0, 4.0) for w in (1.0, 3.0, 9.0)
+    },
+    "ctkd-tuned": {  # the strength of the adversarial temperature and the KD weight
+        f"ctkd-grid-l{lam:g}-w{w:g}": dict(loss="ctkd", ctkd_lambda_max=lam, distill_weight=w, ce_weight=1.0)
+        for lam in (0.5, 1.0, 2.0) for w in (0.5, 1.0, 2.0)
+    },
     "lkd-tuned": {  # the outer loop's settings: starting loss, meta learning rate, validation batch
         f"lkd-grid-{init}-lr{lr:g}-{source}": dict(loss="lkd", lkd_init=init, meta_learning_rate=lr,
                                                     meta_val_source=source)
@@ -142,11 +157,11 @@ GRIDS: dict[str, dict[str, dict[str, Any]]] = {
     },
 }
 TUNED_KEYS = ("temperature", "dist_temperature", "distill_weight", "lkd_init", "meta_learning_rate", "meta_val_source",
-              "lookahead_steps", "meta_warmup_steps", "meta_val_loss")
+              "lookahead_steps", "meta_warmup_steps", "meta_val_loss", "ls_temperature", "ctkd_lambda_max")
 QUICK = dict(pairs="teacher->s4", methods="ce,kd,kd-tuned,lkd,lkd-frozen", num_seeds=1, epochs=2.0)
 FULL = dict(pairs=",".join(PAIRS), methods=",".join(METHODS), num_seeds=3, epochs=6.0)
 CONFIG_KEYS = ("epochs", "train_subset", "batch_size", "learning_rate", "split_seed", "lkd_meta_interval",
-               "lkd_lookahead_steps", "lkd_snapshot_strategy", "lkd_val_fraction", "teacher_dir")  # --resume: equal
+               "lkd_lookahead_steps", "lkd_snapshot_strategy", "lkd_val_fraction", "lkd_meta_batch_size", "teacher_dir")  # --resume: equal
 
 
 @dataclass
@@ -169,6 +184,9 @@ class AccuracyArguments:
     lkd_snapshot_strategy: str = field(default="uniform", metadata={"help": "LKD: student a meta step starts from."})
     lkd_val_fraction: float = field(
         default=0.1, metadata={"help": "LKD: fraction of the subset held out for meta steps."}
+    )
+    lkd_meta_batch_size: int | None = field(
+        default=None, metadata={"help": "LKD: validation batch of a held-out meta step (default: LKDConfig's)."}
     )
     teacher_dir: str | None = field(
         default=None,
@@ -290,7 +308,7 @@ class Benchmark:
         a = self.args
         return dict(meta_interval=a.lkd_meta_interval, lookahead_steps=a.lkd_lookahead_steps,
                     snapshot_strategy=a.lkd_snapshot_strategy, lkd_val_fraction=a.lkd_val_fraction,
-                    hypergradient=PAIRS[pair].hypergradient)
+                    meta_batch_size=a.lkd_meta_batch_size, hypergradient=PAIRS[pair].hypergradient)
 
     def run(self, pair: str, method: str, seed: int, fields: dict[str, Any], *, validate: bool = False,
             **extra: Any) -> dict[str, Any]:
@@ -610,6 +628,29 @@ def run_parallel(bench: Benchmark) -> None:
 # ------------------------------------------------------------------------------------------------------------
 
 
+def summary(results: Results, dataset: str) -> dict[str, Any]:
+    """``{dataset: {pair: {method: {"mean", "std", "n", "train_seconds"}}}}``: each method's test top-1 (%) over its
+    seeds and the training seconds of one run, a tuned method's grid runs included (the grid's time, shared by its
+    seeds, is spread over them).
+
+    Args:
+        results: the recorded runs.
+        dataset: the dataset name the runs were trained on.
+    """
+    table: dict[str, dict[str, Any]] = {}
+    for pair in PAIRS:
+        for method in METHODS:
+            records = results.records(pair, method)
+            if not records:
+                continue
+            grid_runs = [r for name in GRIDS.get(method, {}) for r in results.records(pair, name)]
+            seconds = sum(r["wall_s"] for r in grid_runs) + sum(r["wall_s"] for r in records if "reused" not in r)
+            mean, std = mean_std([100 * r["test_top1"] for r in records])
+            table.setdefault(pair, {})[method] = dict(mean=round(mean, 2), std=round(std, 2), n=len(records),
+                                                      train_seconds=round(seconds / len(records), 1))
+    return {dataset: table}
+
+
 def main() -> None:
     (args,) = HfArgumentParser(AccuracyArguments).parse_args_into_dataclasses()
     if args.threads:
@@ -638,6 +679,8 @@ def main() -> None:
     print("\n" + text)
     with open(os.path.join(args.output_dir, "results.md"), "w") as f:
         f.write(text + "\n")
+    with open(os.path.join(args.output_dir, "summary.json"), "w") as f:
+        json.dump(summary(bench.results, DATASET), f, indent=1)
     plot_accuracy(bench.results, args, os.path.join(args.output_dir, "accuracy.png"))
     plots = ["accuracy.png"]
     z_t, label = fixed_teacher_logits(bench.setting.teacher, bench.setting.data["test"])
@@ -653,7 +696,7 @@ def main() -> None:
         plot_learned_loss(LearnedLoss.from_pretrained(loss_dir), os.path.join(args.output_dir, name),
                           teacher_logits=z_t, label=label, title=title)
         plots.append(name)
-    print(f"\nSaved {args.output_dir}/results.json, results.md, {', '.join(plots)}; "
+    print(f"\nSaved {args.output_dir}/results.json, results.md, summary.json, {', '.join(plots)}; "
           f"total {time.perf_counter() - started:.0f} s.")
 
 

@@ -265,8 +265,8 @@ def build_data_and_models(args: OverheadArguments) -> tuple[Any, torch.nn.Module
 def training_args(args: OverheadArguments, row: Row, output_dir: str) -> LKDConfig:
     fields = dict(row.fields)
     fields.setdefault("lkd_val_fraction", 0.1)  # meta steps on a held-out validation batch
-    if fields.get("meta_batch_size") == "1x":  # validation batch as large as the training batch (default: 2x)
-        fields["meta_batch_size"] = args.batch_size
+    # the rows' validation batch: 2x the training batch, or as large as it ("1x")
+    fields["meta_batch_size"] = args.batch_size if fields.get("meta_batch_size") == "1x" else 2 * args.batch_size
     if fields.get("freeze_loss"):
         fields["loss_from"] = args.loss_from
     return LKDConfig(

@@ -119,7 +119,8 @@ class LKDConfig(TrainingArguments):
     )
     meta_batch_size: int | None = field(
         default=None,
-        metadata={"help": "Validation batch size of a meta step (default: 2x per_device_train_batch_size)."},
+        metadata={"help": "Validation batch size of a held-out meta step (default: per_device_train_batch_size; "
+                  "chosen by measurement, docs/benchmark_meta_batch_size)."},
     )
     hypergradient: str = field(
         default="unrolled",
@@ -243,7 +244,7 @@ class LKDConfig(TrainingArguments):
                     f"({self.feature_taps})."
                 )
         if self.meta_batch_size is None:
-            self.meta_batch_size = 2 * self.per_device_train_batch_size
+            self.meta_batch_size = self.per_device_train_batch_size
         if self.meta_batch_size < 1:
             raise ValueError(f"meta_batch_size must be >= 1, got {self.meta_batch_size}")
         if not 0.0 <= self.meta_warmup_ratio < 1.0:

@@ -19,7 +19,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import SAFE_WEIGHTS_NAME
 
 MANIFEST_NAME = "manifest.json"
-LOCK_NAME = ".lkd_run.lock"
+LOCK_NAME = "_lkd_run.lock"  # "_": left out of the Trainer's pushes of output_dir
 TRAINER_STATE_NAME = "trainer_state.json"
 
 
@@ -148,7 +148,7 @@ def last_complete_checkpoint(output_dir: str) -> str | None:
 
 
 class OutputDirLock:
-    """One run per output folder: an exclusive lock on ``<output_dir>/.lkd_run.lock``, held while the run trains.
+    """One run per output folder: an exclusive lock on ``<output_dir>/_lkd_run.lock``, held while the run trains.
 
     The lock is an OS file lock (``fcntl.flock``): the operating system releases it when the process ends, so a
     crashed or killed run never leaves it stuck. A second run on the same folder fails at start with the first run's

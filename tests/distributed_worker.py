@@ -47,6 +47,7 @@ def run(out_dir: str, estimator: str) -> None:
         ddp_backend="gloo",
         per_device_train_batch_size=8,
         meta_batch_size=8,
+        lkd_val_fraction=0.1,  # meta steps on a held-out shard
         lookahead_lr=0.1,
         meta_learning_rate=1e-2,
         dataloader_num_workers=0,

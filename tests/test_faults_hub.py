@@ -15,8 +15,6 @@ import lkd_hf.hub
 from lkd_hf import LearnedLoss
 from lkd_hf.hub import CARD_NAME, CONFIG_NAME, FORMAT_VERSION, WEIGHTS_NAME
 
-from test_hub import assert_same_losses, learned_bundle, learned_networks
-
 ADVICE = "save_pretrained"  # every load error says how to get a good folder
 
 
@@ -27,7 +25,7 @@ def no_plot(monkeypatch):
 
 
 @pytest.fixture
-def saved(tmp_path):
+def saved(tmp_path, learned_bundle):
     """A bundle saved in ``tmp_path / "loss"``, and that folder."""
     bundle = learned_bundle()
     folder = tmp_path / "loss"
@@ -162,7 +160,7 @@ def test_non_finite_weights_are_refused_naming_the_tensor(saved, name, value):
     assert "learn the loss again" in message
 
 
-def test_non_finite_weights_in_the_legacy_layout_are_refused(tmp_path):
+def test_non_finite_weights_in_the_legacy_layout_are_refused(tmp_path, learned_networks):
     logit, feature = learned_networks()
     with torch.no_grad():
         feature.log_weight.fill_(float("nan"))
@@ -197,7 +195,9 @@ def leftovers(parent) -> list[str]:
 
 
 @pytest.mark.parametrize("failing", ["weights", "card"])
-def test_a_failing_save_leaves_the_previous_folder_intact_and_no_temporary_folder(saved, monkeypatch, failing):
+def test_a_failing_save_leaves_the_previous_folder_intact_and_no_temporary_folder(
+    saved, monkeypatch, failing, learned_bundle, assert_same_losses
+):
     previous, folder = saved
     before = {p.name: p.read_bytes() for p in folder.iterdir()}
 
@@ -222,7 +222,7 @@ def test_a_failing_save_leaves_the_previous_folder_intact_and_no_temporary_folde
     assert leftovers(folder.parent) == []
 
 
-def test_save_over_an_existing_folder_replaces_it_whole(saved):
+def test_save_over_an_existing_folder_replaces_it_whole(saved, learned_networks):
     _, folder = saved
     (folder / "notes.txt").write_text("a file of the previous save")
     (folder / CARD_NAME).write_text("an edited card")
@@ -236,7 +236,7 @@ def test_save_over_an_existing_folder_replaces_it_whole(saved):
     assert leftovers(folder.parent) == []
 
 
-def test_of_two_interleaved_saves_the_last_rename_wins_whole(saved, monkeypatch):
+def test_of_two_interleaved_saves_the_last_rename_wins_whole(saved, monkeypatch, learned_bundle, assert_same_losses):
     """Save A writes its weights, save B then runs whole, then A finishes: the folder is all A's, not A's config
     beside B's weights."""
     _, folder = saved
@@ -275,7 +275,7 @@ def _record(errors: list, call, *args) -> None:
         errors.append(error)
 
 
-def test_save_onto_a_file_is_refused(tmp_path):
+def test_save_onto_a_file_is_refused(tmp_path, learned_bundle):
     (tmp_path / "loss").write_text("")
     with pytest.raises(NotADirectoryError, match="it is a file"):
         learned_bundle().save_pretrained(tmp_path / "loss")

@@ -12,7 +12,7 @@ from torch import nn
 from lkd_hf import LKDTrainer
 from lkd_hf.constants import LKD_STATE_DIRNAME
 from lkd_hf.meta.learner import STATE_NAME, SNAPSHOTS_SUBDIR
-from lkd_hf.safe_io import OutputDirLock
+from lkd_hf.safe_io import LOCK_NAME, OutputDirLock
 
 
 class FlakyTeacher(nn.Module):
@@ -159,7 +159,7 @@ def test_a_second_run_on_an_output_dir_in_use_fails_at_start(lkd_run, tmp_path):
 def test_a_lock_left_by_a_crashed_run_does_not_block(lkd_run):
     trainer = lkd_run(max_steps=1)
     os.makedirs(trainer.args.output_dir, exist_ok=True)
-    with open(os.path.join(trainer.args.output_dir, ".lkd_run.lock"), "w") as f:
+    with open(os.path.join(trainer.args.output_dir, LOCK_NAME), "w") as f:
         f.write("host gone, pid 999999")  # the file of a dead process holds no OS lock
     trainer.train()
     assert trainer.state.global_step == 1

@@ -21,16 +21,12 @@ from huggingface_hub import HfApi, ModelCard
 
 import lkd_hf
 import lkd_hf.version
-from lkd_hf import FeatureLossNet, LearnedLoss, LKDTrainer, LogitLossNet
+from lkd_hf import LearnedLoss, LKDTrainer, LogitLossNet
 from lkd_hf.hub import CARD_NAME, CONFIG_NAME, PLOT_NAME, WEIGHTS_NAME
 from lkd_hf.losses.logit import DISTLoss, KDLoss
 from lkd_hf.plots import matplotlib_available, plot_learned_loss, starting_loss
 from lkd_hf.constants import LOSS_DIRNAME
 
-RUN = dict(  # the setting the networks of learned_bundle() were "learned" in
-    teacher="test_resnet", student="test_resnet", num_classes=10, student_taps=[4], teacher_taps=[4],
-    student_feature_shapes=[[96, 1, 1]], teacher_feature_shapes=[[96, 1, 1]],
-)
 MISSING_REPO = "lkd-hf-tests/no-such-learned-loss"  # never in the local Hub cache
 FAIL_FAST_SECONDS = 5.0
 
@@ -40,37 +36,6 @@ def offline(monkeypatch):
     """The Hub's own offline switch (what ``HF_HUB_OFFLINE=1`` sets at import), whatever this process started with."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-
-
-def learned_networks() -> tuple[LogitLossNet, FeatureLossNet]:
-    """A logit and a feature loss network moved away from their initialisation (KD at T=3, MSE), as after meta steps."""
-    torch.manual_seed(0)
-    logit, feature = LogitLossNet(temperature=3.0), FeatureLossNet()
-    with torch.no_grad():
-        for p in [*logit.parameters(), *feature.parameters()]:
-            p.add_(0.1 * torch.randn_like(p))
-    return logit, feature
-
-
-def learned_bundle(**metadata) -> LearnedLoss:
-    return LearnedLoss.from_networks(*learned_networks(), **{**RUN, **metadata})
-
-
-def fixed_inputs() -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(1)
-    return dict(
-        s=torch.randn(6, 10, generator=g), t=torch.randn(6, 10, generator=g), y=torch.randint(0, 10, (6,), generator=g),
-        fs=torch.randn(2, 8, 3, 3, generator=g), ft=torch.randn(2, 8, 3, 3, generator=g),
-    )
-
-
-def assert_same_losses(a: LearnedLoss | LKDTrainer, b: LearnedLoss | LKDTrainer) -> None:
-    """The logit and feature networks of ``a`` and ``b`` (bundles or trainers) give identical values."""
-    x = fixed_inputs()
-    nets = [(o.logit, o.feature) if isinstance(o, LearnedLoss) else (o.distill_loss, o.feature_loss) for o in (a, b)]
-    (logit_a, feature_a), (logit_b, feature_b) = [(lo.cpu(), fe.cpu()) for lo, fe in nets]
-    assert torch.equal(logit_a(x["s"], x["t"], x["y"]), logit_b(x["s"], x["t"], x["y"]))
-    assert torch.equal(feature_a(x["fs"], x["ft"]), feature_b(x["fs"], x["ft"]))
 
 
 def assert_fails_fast_naming(call, repo_id: str) -> None:
@@ -83,7 +48,7 @@ def assert_fails_fast_naming(call, repo_id: str) -> None:
 
 
 # --- the bundle on disk ---------------------------------------------------------------------------------------
-def test_round_trip_gives_identical_losses_config_card_and_plot(tmp_path):
+def test_round_trip_gives_identical_losses_config_card_and_plot(tmp_path, learned_bundle, assert_same_losses, RUN):
     bundle = learned_bundle(loss="lkd+feat", dataset="synthetic", steps=6, metrics={"eval_accuracy": 0.8125, "step": 6})
     bundle.save_pretrained(tmp_path, repo_id="user/learned-loss")
 
@@ -106,7 +71,7 @@ def test_round_trip_gives_identical_losses_config_card_and_plot(tmp_path):
     assert (f"]({PLOT_NAME})" in card.text) == matplotlib_available()
 
 
-def test_without_matplotlib_the_card_has_no_plot(tmp_path, monkeypatch):
+def test_without_matplotlib_the_card_has_no_plot(tmp_path, monkeypatch, learned_bundle, assert_same_losses):
     learned_bundle().save_pretrained(tmp_path)  # with a plot, if matplotlib is installed
     for module in ("matplotlib", "matplotlib.figure"):  # importing them now fails, as if not installed
         monkeypatch.setitem(sys.modules, module, None)
@@ -117,7 +82,7 @@ def test_without_matplotlib_the_card_has_no_plot(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("base, reference_type, name", [("kd", KDLoss, "KD, T=2"), ("dist", DISTLoss, "DIST")])
-def test_plot_reference_is_the_base_loss_at_the_initial_temperature(base, reference_type, name):
+def test_plot_reference_is_the_base_loss_at_the_initial_temperature(base, reference_type, name, fixed_inputs):
     net = LogitLossNet(temperature=2.0, base=base)
     x = fixed_inputs()
     at_init = net(x["s"], x["t"], x["y"])
@@ -128,7 +93,7 @@ def test_plot_reference_is_the_base_loss_at_the_initial_temperature(base, refere
     torch.testing.assert_close(reference(x["s"], x["t"], x["y"]), at_init)
 
 
-def test_folder_without_a_learned_loss_and_newer_format_are_refused(tmp_path):
+def test_folder_without_a_learned_loss_and_newer_format_are_refused(tmp_path, learned_bundle):
     with pytest.raises(ValueError, match="No learned loss in"):
         LearnedLoss.from_pretrained(tmp_path)
     learned_bundle().save_pretrained(tmp_path)
@@ -138,7 +103,7 @@ def test_folder_without_a_learned_loss_and_newer_format_are_refused(tmp_path):
         LearnedLoss.from_pretrained(tmp_path)
 
 
-def test_networks_saved_one_per_folder_still_load(tmp_path):
+def test_networks_saved_one_per_folder_still_load(tmp_path, learned_networks, assert_same_losses):
     logit, feature = learned_networks()
     logit.save_pretrained(tmp_path)
     feature.save_pretrained(tmp_path / "feature")
@@ -149,13 +114,13 @@ def test_networks_saved_one_per_folder_still_load(tmp_path):
 
 
 # --- compatibility ---------------------------------------------------------------------------------------------
-def test_other_num_classes_is_an_error_that_says_what_to_do():
+def test_other_num_classes_is_an_error_that_says_what_to_do(learned_bundle, RUN):
     what_differs, what_to_do = "learned for 10 classes, this run has 100", "loss='lkd' without loss_from"
     with pytest.raises(ValueError, match=rf"{what_differs}[\s\S]*{what_to_do}"):
         learned_bundle().check_compatible(**{**RUN, "num_classes": 100})
 
 
-def test_other_teacher_feature_channels_or_taps_are_errors():
+def test_other_teacher_feature_channels_or_taps_are_errors(learned_bundle, RUN):
     bundle = learned_bundle()
     with pytest.raises(ValueError, match=r"teacher taps \[4\] with \[96\] channels.*at \[4\] with \[48\] channels"):
         bundle.check_compatible(**{**RUN, "teacher_feature_shapes": [[48, 1, 1]]})
@@ -163,7 +128,7 @@ def test_other_teacher_feature_channels_or_taps_are_errors():
         bundle.check_compatible(**{**RUN, "teacher_taps": [3], "teacher_feature_shapes": [[96, 2, 2]]})
 
 
-def test_other_student_with_fitting_shapes_only_warns():
+def test_other_student_with_fitting_shapes_only_warns(learned_networks, learned_bundle, RUN):
     bundle = learned_bundle()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -199,7 +164,7 @@ def loss_logs(trainer: LKDTrainer) -> list[dict[str, float]]:
 
 
 def test_trainer_saves_the_bundle_and_a_frozen_reuse_computes_identical_losses(
-    tmp_path, feature_run, make_models, make_dataset, make_config
+    tmp_path, feature_run, make_models, make_dataset, make_config, assert_same_losses
 ):
     learner = feature_run(tmp_path / "learn")
     learner.train()
@@ -230,7 +195,7 @@ def test_trainer_saves_the_bundle_and_a_frozen_reuse_computes_identical_losses(
     assert loss_logs(reuse) == loss_logs(in_memory) and len(loss_logs(reuse)) > 0
 
 
-def test_loss_from_into_a_run_with_other_classes_fails_at_construction(tmp_path, feature_run):
+def test_loss_from_into_a_run_with_other_classes_fails_at_construction(tmp_path, feature_run, learned_bundle):
     bundle = learned_bundle()
     bundle.save_pretrained(tmp_path / "loss")
     with pytest.raises(ValueError, match="learned for 10 classes, this run has 5"):
@@ -238,7 +203,7 @@ def test_loss_from_into_a_run_with_other_classes_fails_at_construction(tmp_path,
 
 
 # --- the Hub, offline ------------------------------------------------------------------------------------------
-def test_push_fails_fast_naming_the_repo_when_offline(tmp_path, offline):
+def test_push_fails_fast_naming_the_repo_when_offline(tmp_path, offline, learned_bundle):
     assert_fails_fast_naming(lambda: learned_bundle().push_to_hub(MISSING_REPO), MISSING_REPO)
 
 
@@ -305,7 +270,9 @@ def test_trainer_pushes_the_loss_with_the_student_and_to_its_own_repo(tmp_path, 
     assert 'loss_from="user/student-loss"' in loss_push["cards"][CARD_NAME]
 
 
-def test_save_with_push_to_hub_pushes_under_the_folder_name(tmp_path, offline, monkeypatch):
+def test_save_with_push_to_hub_pushes_under_the_folder_name(
+    tmp_path, offline, monkeypatch, learned_bundle, assert_same_losses
+):
     hub = RecordingHub(monkeypatch)
     url = learned_bundle().save_pretrained(tmp_path / "my-loss", push_to_hub=True)
     assert url.startswith("https://huggingface.co/my-loss/") and hub.created == ["my-loss"]
@@ -314,7 +281,9 @@ def test_save_with_push_to_hub_pushes_under_the_folder_name(tmp_path, offline, m
 
 
 # --- plots and imports ----------------------------------------------------------------------------------------
-def test_plot_takes_networks_or_anything_holding_them_and_asks_to_load_a_path_first(tmp_path):
+def test_plot_takes_networks_or_anything_holding_them_and_asks_to_load_a_path_first(
+    tmp_path, learned_networks, learned_bundle
+):
     logit, feature = learned_networks()
     holder = types.SimpleNamespace(logit=logit, feature=None)  # duck typing, as for a LearnedLoss
     expected = str(tmp_path / "plot.png") if matplotlib_available() else None
@@ -345,7 +314,7 @@ def test_plots_and_hub_import_neither_each_other_nor_the_package():
     assert imported_modules("version") == set()
 
 
-def test_the_version_comes_from_the_leaf_module_the_build_reads():
+def test_the_version_comes_from_the_leaf_module_the_build_reads(learned_bundle):
     pyproject = tomllib.loads((Path(lkd_hf.__file__).parents[1] / "pyproject.toml").read_text())
     assert pyproject["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "lkd_hf.version.__version__"}
     assert lkd_hf.version.__version__ == lkd_hf.__version__

@@ -287,7 +287,8 @@ def test_learn_trains_only_the_loss_from_the_pool_snapshots(make_learner, monkey
     starts, drawn, logged = [], [], []
     compute = learner.compute_hypergradient
     monkeypatch.setattr(
-        learner, "compute_hypergradient", lambda s, lr, snapshot: starts.append(snapshot) or compute(s, lr, snapshot)
+        learner, "compute_hypergradient",
+        lambda s, lr, snapshot, horizon=None: starts.append(snapshot) or compute(s, lr, snapshot, horizon),
     )
 
     def batches():

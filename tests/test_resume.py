@@ -93,7 +93,7 @@ def test_resumed_lkd_run_equals_uninterrupted_run_and_needs_the_lkd_state(tmp_pa
     full.train()
     assert any(not torch.equal(a, b) for a, b in zip(initial, full.loss_params))  # the loss was learned
     state_dir = os.path.join(full.args.output_dir, f"checkpoint-{RESUME_STEP}", LKD_STATE_DIRNAME)
-    assert sorted(os.listdir(state_dir)) == ["recent_batches.pt", LKD_SNAPSHOTS_SUBDIR, LKD_STATE_NAME]
+    assert sorted(os.listdir(state_dir)) == ["manifest.json", "recent_batches.pt", LKD_SNAPSHOTS_SUBDIR, LKD_STATE_NAME]
     assert sorted(os.listdir(os.path.join(state_dir, LKD_SNAPSHOTS_SUBDIR))) == [
         "pool.json", "snapshot-0.safetensors", "snapshot-4.safetensors"
     ]

@@ -211,7 +211,9 @@ class LossLearner:
 
     # ----------------------------------------------------------------------------------------------------------
     # the meta step
-    def step(self, student: nn.Module, step: int, lr: float, snapshot: Snapshot | None = None) -> None:
+    def step(
+        self, student: nn.Module, step: int, lr: float, snapshot: Snapshot | None = None, horizon: int | None = None
+    ) -> None:
         """One meta step: update the loss parameters along the hypergradient of the validation loss.
 
         Args:
@@ -220,12 +222,13 @@ class LossLearner:
             lr: the student's current learning rate (the virtual steps' step size unless ``lookahead_lr`` is set).
             snapshot: the student weights the virtual steps start from; default: one the snapshot pool samples
                 (``None``: the live weights).
+            horizon: the number of virtual steps K; default: :meth:`sample_horizon`.
         """
         start = time.perf_counter()
         self.last_step = step
         if snapshot is None:
             snapshot = self.snapshot_pool.sample(step)
-        result = self.compute_hypergradient(student, lr, snapshot)
+        result = self.compute_hypergradient(student, lr, snapshot, horizon)
         if not (torch.isfinite(result.val_loss) and all(torch.isfinite(g).all() for g in result.grads)):
             warnings.warn(
                 f"Non-finite learned loss or hypergradient at step {step}: meta update skipped.",
@@ -249,15 +252,19 @@ class LossLearner:
         )
         self.seconds += time.perf_counter() - start
 
-    def compute_hypergradient(self, student: nn.Module, lr: float, snapshot: Snapshot | None = None) -> Hypergradient:
+    def compute_hypergradient(
+        self, student: nn.Module, lr: float, snapshot: Snapshot | None = None, horizon: int | None = None
+    ) -> Hypergradient:
         """The hypergradient of the validation loss w.r.t. the loss parameters (averaged across processes), with the
         virtual steps from ``snapshot`` (``None``: the live weights) over the last ``K`` recorded training batches and
-        the next validation batch; nothing is changed but the RNGs and the validation stream's position.
+        the next validation batch. The weights are not changed; the RNGs and the validation stream advance, and the
+        first call of a logging window records ``meta/val_loss_before``.
 
         Args:
             student: the unwrapped student.
             lr: the student's current learning rate (see :meth:`step`).
             snapshot: the start of the virtual steps.
+            horizon: the number of virtual steps K; default: :meth:`sample_horizon`.
         """
         params = {n: p for n, p in student.named_parameters() if p.requires_grad}
         if snapshot is not None:  # weights missing from the snapshot (e.g. new connectors) stay live
@@ -288,7 +295,7 @@ class LossLearner:
             train_loss=train_loss,
             val_loss=val_loss,
             loss_params=self.params,
-            train_batches=list(self.recent_batches)[-self.sample_horizon():],
+            train_batches=list(self.recent_batches)[-(horizon or self.sample_horizon()):],
             val_batch=self.recent_batches[-1] if self.meta_batches is None else self.prepare_batch(next(self.meta_batches)),
             lr=self.args.lookahead_lr if self.args.lookahead_lr is not None else lr,
             fd_epsilon=self.args.fd_epsilon,
@@ -365,9 +372,10 @@ class LossLearner:
         bar = tqdm(range(num_steps), desc="learning the loss", disable=not progress)
         for step in bar:
             snapshot = self.snapshot_pool.sample_recorded()
-            for _ in range(self.sample_horizon()):
+            horizon = self.sample_horizon()
+            for _ in range(horizon):
                 self.recent_batches.append(next(batches))
-            self.step(student, step, lr, snapshot)
+            self.step(student, snapshot.step, lr, snapshot, horizon)  # no student step: the start's lag is 0
             if (step + 1) % log_every == 0 or step + 1 == num_steps:
                 logs = {**self.pop_metrics(), **self.knobs()}
                 log(step + 1, dict(logs))
