@@ -31,7 +31,10 @@ instead of the teacher's plain CNN).
 Methods (``METHODS``): ``ce`` (no teacher), ``kd`` (Hinton, T=4, CE 1 + KD 1), ``kd-tuned`` (KD with T in
 {2, 4, 8} x distill_weight in {0.5, 1, 2}, CE 1, picked by validation top-1 of seed 0 per pair, then run on all
 seeds; the seed-0 grid run is reused as the seed-0 result), ``dist`` (DIST, beta = gamma = tau = 1),
-``dist-tuned`` (DIST with tau in {1, 2, 4, 8, 16} x distill_weight in {0.5, 1, 2}, picked the same way), ``dkd``
+``dist-tuned`` (DIST with tau in {1, 2, 4, 8, 16} x distill_weight in {0.5, 1, 2}, picked the same way), ``ls``
+(KD on z-scored logits, logit standardization: base T=2, KD weight 9, the paper's CIFAR setting), ``ls-tuned`` (T in
+{1, 2, 4} x weight in {1, 3, 9}), ``ctkd`` (curriculum temperature learned adversarially, official CIFAR weights CE 0.1
++ KD 0.9), ``ctkd-tuned`` (reversal strength in {0.5, 1, 2} x KD weight in {0.5, 1, 2}, CE 1), ``dkd``
 (DKD, alpha 1, beta 8, T 4), ``kd+fitnet`` (KD + FitNet hint on the last stage), ``lkd`` (learned logit loss),
 ``lkd+feat`` (learned logit + feature loss, ``feature_taps=[-1]``) and ``lkd-frozen`` (a logit loss learned by
 the ``lkd`` run of another pair, same seed, loaded with ``freeze_loss=True``; the donor pair is ``DONORS[pair]``
@@ -47,7 +50,11 @@ a K=5 horizon, meta learning rate 0.1 and training-batch validation: the outer-l
 validation top-1 among the untuned starts of ``benchmarks/outer_loop.py``). Baseline hyper-parameters are the
 papers' defaults (``lkd_hf``'s defaults) or tuned on the validation split; none was tuned on the test split.
 
+``--dataset mnist-5k`` runs the same on the bundled 5000 MNIST digits (teacher in ``benchmarks/teacher_mnist-5k``).
+
 Outputs in ``--output_dir``: ``results.json`` (one record per run; ``--resume`` skips the runs already in it),
+``summary.json`` (``{dataset: {pair: {method: {mean, std, n, train_seconds}}}}``: test top-1 % over seeds and the
+training seconds of one run, a tuned method's grid included),
 ``results.md`` (the tables printed at the end), ``accuracy.png`` (test top-1 per method per pair, mean and std
 over seeds), ``learned_loss.png`` and ``learned_loss_tuned.png`` (``lkd_hf.plot_learned_loss``: the learned loss
 of the first ``lkd`` / ``lkd-tuned`` run against the hand-made loss it started from, KD(T=4) / DIST).
@@ -81,8 +88,8 @@ import torch  # noqa: E402
 from transformers import HfArgumentParser  # noqa: E402
 
 from common import (  # noqa: E402
-    BUNDLED_TEACHER_DIR,
     DATASET,
+    TEACHER_DIRS,
     PAIRS,
     TEACHER_MODEL,
     Setting,
@@ -161,7 +168,8 @@ TUNED_KEYS = ("temperature", "dist_temperature", "distill_weight", "lkd_init", "
 QUICK = dict(pairs="teacher->s4", methods="ce,kd,kd-tuned,lkd,lkd-frozen", num_seeds=1, epochs=2.0)
 FULL = dict(pairs=",".join(PAIRS), methods=",".join(METHODS), num_seeds=3, epochs=6.0)
 CONFIG_KEYS = ("epochs", "train_subset", "batch_size", "learning_rate", "split_seed", "lkd_meta_interval",
-               "lkd_lookahead_steps", "lkd_snapshot_strategy", "lkd_val_fraction", "lkd_meta_batch_size", "teacher_dir")  # --resume: equal
+               "lkd_lookahead_steps", "lkd_snapshot_strategy", "lkd_val_fraction", "lkd_meta_batch_size", "dataset",
+               "teacher_dir")  # --resume: equal
 
 
 @dataclass
@@ -188,6 +196,9 @@ class AccuracyArguments:
     lkd_meta_batch_size: int | None = field(
         default=None, metadata={"help": "LKD: validation batch of a held-out meta step (default: LKDConfig's)."}
     )
+    dataset: str = field(
+        default=DATASET, metadata={"help": f"Bundled dataset: one of {list(TEACHER_DIRS)} (its committed teacher)."}
+    )
     teacher_dir: str | None = field(
         default=None,
         metadata={"help": "Cached teacher directory, with model.safetensors and teacher.json (default: the teacher "
@@ -212,7 +223,7 @@ class AccuracyArguments:
         if self.output_dir is None:
             self.output_dir = os.path.join(DEFAULT_OUTPUT_DIR, "quick") if self.quick else DEFAULT_OUTPUT_DIR
         if self.teacher_dir is None:
-            self.teacher_dir = BUNDLED_TEACHER_DIR
+            self.teacher_dir = TEACHER_DIRS[self.dataset]
         for name, known in (("pairs", PAIRS), ("methods", METHODS)):
             unknown = [x for x in split_list(getattr(self, name)) if x not in known]
             if unknown:
@@ -295,7 +306,7 @@ class Benchmark:
         self.results = Results(args) if record else None
         self.setting = Setting(epochs=args.epochs, train_subset=args.train_subset, batch_size=args.batch_size,
                                learning_rate=args.learning_rate, split_seed=args.split_seed,
-                               teacher_dir=args.teacher_dir, teacher_epochs=args.teacher_epochs)
+                               teacher_dir=args.teacher_dir, teacher_epochs=args.teacher_epochs, dataset=args.dataset)
         self.tuned: dict[tuple[str, str], dict[str, Any]] = {}  # (pair, tuned method) -> fields picked on val
         if record:
             self.results.set_teacher({"model": TEACHER_MODEL, "test_top1": self.setting.teacher_accuracy,
@@ -680,7 +691,7 @@ def main() -> None:
     with open(os.path.join(args.output_dir, "results.md"), "w") as f:
         f.write(text + "\n")
     with open(os.path.join(args.output_dir, "summary.json"), "w") as f:
-        json.dump(summary(bench.results, DATASET), f, indent=1)
+        json.dump(summary(bench.results, args.dataset), f, indent=1)
     plot_accuracy(bench.results, args, os.path.join(args.output_dir, "accuracy.png"))
     plots = ["accuracy.png"]
     z_t, label = fixed_teacher_logits(bench.setting.teacher, bench.setting.data["test"])

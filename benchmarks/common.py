@@ -33,6 +33,9 @@ NUM_CLASSES = 10
 TEACHER_MODEL = "lkd_convnet_teacher"
 # the committed teacher (96.97% test top-1), trained once with cross-entropy (10 epochs of the recipe below)
 BUNDLED_TEACHER_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "teacher")
+# the committed teacher of each dataset (mnist-5k: benchmarks/second_dataset.py, 98.0% test top-1)
+TEACHER_DIRS = {DATASET: BUNDLED_TEACHER_DIR,
+                "mnist-5k": os.path.join(os.path.dirname(os.path.abspath(__file__)), "teacher_mnist-5k")}
 # The student recipe of every run besides the epochs, batch size, learning rate and seed (the quickstart's recipe):
 # SGD (Nesterov, momentum 0.9), cosine schedule, weight decay 5e-4, CPU, no saving, no progress bars.
 RECIPE = dict(optim="sgd", optim_args="momentum=0.9,nesterov=True", weight_decay=5e-4, lr_scheduler_type="cosine",
@@ -99,7 +102,8 @@ def format_mean_std(values: list[float]) -> str:
 class Setting:
     """The accuracy benchmark's setting: data, teacher and student recipe, the same for every run.
 
-    Data: bundled animal-mnist, the fixed split of ``build_datasets(seed=split_seed)``; students train on its first
+    Data: a bundled dataset (animal-mnist or mnist-5k), the fixed split of ``build_datasets(seed=split_seed)``;
+    students train on its first
     ``train_subset`` training images with ``augment="light"``. All images are transformed for the teacher (teacher
     and student see the same batch; every student here runs on that input).
 
@@ -112,14 +116,18 @@ class Setting:
         teacher_dir: the cached teacher (``model.safetensors`` and ``teacher.json``); a directory without one gets a
             teacher trained there first (:meth:`load_teacher`).
         teacher_epochs: epochs of a teacher trained here.
+        dataset: the bundled dataset (a key of :data:`TEACHER_DIRS`); its committed teacher is the default.
     """
 
     def __init__(self, epochs: float = 6.0, train_subset: int = 2000, batch_size: int = 64, learning_rate: float = 0.05,
-                 split_seed: int = 0, teacher_dir: str = BUNDLED_TEACHER_DIR, teacher_epochs: float = 10.0) -> None:
+                 split_seed: int = 0, teacher_dir: str | None = None, teacher_epochs: float = 10.0,
+                 dataset: str = DATASET) -> None:
+        self.dataset = dataset
+        teacher_dir = teacher_dir if teacher_dir is not None else TEACHER_DIRS[dataset]
         self.epochs, self.batch_size, self.learning_rate = epochs, batch_size, learning_rate
         self.split_seed, self.teacher_dir, self.teacher_epochs = split_seed, teacher_dir, teacher_epochs
         self.teacher, self.teacher_accuracy = self.load_teacher()
-        self.data = build_datasets(DATASET, self.teacher, seed=split_seed, augment="light", train_subset=train_subset)
+        self.data = build_datasets(dataset, self.teacher, seed=split_seed, augment="light", train_subset=train_subset)
 
     def config(self, output_dir: str, epochs: float, seed: int, **fields: Any) -> LKDConfig:
         """The ``LKDConfig`` of a run: :data:`RECIPE` with this setting's batch size and learning rate.
@@ -146,15 +154,15 @@ class Setting:
         if os.path.exists(weights) and os.path.exists(info_file):
             with open(info_file) as f:
                 info = json.load(f)
-        if info.get("model") == TEACHER_MODEL and info.get("dataset") == DATASET:
-            teacher.load_state_dict(load_file(weights))
+        if info.get("model") == TEACHER_MODEL and info.get("dataset") == self.dataset:
+            teacher.load_state_dict(load_file(weights))  # float16 weights are cast to the model's float32
             print(f"Reusing the cached teacher in {self.teacher_dir} (test top-1 {info['accuracy']:.4f}).")
             return teacher, info["accuracy"]
-        data = build_datasets(DATASET, teacher, seed=self.split_seed, augment="light")
+        data = build_datasets(self.dataset, teacher, seed=self.split_seed, augment="light")
         print(f"Training the teacher {TEACHER_MODEL} on {len(data['train'])} images into {self.teacher_dir} ...")
         config = self.config(self.teacher_dir, self.teacher_epochs, self.split_seed, loss="ce", disable_tqdm=False)
         trainer, _ = self._fit(teacher, None, data, config)
-        info = {"model": TEACHER_MODEL, "dataset": DATASET, "accuracy": trainer.evaluate()["eval_accuracy"]}
+        info = {"model": TEACHER_MODEL, "dataset": self.dataset, "accuracy": trainer.evaluate()["eval_accuracy"]}
         trainer.save_model()
         with open(info_file, "w") as f:
             json.dump(info, f)

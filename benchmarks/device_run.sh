@@ -1,47 +1,61 @@
 #!/bin/bash
-# The device calls of docs/benchmarks.md (a lent GPU machine: one H200, 16 CPU cores, no network):
-#   1. (GPU_ROWS=1) GPU cost rows, bf16, ResNet-34 -> ResNet-18 at 224 px (benchmarks/overhead.py --device cuda);
-#   2. (WORKERS != 0) the outer-loop study (benchmarks/outer_loop.py) on WORKERS CPU processes, VARIANTS (default: all), for at
-#      most DEADLINE seconds; results in $OUT/outer_loop_results.{json,md}.
-# Call 1: GPU_ROWS=1 WORKERS=13 DEADLINE=400 VARIANTS=<the first 12 variants>; call 2: WORKERS=15 DEADLINE=230
-#   VARIANTS=dist-T1,dist-T16,from-T1-k1,from-T1-k5,from-T1-k5-lr3e-2,from-T1-k5-lr1e-1,from-T1-k20-lr1e-1,
-#   from-kd-k5-lr3e-2,from-T16-k5 NUM_SEEDS=2. Call 3 (with clipped virtual steps): GPU_ROWS=1 WORKERS=0
-#   (GPU rows only).
-# The machine's image lacks some packages: their wheels travel in .whl/ (python3 -m pip download --no-deps
-# --only-binary=:all: --python-version 3.12 ... -d .whl transformers==5.24.0 timm==1.0.31 datasets==5.2.0 ...).
+# One call on a lent GPU machine (at most 10 minutes), the cost of the meta step on CUDA:
+#   1. the cost rows of benchmarks/overhead.py for ResNet-34 -> ResNet-18 at 224 px, bf16, batch 128: KD, LKD with
+#      `finite_difference` at meta_interval 1 and 10, `unrolled` at 10, and a frozen learned loss (step time, meta-step
+#      time, peak memory per row);
+#   2. a 2-step run of recipes/imagenet.py (bf16) on a generated image folder.
+# Output in $OUT: env.txt, overhead.json / overhead.log, table.md (the cost table), imagenet.log.
+# DEVICE=cpu BF16=false IMG_SIZE=32 BATCH=8 STEPS=8 WARMUP=2 runs the same small on the CPU (a check of the script).
+# Packages missing from the machine's image travel as wheels in .whl/ (e.g. python3 -m pip download --no-deps
+# --only-binary=:all: --python-version 3.12 -d .whl transformers==5.24.0 timm==1.0.31 ...); they are installed first.
+set -u
 cd "$(dirname "$0")/.." || exit 1
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site:$PWD HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee $OUT/env.txt
-python3 -c "import torch, timm, transformers, datasets, accelerate, lkd_hf; print('torch', torch.__version__, 'timm', timm.__version__, 'transformers', transformers.__version__, 'accelerate', accelerate.__version__, 'datasets', datasets.__version__, 'cuda', torch.cuda.is_available())" 2>&1 | tee -a $OUT/env.txt
-lscpu | grep -E "Model name|^CPU\(s\)" | tee -a $OUT/env.txt
-if [ "${WORKERS:-13}" != 0 ]; then
-python3 benchmarks/outer_loop.py --workers ${WORKERS:-13} --deadline ${DEADLINE:-400} --num_seeds ${NUM_SEEDS:-3} \
-    ${VARIANTS:+--variants $VARIANTS} --output_dir /tmp/ol > $OUT/sweep.log 2>&1 &
-SWEEP=$!
-( while kill -0 $SWEEP 2>/dev/null; do sleep 20; cp /tmp/ol/results.json $OUT/outer_loop_results.json 2>/dev/null; done ) &
+OUT=${OUT:-/tmp/device_out}
+DEVICE=${DEVICE:-cuda} BF16=${BF16:-true} IMG_SIZE=${IMG_SIZE:-224} BATCH=${BATCH:-128} STEPS=${STEPS:-40}
+WARMUP=${WARMUP:-10} PYTHON=${PYTHON:-python3}
+mkdir -p "$OUT"
+export PYTHONPATH=$PWD HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+if ls .whl/*.whl > /dev/null 2>&1; then
+    $PYTHON -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+        || exit 1
+    export PYTHONPATH=/tmp/site:$PYTHONPATH
 fi
-if [ "${GPU_ROWS:-0}" = 1 ]; then
-python3 - <<'PY'
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null || echo "no GPU"; } | tee "$OUT/env.txt"
+$PYTHON -c "import torch, timm, transformers, accelerate, lkd_hf; print('torch', torch.__version__, 'timm', \
+timm.__version__, 'transformers', transformers.__version__, 'accelerate', accelerate.__version__, 'cuda', \
+torch.cuda.is_available())" 2>&1 | tee -a "$OUT/env.txt"
+
+IMAGES=$(mktemp -d)
+$PYTHON - "$IMAGES" "$IMG_SIZE" <<'PY'
 import os
+import sys
+
 import numpy as np
 from PIL import Image
+
+root, size = sys.argv[1], int(sys.argv[2])
 rng = np.random.default_rng(0)
-for c in range(10):
-    d = f"/tmp/imgs/train/class{c}"
-    os.makedirs(d, exist_ok=True)
-    for i in range(40):
-        Image.fromarray(rng.integers(0, 255, (224, 224, 3), dtype=np.uint8)).save(f"{d}/{i}.png")
+for split, count in (("train", 40), ("val", 4)):
+    for c in range(10):
+        folder = os.path.join(root, split, f"class{c}")
+        os.makedirs(folder, exist_ok=True)
+        for i in range(count):
+            Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(f"{folder}/{i}.png")
 PY
-timeout 330 python3 benchmarks/overhead.py --device cuda --bf16 true --dataset /tmp/imgs --teacher_model resnet34 \
-    --student_model resnet18 --img_size 224 --batch_size 128 --steps 40 --warmup_steps 10 --threads 2 \
-    --rows ce,kd,lkd-unrolled-i10,lkd-fd-i10,lkd-fd-i1 --out $OUT/overhead_gpu.json > $OUT/overhead_gpu.log 2>&1
+
+timeout 420 $PYTHON benchmarks/overhead.py --device "$DEVICE" --bf16 "$BF16" --dataset "$IMAGES/train" \
+    --teacher_model resnet34 --student_model resnet18 --img_size "$IMG_SIZE" --batch_size "$BATCH" --steps "$STEPS" \
+    --warmup_steps "$WARMUP" --threads 2 --rows kd,lkd-fd-i1,lkd-fd-i10,lkd-unrolled-i10,lkd-frozen \
+    --out "$OUT/overhead.json" > "$OUT/overhead.log" 2>&1
 echo "overhead exit $?"
-tail -20 $OUT/overhead_gpu.log
-fi
-if [ "${WORKERS:-13}" != 0 ]; then
-wait $SWEEP
-echo "sweep exit $?"
-cp /tmp/ol/results.json $OUT/outer_loop_results.json; cp /tmp/ol/results.md $OUT/outer_loop_results.md
-tail -60 $OUT/sweep.log
-fi
+sed -n '/^| row/,/^$/p' "$OUT/overhead.log" | tee "$OUT/table.md"
+
+CPU_FLAG=()
+[ "$DEVICE" = cpu ] && CPU_FLAG=(--use_cpu true)
+timeout 120 $PYTHON recipes/imagenet.py --dataset "$IMAGES" --teacher_pretrained false --image_size "$IMG_SIZE" \
+    --max_steps 2 --bf16 "$BF16" --per_device_train_batch_size 4 --per_device_eval_batch_size 8 --loss lkd \
+    --meta_interval 1 --eval_strategy no --save_strategy no --dataloader_num_workers 0 --report_to none \
+    --output_dir "$(mktemp -d)" "${CPU_FLAG[@]}" > "$OUT/imagenet.log" 2>&1
+echo "imagenet recipe exit $?"
+tail -5 "$OUT/imagenet.log"
+rm -rf "$IMAGES"

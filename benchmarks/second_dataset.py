@@ -31,18 +31,14 @@ import torch  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 from transformers import HfArgumentParser, PrinterCallback  # noqa: E402
 
+from common import NUM_CLASSES, TEACHER_DIRS, TEACHER_MODEL  # noqa: E402
+from common import RECIPE as BENCHMARK_RECIPE  # noqa: E402
 from lkd_hf import LKDConfig, LKDTrainer, build_datasets  # noqa: E402
 
 DATASET = "mnist-5k"
-NUM_CLASSES = 10
-TEACHER_MODEL = "lkd_convnet_teacher"
-TEACHER_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"teacher_{DATASET}")
+TEACHER_DIR = TEACHER_DIRS[DATASET]
 TEACHER_COMMAND = "python benchmarks/second_dataset.py --train_teacher --threads 1"
-# The accuracy benchmark's recipe (SGD Nesterov 0.9, cosine, weight decay 5e-4, batch 64, lr 0.05), CPU, no saving.
-RECIPE = dict(optim="sgd", optim_args="momentum=0.9,nesterov=True", weight_decay=5e-4, lr_scheduler_type="cosine",
-              learning_rate=0.05, per_device_train_batch_size=64, per_device_eval_batch_size=256, logging_steps=50,
-              save_strategy="no", report_to="none", use_cpu=True, dataloader_num_workers=0, disable_tqdm=True,
-              log_level="warning")
+RECIPE = dict(BENCHMARK_RECIPE, learning_rate=0.05, per_device_train_batch_size=64)  # the accuracy benchmark's
 
 
 def get_teacher(teacher_dir: str = TEACHER_DIR, *, train: bool = False, epochs: float = 10.0,

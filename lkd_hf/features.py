@@ -157,6 +157,13 @@ def to_nchw(feature: Tensor, num_prefix_tokens: int | None = None) -> Tensor:
       ``N - num_prefix_tokens`` is a square, else all tokens are kept if ``N`` is a square; without
       ``num_prefix_tokens``, all tokens are kept if ``N`` is a square, else one leading class token is
       dropped if ``N - 1`` is a square. Non-square grids raise (use int taps).
+
+    Args:
+        feature: the hooked module's output, ``(B, C, H, W)``, ``(B, C)`` or ``(B, N, C)``.
+        num_prefix_tokens: the model's number of leading non-spatial tokens, or ``None`` when unknown.
+
+    Raises:
+        ValueError: a feature of another rank, or tokens that do not lie on a square grid.
     """
     if feature.ndim == 4:
         return feature
@@ -186,6 +193,11 @@ def forward_with_features(model: nn.Module, x: Tensor, taps: Sequence[Tap]) -> t
     Str taps are read with forward hooks (outputs converted by :func:`to_nchw`), removed afterwards even if
     the forward raises. Gradients flow through the features as usual (wrap in ``torch.no_grad()`` for a
     teacher). Works under ``torch.func.functional_call`` of a module whose ``forward`` calls it.
+
+    Args:
+        model: a timm model (or any ``nn.Module`` when all taps are module names).
+        x: the input batch, ``(B, C, H, W)``.
+        taps: stage indices and / or module names (see :func:`resolve_taps`).
     """
     taps = resolve_taps(model, taps)
     indices = sorted({t for t in taps if isinstance(t, int)})
@@ -239,6 +251,11 @@ def feature_shapes(model: nn.Module, taps: Sequence[Tap], input_size: Shape3) ->
 
     Runs a batch of 2 zeros on the model's device / dtype under ``torch.no_grad()`` with the model in eval
     mode; every submodule's training flag is restored afterwards.
+
+    Args:
+        model: a timm model (or any ``nn.Module`` when all taps are module names).
+        taps: stage indices and / or module names (see :func:`resolve_taps`).
+        input_size: ``(C, H, W)`` of one input image.
     """
     taps = resolve_taps(model, taps)
     device, dtype = _device_dtype(model)
@@ -284,6 +301,11 @@ class Connector(nn.Module):
         self.bn = nn.BatchNorm2d(self.out_shape[0])
 
     def forward(self, x: Tensor) -> Tensor:
+        """The student feature mapped to ``out_shape``.
+
+        Args:
+            x: a student feature map ``(B, C, H, W)`` with ``C = in_shape[0]`` (any ``H, W``).
+        """
         x = self.bn(self.conv(x))
         size = self.out_shape[1:]
         height, width = x.shape[-2:]
@@ -298,7 +320,12 @@ class Connector(nn.Module):
 
 
 def build_connectors(student_shapes: Sequence[Shape3], teacher_shapes: Sequence[Shape3]) -> nn.ModuleList:
-    """One :class:`Connector` per (student, teacher) tap pair."""
+    """One :class:`Connector` per (student, teacher) tap pair.
+
+    Args:
+        student_shapes: ``(C, H, W)`` of the student's features, one per tap.
+        teacher_shapes: ``(C, H, W)`` of the paired teacher features, as many.
+    """
     if len(student_shapes) != len(teacher_shapes):
         raise ValueError(
             f"{len(student_shapes)} student feature shapes but {len(teacher_shapes)} teacher feature shapes; "
@@ -351,7 +378,15 @@ class StudentWithConnectors(nn.Module):
         input_size: Shape3,
     ) -> "StudentWithConnectors":
         """Resolve and pair the taps, measure both models' feature shapes on ``input_size = (C, H, W)`` inputs
-        and build the connectors on the student's device / dtype."""
+        and build the connectors on the student's device / dtype.
+
+        Args:
+            student: the student model.
+            teacher: the teacher model.
+            student_taps: the student's taps (see :func:`resolve_taps`).
+            teacher_taps: the teacher's taps, paired one to one with ``student_taps``.
+            input_size: ``(C, H, W)`` of one input image.
+        """
         student_taps = resolve_taps(student, student_taps)
         teacher_taps = resolve_taps(teacher, teacher_taps)
         if len(student_taps) != len(teacher_taps):
@@ -369,7 +404,12 @@ class StudentWithConnectors(nn.Module):
     def forward(
         self, pixel_values: Tensor, return_features: bool = False,
     ) -> Tensor | tuple[Tensor, list[Tensor]]:
-        """The student's logits, or ``(logits, connected features)`` when ``return_features`` is true."""
+        """The student's logits, or ``(logits, connected features)`` when ``return_features`` is true.
+
+        Args:
+            pixel_values: the input batch, ``(B, C, H, W)``.
+            return_features: also return the connector-mapped features, one per tap.
+        """
         if not return_features:
             return self.student(pixel_values)
         logits, features = forward_with_features(self.student, pixel_values, self.taps)

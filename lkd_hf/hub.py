@@ -131,6 +131,15 @@ class LearnedLoss(
         """A bundle of (copies of) these networks; ``metadata`` sets :class:`LearnedLossConfig` fields.
 
         ``loss`` defaults to the learned parts (``"lkd"``, ``"feat"`` or ``"lkd+feat"``).
+
+        Args:
+            logit: the learned logit loss network, or ``None``.
+            feature: the learned feature loss network, or ``None`` (at least one of the two is needed).
+            **metadata: :class:`LearnedLossConfig` fields other than ``logit_net`` / ``feature_net`` /
+                ``lkd_hf_version`` (e.g. ``teacher``, ``student``, ``num_classes``, ``dataset``, ``steps``).
+
+        Raises:
+            TypeError: ``logit`` or ``feature`` is not a network of its kind.
         """
         for net, kind in ((logit, LogitLossNet), (feature, FeatureLossNet)):
             if net is not None and not isinstance(net, kind):
@@ -258,6 +267,16 @@ class LearnedLoss(
         of classes, or the feature loss on other teacher taps or teacher feature channels. Warns (``UserWarning``)
         when only the teacher or student name differs (the loss was learned for another pair, but fits), or the
         student's taps / feature shapes (connectors map them onto the teacher's).
+
+        Args:
+            teacher: the run's teacher timm name.
+            student: the run's student timm name.
+            num_classes: the run's number of classes (checked for the logit loss).
+            student_taps: the student's resolved feature taps (stage indices or module names).
+            teacher_taps: the teacher's resolved feature taps (checked for the feature loss).
+            student_feature_shapes: ``[C, H, W]`` of the student's features, one per tap.
+            teacher_feature_shapes: ``[C, H, W]`` of the teacher's features, one per tap (their channels are checked
+                for the feature loss).
         """
         c, name = self.config, repr(self.source) if self.source else "this learned loss"
         errors, notes = [], []
@@ -361,8 +380,16 @@ class LearnedLoss(
     def push_to_hub(self, repo_id: str, *, model_card_kwargs: dict[str, Any] | None = None, **kwargs: Any) -> str:
         """Push the bundle (weights, config, plot and a card whose reuse code names ``repo_id``) to ``repo_id``.
 
-        Raises ``OSError`` naming the repo when the Hub is offline or unreachable, or refuses the push. Other
-        arguments as :meth:`huggingface_hub.ModelHubMixin.push_to_hub`.
+        Raises ``OSError`` naming the repo when the Hub is offline or unreachable, or refuses the push.
+
+        Args:
+            repo_id: the Hub model repo (``"user/repo"``), created if needed.
+            model_card_kwargs: passed to :meth:`generate_model_card` (``repo_id`` defaults to this one).
+            **kwargs: as in :meth:`huggingface_hub.ModelHubMixin.push_to_hub` (``config``, ``commit_message``,
+                ``private``, ``token``, ``branch``, ``create_pr``, ...).
+
+        Returns:
+            The URL of the Hub commit.
         """
         card_kwargs = {"repo_id": repo_id, **(model_card_kwargs or {})}
         try:
@@ -371,7 +398,12 @@ class LearnedLoss(
             raise hub_error(f"Cannot push the learned loss to Hub repo {repo_id!r}", error) from error
 
     def generate_model_card(self, repo_id: str | None = None, **kwargs: Any) -> ModelCard:
-        """The model card: metadata (``library_name: lkd_hf``, tags), provenance, accuracy, plot and reuse code."""
+        """The model card: metadata (``library_name: lkd_hf``, tags), provenance, accuracy, plot and reuse code.
+
+        Args:
+            repo_id: the repo id (or folder) the card's reuse code loads from (``None``: a placeholder).
+            **kwargs: other model card arguments of :class:`huggingface_hub.ModelHubMixin`; unused.
+        """
         return ModelCard(model_card_text(self, repo_id, with_plot=matplotlib_available()))
 
 
@@ -382,7 +414,16 @@ class LearnedLoss(
 
 def resolve_directory(source: str, **download_kwargs: Any) -> str:
     """A local folder for ``source``: the folder itself, or a Hub snapshot of ``"user/repo"`` or of a folder inside
-    a repo (``"user/repo/sub/folder"``); ``download_kwargs`` go to :func:`huggingface_hub.snapshot_download`."""
+    a repo (``"user/repo/sub/folder"``).
+
+    Args:
+        source: a local folder, a Hub repo id or a folder inside a repo.
+        **download_kwargs: passed to :func:`huggingface_hub.snapshot_download` (``revision``, ``cache_dir``,
+            ``force_download``, ``local_files_only``, ``token``).
+
+    Raises:
+        OSError: ``source`` is not a local folder and the snapshot cannot be downloaded (see :func:`hub_error`).
+    """
     if os.path.isdir(source):
         return source
     parts = source.strip("/").split("/")
@@ -399,7 +440,12 @@ def resolve_directory(source: str, **download_kwargs: Any) -> str:
 
 
 def hub_error(what: str, error: Exception) -> OSError:
-    """``OSError("what: reason (error)")``, the reason being the Hub's offline mode when it is on."""
+    """``OSError("what: reason (error)")``, the reason being the Hub's offline mode when it is on.
+
+    Args:
+        what: what failed, e.g. ``"Cannot push the learned loss to Hub repo 'user/repo'"``.
+        error: the exception the Hub call raised.
+    """
     if is_offline_mode():
         reason = "the Hugging Face Hub is offline here (HF_HUB_OFFLINE=1; unset it on a machine that can reach the Hub)"
     else:
@@ -631,7 +677,13 @@ def _replace_directory(new: Path, target: Path) -> None:
 
 
 def create_repo(repo_id: str, token: str | None = None, private: bool | None = None) -> str:
-    """Create (or find) the Hub model repo ``repo_id``; returns its full id. ``OSError`` naming it on failure."""
+    """Create (or find) the Hub model repo ``repo_id``; returns its full id. ``OSError`` naming it on failure.
+
+    Args:
+        repo_id: the repo id (``"user/repo"`` or ``"repo"``).
+        token: the Hub token (``None``: the locally saved one).
+        private: whether a new repo is private (``None``: the Hub's default).
+    """
     try:
         return HfApi(token=token).create_repo(repo_id, private=private, exist_ok=True).repo_id
     except Exception as error:
@@ -640,7 +692,11 @@ def create_repo(repo_id: str, token: str | None = None, private: bool | None = N
 
 def timm_name(model: nn.Module | None) -> str | None:
     """A timm model's architecture name (e.g. ``resnet50``; not the pretrained tag, which timm sets whether or not
-    those weights were loaded); the class name for other models."""
+    those weights were loaded); the class name for other models.
+
+    Args:
+        model: a model, or ``None`` (returns ``None``).
+    """
     if model is None:
         return None
     config = getattr(model, "pretrained_cfg", None) or {}
@@ -650,7 +706,13 @@ def timm_name(model: nn.Module | None) -> str | None:
 def describe_run(model: nn.Module, teacher: nn.Module | None, num_classes: int | None) -> dict[str, Any]:
     """The setting a learned loss is tied to: teacher / student names, ``num_classes`` and, for a student with
     feature connectors (:class:`~lkd_hf.StudentWithConnectors`), its taps and feature shapes. The keys are
-    :class:`LearnedLossConfig` fields (and :meth:`LearnedLoss.check_compatible` arguments)."""
+    :class:`LearnedLossConfig` fields (and :meth:`LearnedLoss.check_compatible` arguments).
+
+    Args:
+        model: the trained model: the student, or the student wrapped with its connectors.
+        teacher: the teacher, or ``None``.
+        num_classes: the run's number of classes, or ``None`` when unknown.
+    """
     student = model.student if isinstance(model, StudentWithConnectors) else model
     run: dict[str, Any] = dict(teacher=timm_name(teacher), student=timm_name(student), num_classes=num_classes)
     if isinstance(model, StudentWithConnectors):
@@ -665,7 +727,11 @@ def describe_run(model: nn.Module, teacher: nn.Module | None, num_classes: int |
 
 def last_eval_metrics(log_history: list[dict[str, Any]]) -> dict[str, float]:
     """The last evaluation's metrics in a Trainer's ``state.log_history`` (``eval_*`` without timings, and its
-    ``step``); ``{}`` when there was none."""
+    ``step``); ``{}`` when there was none.
+
+    Args:
+        log_history: the Trainer's ``state.log_history``.
+    """
     for entry in reversed(log_history):
         metrics = {
             k: float(v) for k, v in entry.items()
@@ -677,7 +743,11 @@ def last_eval_metrics(log_history: list[dict[str, Any]]) -> dict[str, float]:
 
 
 def dataset_name(dataset: Any) -> str | None:
-    """The name a ``datasets.Dataset`` knows itself by (Hub datasets, loading scripts), else ``None``."""
+    """The name a ``datasets.Dataset`` knows itself by (Hub datasets, loading scripts), else ``None``.
+
+    Args:
+        dataset: the training dataset (any object; one without ``info`` gives ``None``).
+    """
     info = getattr(dataset, "info", None)
     return getattr(info, "dataset_name", None) or getattr(info, "builder_name", None)
 
@@ -692,7 +762,13 @@ def _channels(shapes: list[list[int]] | None) -> list[int] | None:
 
 
 def model_card_text(loss: LearnedLoss, repo_id: str | None, with_plot: bool) -> str:
-    """The model card (YAML metadata and Markdown body) of a learned loss."""
+    """The model card (YAML metadata and Markdown body) of a learned loss.
+
+    Args:
+        loss: the learned loss bundle.
+        repo_id: the repo id (or folder) the reuse code loads from (``None``: a placeholder).
+        with_plot: embed the plot ``learned_loss.png``.
+    """
     c = loss.config
     tags = TAGS + (["feature-distillation"] if loss.feature is not None else [])
     data = ModelCardData(library_name="lkd_hf", tags=tags)

@@ -114,7 +114,13 @@ class LogitLossNet(
         return self.log_weight.clamp(_MIN_LOG_WEIGHT, _MAX_LOG_WEIGHT).exp()
 
     def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Scalar loss (mean over the batch) for logits of shape ``(batch, classes)``."""
+        """Scalar loss (mean over the batch) for logits of shape ``(batch, classes)``.
+
+        Args:
+            student_logits: the student's logits, ``(batch, classes)``.
+            teacher_logits: the teacher's logits, ``(batch, classes)``.
+            labels: ``(batch,)`` class indices (the network's target indicator input).
+        """
         dtype = self.log_temperature.dtype  # fp32 under mixed precision (loss networks stay in full precision)
         student_logits, teacher_logits = student_logits.to(dtype), teacher_logits.to(dtype)
         t = self.temperature
@@ -228,7 +234,15 @@ class FeatureLossNet(
         return F.linear(F.silu(hidden), self.head.weight, self.head.bias).squeeze(-1)
 
     def forward(self, student_feature: torch.Tensor, teacher_feature: torch.Tensor) -> torch.Tensor:
-        """Scalar loss for features of identical shape ``(batch, channels, height, width)``."""
+        """Scalar loss for features of identical shape ``(batch, channels, height, width)``.
+
+        Args:
+            student_feature: the connector-mapped student feature, ``(batch, channels, height, width)``.
+            teacher_feature: the teacher feature, of the same shape.
+
+        Raises:
+            ValueError: when the features are not 4-D or their shapes differ.
+        """
         if student_feature.shape != teacher_feature.shape or student_feature.dim() != 4:
             raise ValueError(
                 f"FeatureLossNet needs (batch, channels, height, width) features of identical shape, got student "
@@ -248,7 +262,12 @@ class FeatureLossNet(
         return self.weight * (squared.mean() + (squared * torch.tanh(modulation)).mean())
 
     def mse_reference(self, student_feature: torch.Tensor, teacher_feature: torch.Tensor) -> torch.Tensor:
-        """Plain MSE (FitNet) in this network's dtype (what the network computes at initialisation)."""
+        """Plain MSE (FitNet) in this network's dtype (what the network computes at initialisation).
+
+        Args:
+            student_feature: the connector-mapped student feature.
+            teacher_feature: the teacher feature, of the same shape.
+        """
         dtype = self.log_weight.dtype
         return F.mse_loss(student_feature.to(dtype), teacher_feature.to(dtype))
 

@@ -75,7 +75,11 @@ class NonFiniteGuard:
 
     def begin(self, module: nn.Module) -> None:
         """Keep a copy of ``module``'s floating-point buffers (e.g. BatchNorm statistics) before its forward, which
-        :meth:`end` restores when the step is not finite."""
+        :meth:`end` restores when the step is not finite.
+
+        Args:
+            module: the student, before its forward on the micro-batch.
+        """
         self._buffers = [(b, b.detach().clone()) for b in module.buffers() if b.is_floating_point()]
 
     def end(self, step: int, tensors: Mapping[str, object], parameters: Iterable[torch.Tensor] | None) -> bool:
@@ -98,7 +102,11 @@ class NonFiniteGuard:
         return self.is_skipping(step)
 
     def is_skipping(self, step: int) -> bool:
-        """Whether step ``step`` is already being skipped (an earlier micro-batch of it was not finite)."""
+        """Whether step ``step`` is already being skipped (an earlier micro-batch of it was not finite).
+
+        Args:
+            step: the student's global step.
+        """
         return self.last_skipped == step
 
     def skip(self, step: int, what: list[str]) -> None:

@@ -32,14 +32,22 @@ def matplotlib_available() -> bool:
 
 
 def initial_temperature(net: LogitLossNet) -> float:
-    """The temperature a :class:`~lkd_hf.LogitLossNet` was created with (where its learning started)."""
+    """The temperature a :class:`~lkd_hf.LogitLossNet` was created with (where its learning started).
+
+    Args:
+        net: the logit loss network; one without a saved config gives :data:`DEFAULT_TEMPERATURE`.
+    """
     config = getattr(net, "_hub_mixin_config", None) or {}
     return float(config.get("temperature", DEFAULT_TEMPERATURE))
 
 
 def starting_loss(net: LogitLossNet) -> tuple[nn.Module, str]:
     """The hand-made loss a :class:`~lkd_hf.LogitLossNet` equals at initialisation (its ``base`` at its initial
-    temperature) and a label for it, e.g. ``"KD, T=4"``."""
+    temperature) and a label for it, e.g. ``"KD, T=4"``.
+
+    Args:
+        net: the logit loss network.
+    """
     t0 = initial_temperature(net)
     if net.base == "dist":
         name = f"DIST (beta={net.dist_beta:g}, gamma={net.dist_gamma:g}), T={t0:g}"
@@ -48,7 +56,11 @@ def starting_loss(net: LogitLossNet) -> tuple[nn.Module, str]:
 
 
 def synthetic_teacher_logits(num_classes: int = 10) -> tuple[torch.Tensor, int]:
-    """A fixed, plausible teacher output (label 0, about 90% confident, graded non-target logits) for plots."""
+    """A fixed, plausible teacher output (label 0, about 90% confident, graded non-target logits) for plots.
+
+    Args:
+        num_classes: number of classes (length of the returned 1-D logits).
+    """
     logits = torch.linspace(2.0, -2.0, num_classes)
     logits[0] = 6.0
     return logits, 0

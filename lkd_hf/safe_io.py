@@ -49,12 +49,21 @@ def atomic_directory(target: str) -> Iterator[str]:
 
 
 def atomic_file(path: str) -> str:
-    """A temporary path beside ``path``; pass it to :func:`commit_file` once written."""
+    """A temporary path beside ``path``; pass it to :func:`commit_file` once written.
+
+    Args:
+        path: the file to write in the end.
+    """
     return f"{path}.tmp-{os.getpid()}"
 
 
 def commit_file(staging: str, path: str) -> None:
-    """Move a file written at ``staging`` (:func:`atomic_file`) into place at ``path`` in one step."""
+    """Move a file written at ``staging`` (:func:`atomic_file`) into place at ``path`` in one step.
+
+    Args:
+        staging: the written temporary file (from :func:`atomic_file`).
+        path: its final path (replaced if it exists).
+    """
     os.replace(staging, path)
 
 

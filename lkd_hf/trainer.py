@@ -178,7 +178,17 @@ class LKDTrainer(CheckpointMixin, HubExportMixin):
         return_outputs: bool = False,
         num_items_in_batch: torch.Tensor | int | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Training: the distillation objective. Evaluation: the student's cross-entropy."""
+        """Training: the distillation objective. Evaluation: the student's cross-entropy.
+
+        Args:
+            model: the (possibly wrapped) student; in training mode the objective is computed, else the
+                cross-entropy.
+            inputs: a batch on the device with ``pixel_values`` and ``labels`` (and, when already computed,
+                ``teacher_logits`` / ``teacher_features``; else the teacher's outputs are added).
+            return_outputs: also return ``{"logits": student_logits}``.
+            num_items_in_batch: as in :meth:`transformers.Trainer.compute_loss`; unused (the loss is a per-batch
+                mean).
+        """
         labels = inputs["labels"]
         if model.training:
             if self.teacher is not None and "teacher_logits" not in inputs:
@@ -219,7 +229,11 @@ class LKDTrainer(CheckpointMixin, HubExportMixin):
 
     def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
         """The Trainer's optimizer of the student, plus the parameters of the loss modules trained with the student
-        (e.g. CTKD's temperature) in a group of their own."""
+        (e.g. CTKD's temperature) in a group of their own.
+
+        Args:
+            model: as in :meth:`transformers.Trainer.create_optimizer` (``None``: the trainer's model).
+        """
         optimizer = super().create_optimizer(model)
         extra = self.objective.student_trained_parameters()
         if extra and not any(p is extra[0] for group in optimizer.param_groups for p in group["params"]):
@@ -237,7 +251,13 @@ class LKDTrainer(CheckpointMixin, HubExportMixin):
     def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any) -> Any:
         """:meth:`transformers.Trainer.train`, holding the output folder for this run alone (a second run on it fails
         at start) and, with ``resume_from_checkpoint=True``, resuming from the last *complete* checkpoint (an
-        incomplete later one, from a run stopped while saving, is skipped with a warning)."""
+        incomplete later one, from a run stopped while saving, is skipped with a warning).
+
+        Args:
+            resume_from_checkpoint: a checkpoint folder, ``True`` (the last complete checkpoint of ``output_dir``;
+                ``ValueError`` when there is none) or ``None`` / ``False`` (start afresh).
+            *args, **kwargs: as in :meth:`transformers.Trainer.train` (``trial``, ``ignore_keys_for_eval``).
+        """
         with OutputDirLock(self.args.output_dir, enabled=self.is_world_process_zero()):
             if resume_from_checkpoint is True:
                 resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir)
@@ -249,7 +269,12 @@ class LKDTrainer(CheckpointMixin, HubExportMixin):
         self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: torch.Tensor | int | None = None
     ) -> torch.Tensor:
         """Teacher forward once per batch, a meta step when due, then the student step; a student step whose loss
-        or gradient is not finite is skipped (:class:`~lkd_hf.nonfinite.NonFiniteGuard`)."""
+        or gradient is not finite is skipped (:class:`~lkd_hf.nonfinite.NonFiniteGuard`).
+
+        Args:
+            model, inputs, num_items_in_batch: as in :meth:`transformers.Trainer.training_step` (``inputs`` is the
+                collated batch, prepared here).
+        """
         start = time.perf_counter()
         inputs = self.prepare_batch(inputs)
         step = self.state.global_step
@@ -340,7 +365,12 @@ class LKDTrainer(CheckpointMixin, HubExportMixin):
     # ----------------------------------------------------------------------------------------------------------
     # logging and saving
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        """Add the averaged loss components and meta statistics to the Trainer's training logs."""
+        """Add the averaged loss components and meta statistics to the Trainer's training logs.
+
+        Args:
+            logs, start_time: as in :meth:`transformers.Trainer.log`; the additions go into the logs that hold a
+                ``loss`` (the training logs).
+        """
         if "loss" in logs:
             logs.update(self._pop_metrics())
             logs["skipped_steps"] = self.nonfinite_guard.pop_count()

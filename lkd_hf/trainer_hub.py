@@ -55,7 +55,12 @@ class HubExportMixin(Trainer):
 
     def init_hf_repo(self, token: str | None = None, private: bool | None = None) -> None:
         """Also create the learned loss's own repo (``loss_hub_model_id``), so that a wrong id or an unreachable Hub
-        fails before training, as it does for the student's repo."""
+        fails before training, as it does for the student's repo.
+
+        Args:
+            token, private: as in :meth:`transformers.Trainer.init_hf_repo` (``None``: the ``hub_token`` and
+                ``hub_private_repo`` of the training arguments); also used for the learned loss's repo.
+        """
         if self.args.loss_hub_model_id is not None and self.learns_loss and self.is_world_process_zero():
             token = token if token is not None else self.args.hub_token
             private = private if private is not None else self.args.hub_private_repo
@@ -72,7 +77,13 @@ class HubExportMixin(Trainer):
         **kwargs: Any,
     ) -> Any:
         """Push the student with its learned loss (in ``lkd_loss/``), then, when ``loss_hub_model_id`` is set, the
-        learned loss to that repo too (blocking). Arguments as :meth:`transformers.Trainer.push_to_hub`."""
+        learned loss to that repo too (blocking).
+
+        Args:
+            commit_message, blocking, token, revision, private, **kwargs: as in
+                :meth:`transformers.Trainer.push_to_hub`; ``commit_message`` (or ``"Learned loss"`` when it is empty),
+                ``token`` and ``private`` are also used for the push of the learned loss to ``loss_hub_model_id``.
+        """
         result = super().push_to_hub(
             commit_message=commit_message, blocking=blocking, token=token, revision=revision, private=private, **kwargs
         )
@@ -93,7 +104,12 @@ class HubExportMixin(Trainer):
     def create_model_card(self, **kwargs: Any) -> None:
         """The Trainer's model card of the student. The Trainer reads the model a run fine-tuned from in the model's
         ``config``, which timm models lack: without ``finetuned_from=`` the card says the student was trained from
-        scratch."""
+        scratch.
+
+        Args:
+            **kwargs: as in :meth:`transformers.Trainer.create_model_card` (``language``, ``license``, ``tags``,
+                ``model_name``, ``finetuned_from``, ``tasks``, ``dataset_tags``, ``dataset``, ``dataset_args``).
+        """
         if hasattr(self.model, "config") or kwargs.get("finetuned_from") is not None:
             return super().create_model_card(**kwargs)
         self.model.config = types.SimpleNamespace()  # no `_name_or_path`: no base model

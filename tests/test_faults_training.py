@@ -233,3 +233,52 @@ def test_a_failing_lkd_state_save_leaves_the_previous_state_whole(checkpointed, 
     assert not [f for f in os.listdir(last) if f.startswith(f".{LKD_STATE_DIRNAME}")]  # no temporary folder left
     trainer.loss_learner.load_checkpoint(last)  # still loads
     assert json.load(open(os.path.join(state_dir, "manifest.json")))["files"]
+
+
+def test_an_eval_set_without_labels_fails_at_construction(tmp_path, make_config, make_dataset, make_models):
+    student, teacher = make_models()
+    with pytest.raises(ValueError, match="eval_dataset"):
+        LKDTrainer(model=student, teacher=teacher, args=make_config(tmp_path, loss="kd"), train_dataset=make_dataset(32),
+                   eval_dataset=make_dataset(16).remove_columns("labels"))
+
+
+# --- where the meta steps validate -----------------------------------------------------------------------------
+def test_by_default_no_training_image_is_held_out(lkd_run):
+    trainer = lkd_run(loss="lkd")
+    assert len(trainer.train_dataset) == 64
+    assert trainer.loss_learner.val_source == "train_batch" and trainer.loss_learner.meta_dataset is None
+
+
+def test_a_validation_split_passed_in_is_the_meta_set(tmp_path, make_config, make_dataset, make_models):
+    student, teacher = make_models()
+    validation = make_dataset(24, seed=5)
+    trainer = LKDTrainer(model=student, teacher=teacher, args=make_config(tmp_path, loss="lkd"),
+                         train_dataset=make_dataset(64), meta_dataset=validation)
+    assert len(trainer.train_dataset) == 64
+    assert trainer.loss_learner.val_source == "heldout" and trainer.loss_learner.meta_dataset is validation
+
+
+def test_holding_out_part_of_the_training_set_is_asked_for(lkd_run):
+    trainer = lkd_run(loss="lkd", lkd_val_fraction=0.25)
+    assert len(trainer.train_dataset) == 48 and len(trainer.loss_learner.meta_dataset) == 16
+    with pytest.raises(ValueError, match="needs validation data"):
+        lkd_run(loss="lkd", meta_val_source="heldout")
+
+
+def test_the_recipes_start_no_more_dataloader_workers_than_cores():
+    """More workers than cores make torch warn once per DataLoader (six times a run)."""
+    import importlib.util
+    import pathlib
+    import sys
+
+    recipes = pathlib.Path(__file__).resolve().parents[1] / "recipes"
+    sys.path.insert(0, str(recipes))
+    try:
+        for name in ("cifar", "imagenet"):
+            spec = importlib.util.spec_from_file_location(f"recipe_{name}_workers", recipes / f"{name}.py")
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[spec.name] = module
+            spec.loader.exec_module(module)
+            assert module.TRAINER_DEFAULTS["dataloader_num_workers"] <= (os.cpu_count() or 1)
+    finally:
+        sys.path.remove(str(recipes))

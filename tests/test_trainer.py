@@ -47,7 +47,7 @@ def test_config_defaults_and_cli_parsing(tmp_path):
     assert (config.loss, config.temperature, config.hypergradient, config.lookahead_steps) == ("kd", 2.0, "finite_difference", 3)
     assert config.remove_unused_columns is False
     assert config.label_names == ["labels"]
-    assert config.meta_batch_size == 16  # 2x the training batch by default
+    assert config.meta_batch_size == 8  # the training batch by default
 
 
 @pytest.mark.parametrize("fraction", [0.0, 1.0, 1.5, -0.1])

@@ -36,7 +36,12 @@ class _GradientReversal(torch.autograd.Function):
 
 def gradient_reversal(x: torch.Tensor, lambda_: torch.Tensor | float) -> torch.Tensor:
     """Gradient-reversal layer (Ganin & Lempitsky, 2015): returns ``x``; its gradient becomes ``-lambda_`` times
-    the gradient it receives."""
+    the gradient it receives.
+
+    Args:
+        x: the tensor passed through.
+        lambda_: the reversal strength (a float or a scalar tensor).
+    """
     return _GradientReversal.apply(x, torch.as_tensor(lambda_, dtype=x.dtype, device=x.device))
 
 
@@ -85,7 +90,12 @@ class CTKDLoss(nn.Module):
         self.register_buffer("progress_total", torch.zeros((), dtype=torch.long))
 
     def set_progress(self, step: int, total_steps: int) -> None:
-        """Record that ``step`` of ``total_steps`` optimizer steps are done (drives the ``lambda`` curriculum)."""
+        """Record that ``step`` of ``total_steps`` optimizer steps are done (drives the ``lambda`` curriculum).
+
+        Args:
+            step: the student's global step.
+            total_steps: the run's number of optimizer steps.
+        """
         self.progress_step.fill_(int(step))
         self.progress_total.fill_(int(total_steps))
 
@@ -99,7 +109,11 @@ class CTKDLoss(nn.Module):
         return self.lambda_min + (self.lambda_max - self.lambda_min) * (1 - torch.cos(math.pi * ratio)) / 2
 
     def temperature_from(self, raw: torch.Tensor) -> torch.Tensor:
-        """Map the raw parameter value to the temperature."""
+        """Map the raw parameter value to the temperature.
+
+        Args:
+            raw: a value of the raw parameter ``global_t`` (a tensor).
+        """
         return self.temperature_min + self.temperature_range * torch.sigmoid(raw)
 
     @property
@@ -108,6 +122,13 @@ class CTKDLoss(nn.Module):
         return self.temperature_from(self.global_t.detach())
 
     def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Scalar KD loss at the current temperature (mean over the batch); the temperature's gradient is reversed.
+
+        Args:
+            student_logits: the student's logits, ``(batch, classes)``.
+            teacher_logits: the teacher's logits, ``(batch, classes)``.
+            labels: ``(batch,)`` class indices; unused.
+        """
         temperature = self.temperature_from(gradient_reversal(self.global_t, self.grl_lambda()))
         return kd_loss(student_logits, teacher_logits, temperature)
 

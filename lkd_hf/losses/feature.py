@@ -27,6 +27,15 @@ class FitNetLoss(nn.Module):
     """
 
     def forward(self, student_feature: torch.Tensor, teacher_feature: torch.Tensor) -> torch.Tensor:
+        """Scalar MSE between the two features.
+
+        Args:
+            student_feature: the connector-mapped student feature, ``(batch, channels, height, width)``.
+            teacher_feature: the teacher feature, of the same shape.
+
+        Raises:
+            ValueError: the shapes differ.
+        """
         if student_feature.shape != teacher_feature.shape:
             raise ValueError(
                 f"FitNetLoss needs features of identical shape, got student {tuple(student_feature.shape)} and "
@@ -37,7 +46,12 @@ class FitNetLoss(nn.Module):
 
 
 def attention_map(feature: torch.Tensor, p: float = 2.0) -> torch.Tensor:
-    """Spatial attention map of Zagoruyko & Komodakis: ``normalize(mean_c f^p)`` flattened, shape ``(B, H*W)``."""
+    """Spatial attention map of Zagoruyko & Komodakis: ``normalize(mean_c f^p)`` flattened, shape ``(B, H*W)``.
+
+    Args:
+        feature: a feature map ``(B, C, H, W)``.
+        p: the power applied element-wise before the mean over channels.
+    """
     return F.normalize(feature.pow(p).mean(1).flatten(1))
 
 
@@ -46,6 +60,9 @@ class ATLoss(nn.Module):
 
     ``mean((a(s) - a(t))^2)`` with ``a(f) = normalize(mean_c f^p)`` (p = 2), as RepDistiller's ``Attention``
     loss for one pair. Channel counts may differ; spatial sizes must match.
+
+    Args:
+        p: the power of the attention map (:func:`attention_map`).
     """
 
     def __init__(self, p: float = 2.0) -> None:
@@ -53,6 +70,15 @@ class ATLoss(nn.Module):
         self.p = p
 
     def forward(self, student_feature: torch.Tensor, teacher_feature: torch.Tensor) -> torch.Tensor:
+        """Scalar attention transfer loss for one feature pair.
+
+        Args:
+            student_feature: the student feature, ``(batch, channels, height, width)``.
+            teacher_feature: the teacher feature, with the same batch size and ``(height, width)`` (any channels).
+
+        Raises:
+            ValueError: a feature that is not 4-D, or a different batch or spatial size.
+        """
         if student_feature.dim() != 4 or teacher_feature.dim() != 4:
             raise ValueError(
                 f"ATLoss expects (batch, channels, height, width) features, got shapes "

@@ -11,7 +11,13 @@ from torch import nn
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Hinton et al. (2015): ``T^2 * KL(softmax(z_t/T) || softmax(z_s/T))``, averaged over the batch."""
+    """Hinton et al. (2015): ``T^2 * KL(softmax(z_t/T) || softmax(z_s/T))``, averaged over the batch.
+
+    Args:
+        student_logits: the student's logits ``z_s``, ``(batch, classes)``.
+        teacher_logits: the teacher's logits ``z_t``, ``(batch, classes)``.
+        temperature: the softmax temperature ``T`` (a float or a scalar tensor).
+    """
     log_p_s = F.log_softmax(student_logits / temperature, dim=-1)
     log_p_t = F.log_softmax(teacher_logits / temperature, dim=-1)
     return F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True) * temperature**2
@@ -29,6 +35,13 @@ class KDLoss(nn.Module):
         self.temperature = temperature
 
     def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Scalar KD loss (mean over the batch).
+
+        Args:
+            student_logits: the student's logits, ``(batch, classes)``.
+            teacher_logits: the teacher's logits, ``(batch, classes)``.
+            labels: ``(batch,)`` class indices; unused.
+        """
         return kd_loss(student_logits, teacher_logits, self.temperature)
 
 
@@ -37,6 +50,10 @@ def standardize(logits: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
 
     This is the pre-process of logit standardization (Sun et al., 2024), with the reference implementation's
     ``eps`` added to the standard deviation.
+
+    Args:
+        logits: logits of shape ``(..., classes)``; each row (last dimension) is standardized.
+        eps: added to each row's standard deviation before dividing.
     """
     mean = logits.mean(dim=-1, keepdim=True)
     std = logits.std(dim=-1, keepdim=True)
@@ -61,11 +78,24 @@ class LSKDLoss(nn.Module):
         self.temperature, self.eps = temperature, eps
 
     def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Scalar KD loss on the standardized logits (mean over the batch).
+
+        Args:
+            student_logits: the student's logits, ``(batch, classes)``.
+            teacher_logits: the teacher's logits, ``(batch, classes)``.
+            labels: ``(batch,)`` class indices; unused.
+        """
         return kd_loss(standardize(student_logits, self.eps), standardize(teacher_logits, self.eps), self.temperature)
 
 
 def pearson_rows(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """Pearson correlation of each row of ``a`` with the same row of ``b``."""
+    """Pearson correlation of each row of ``a`` with the same row of ``b``.
+
+    Args:
+        a: a 2-D tensor ``(rows, n)``.
+        b: a tensor of the same shape.
+        eps: added to the product of the row norms before dividing.
+    """
     a = a - a.mean(dim=1, keepdim=True)
     b = b - b.mean(dim=1, keepdim=True)
     return (a * b).sum(dim=1) / (a.norm(dim=1) * b.norm(dim=1) + eps)
@@ -88,6 +118,13 @@ class DISTLoss(nn.Module):
         self.beta, self.gamma, self.temperature = beta, gamma, temperature
 
     def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Scalar DIST loss (inter-class relations averaged over the batch, intra-class ones over the classes).
+
+        Args:
+            student_logits: the student's logits, ``(batch, classes)``.
+            teacher_logits: the teacher's logits, ``(batch, classes)``.
+            labels: ``(batch,)`` class indices; unused.
+        """
         p_s = F.softmax(student_logits / self.temperature, dim=1)
         p_t = F.softmax(teacher_logits / self.temperature, dim=1)
         inter = 1 - pearson_rows(p_s, p_t).mean()
@@ -116,6 +153,13 @@ class DKDLoss(nn.Module):
         self.alpha, self.beta, self.temperature, self.logit_stand = alpha, beta, temperature, logit_stand
 
     def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Scalar DKD loss (mean over the batch).
+
+        Args:
+            student_logits: the student's logits, ``(batch, classes)``.
+            teacher_logits: the teacher's logits, ``(batch, classes)``.
+            labels: ``(batch,)`` class indices (the target class of TCKD / NCKD).
+        """
         if self.logit_stand:
             student_logits, teacher_logits = standardize(student_logits), standardize(teacher_logits)
         t = self.temperature

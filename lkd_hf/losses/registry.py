@@ -36,6 +36,14 @@ def register_loss(
         @register_loss("my_kd")
         def build_my_kd(config):
             return MyKD(temperature=config.temperature)
+
+    Args:
+        name: the loss's name in loss specs (no ``+``).
+        kind: ``"logit"`` or ``"feature"`` (what the built module's ``forward`` takes, see the module docstring).
+        overwrite: replace a loss already registered under ``name`` instead of raising ``ValueError``.
+
+    Returns:
+        A decorator that registers the factory and returns it unchanged.
     """
     if "+" in name:
         raise ValueError(f"Loss names cannot contain '+' (reserved for combinations): {name!r}")
@@ -52,12 +60,21 @@ def register_loss(
 
 
 def available_losses(kind: str | None = None) -> list[str]:
-    """Names of the registered losses (of one ``kind``, or all), sorted."""
+    """Names of the registered losses (of one ``kind``, or all), sorted.
+
+    Args:
+        kind: ``"logit"``, ``"feature"`` or ``None`` (all).
+    """
     return sorted(n for n, (k, _) in _LOSSES.items() if kind is None or k == kind)
 
 
 def build_loss(name: str, config: "LKDConfig") -> nn.Module | None:
-    """Build the registered loss ``name`` for ``config``; unknown names list the known ones."""
+    """Build the registered loss ``name`` for ``config``; unknown names list the known ones.
+
+    Args:
+        name: a registered loss name (one part of a loss spec).
+        config: the run's config, passed to the loss's factory.
+    """
     if name not in _LOSSES:
         raise ValueError(f"Unknown loss {name!r}. Known losses: {', '.join(available_losses())}.")
     return _LOSSES[name][1](config)
@@ -71,7 +88,14 @@ class LossSpec(NamedTuple):
 
 
 def parse_loss_spec(spec: str) -> LossSpec:
-    """Split ``"kd+fitnet"`` into ``LossSpec(logit="kd", feature="fitnet")``, checking names and kinds."""
+    """Split ``"kd+fitnet"`` into ``LossSpec(logit="kd", feature="fitnet")``, checking names and kinds.
+
+    Args:
+        spec: registered loss names joined with ``+``, at most one of each kind.
+
+    Raises:
+        ValueError: an unknown name, or two losses of one kind.
+    """
     names = [n.strip() for n in spec.split("+")]
     by_kind: dict[str, str] = {}
     for name in names:

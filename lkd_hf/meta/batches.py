@@ -75,7 +75,11 @@ class MetaBatchStream:
         self._iterator: Iterator[dict[str, Any]] | None = None
 
     def seek(self, position: int) -> None:
-        """Continue the stream at batch ``position``."""
+        """Continue the stream at batch ``position``.
+
+        Args:
+            position: the index of the next batch in the seeded batch order.
+        """
         self.position, self._iterator = position, None
 
     def __next__(self) -> dict[str, Any]:

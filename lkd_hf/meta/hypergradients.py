@@ -139,7 +139,11 @@ def available_hypergradients() -> list[str]:
 
 
 def get_hypergradient(name: str) -> Estimator:
-    """The estimator registered as ``name``; unknown names list the known ones."""
+    """The estimator registered as ``name``; unknown names list the known ones.
+
+    Args:
+        name: a registered estimator name, e.g. ``"unrolled"``, ``"finite_difference"`` or ``"implicit"``.
+    """
     if name not in _ESTIMATORS:
         raise ValueError(f"Unknown hypergradient {name!r}. Known: {', '.join(available_hypergradients())}.")
     return _ESTIMATORS[name]
@@ -200,7 +204,12 @@ def _clipped_vjp(adjoint: list[torch.Tensor], grads: list[torch.Tensor], max_nor
 
 @register_hypergradient("unrolled")
 def unrolled_hypergradient(problem: MetaProblem, start_params: Params) -> Hypergradient:
-    """Exact hypergradient by back-propagating through the ``K`` virtual steps."""
+    """Exact hypergradient by back-propagating through the ``K`` virtual steps.
+
+    Args:
+        problem: the meta step's inputs (:class:`MetaProblem`).
+        start_params: the student weights ``w_0`` the virtual steps start from, by parameter name.
+    """
     seeds = _step_seeds(problem)
     names = list(start_params)
     w = {n: p.detach().requires_grad_(True) for n, p in start_params.items()}
@@ -225,6 +234,10 @@ def finite_difference_hypergradient(problem: MetaProblem, start_params: Params) 
     Student passes: ``K + 1`` forward/backward (``K`` when ``first_step_grads`` is given), then ``2 (K - 1)``
     forward/backward for steps ``K-1 .. 1`` and two forwards for step 0 (``"jvp"``: one forward with tangents per
     step instead of the two forwards, the ``2 (K - 1)`` forward/backward passes still giving the ``H_k a``).
+
+    Args:
+        problem: the meta step's inputs (:class:`MetaProblem`).
+        start_params: the student weights ``w_0`` the virtual steps start from, by parameter name.
     """
     seeds = _step_seeds(problem)
     trajectory, step_grads = [{n: p.detach() for n, p in start_params.items()}], []
@@ -246,6 +259,10 @@ def implicit_hypergradient(problem: MetaProblem, start_params: Params) -> Hyperg
     ``2K`` student forward/backward passes (``K`` more with clipping, one of them saved by ``first_step_grads``).
     Equals ``unrolled`` when the training loss is quadratic in ``w`` and the validation loss linear. Diverges when
     ``lr`` times the curvature exceeds 2.
+
+    Args:
+        problem: the meta step's inputs (:class:`MetaProblem`).
+        start_params: the student weights ``w_0`` the virtual steps start from, by parameter name.
     """
     seeds = _step_seeds(problem)
     point = {n: p.detach() for n, p in start_params.items()}

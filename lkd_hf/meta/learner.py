@@ -194,7 +194,11 @@ class LossLearner:
         self.warmup_steps = args.meta_warmup_steps if args.meta_warmup_steps > 0 else math.ceil(args.meta_warmup_ratio * total_steps)
 
     def is_due(self, step: int) -> bool:
-        """Whether a meta step is due at student step ``step`` (warm-up over, on the interval, not yet done)."""
+        """Whether a meta step is due at student step ``step`` (warm-up over, on the interval, not yet done).
+
+        Args:
+            step: the student's global step.
+        """
         args = self.args
         return (
             step >= self.warmup_steps

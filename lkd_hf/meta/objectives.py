@@ -24,7 +24,13 @@ _MIN_SCALE, _MAX_SCALE = 1e-3, 1e3
 
 def fit_logit_scale(logits: torch.Tensor, labels: torch.Tensor, iterations: int = 30) -> torch.Tensor:
     """The scale ``a`` in ``[1e-3, 1e3]`` minimising ``CE(a * logits, labels)`` (convex in ``a``; safeguarded Newton
-    steps from ``a = 1``), without gradient."""
+    steps from ``a = 1``), without gradient.
+
+    Args:
+        logits: the student's logits, ``(batch, classes)``.
+        labels: ``(batch,)`` class indices.
+        iterations: maximum number of Newton steps (fewer once the scale has converged).
+    """
     with torch.no_grad():
         z = logits.detach().double()
         z_target = z.gather(1, labels.view(-1, 1)).squeeze(1)
@@ -43,7 +49,12 @@ def fit_logit_scale(logits: torch.Tensor, labels: torch.Tensor, iterations: int 
 
 
 def calibrated_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """``CE(a * logits, labels)`` at the temperature-scaling optimum ``a`` (``fit_logit_scale``), ``a`` detached."""
+    """``CE(a * logits, labels)`` at the temperature-scaling optimum ``a`` (``fit_logit_scale``), ``a`` detached.
+
+    Args:
+        logits: the student's logits, ``(batch, classes)``.
+        labels: ``(batch,)`` class indices.
+    """
     return F.cross_entropy(logits * fit_logit_scale(logits, labels), labels)
 
 

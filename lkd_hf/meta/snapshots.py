@@ -29,7 +29,11 @@ POOL_STATE_NAME = "pool.json"
 
 
 def snapshot_filename(step: int) -> str:
-    """File name of the snapshot of ``step`` (in a disk-backed pool and in a saved pool state)."""
+    """File name of the snapshot of ``step`` (in a disk-backed pool and in a saved pool state).
+
+    Args:
+        step: the student step the snapshot was taken at.
+    """
     return f"snapshot-{step}.safetensors"
 
 
@@ -51,10 +55,14 @@ class SnapshotPool:
     """Student weights recorded every ``interval`` steps (on ``device``, CPU by default), at most ``max_size``.
 
     Args:
+        max_size: the most snapshots kept; when exceeded, every second one is dropped and ``interval`` doubles.
+        interval: initial recording interval, in student steps.
         strategy: which snapshot a meta step starts from: ``current`` (always the live weights), ``uniform`` (uniform
             over the pool and the live weights), ``gaussian`` (a snapshot about ``|N(0, distance)|`` steps back), or
             ``fixed`` (the snapshot nearest to ``distance`` steps back).
         distance: the step distance of ``gaussian`` (its standard deviation) and ``fixed``.
+        device: where in-memory snapshots are kept.
+        seed: seed of the sampling RNG.
         storage_dir: if given, snapshots are written there as ``snapshot-<step>.safetensors`` files (and deleted
             when thinned) instead of being kept in memory.
     """
@@ -95,18 +103,33 @@ class SnapshotPool:
         return sum(os.path.getsize(s.path) for s in self.snapshots if s.path is not None)
 
     def is_due(self, step: int) -> bool:
-        """Whether ``step`` is a recording step not recorded yet."""
+        """Whether ``step`` is a recording step not recorded yet.
+
+        Args:
+            step: the student's global step.
+        """
         return step % self.interval == 0 and not (self.snapshots and self.snapshots[-1].step == step)
 
     def maybe_record(self, step: int, params: dict[str, torch.Tensor]) -> bool:
-        """Record ``params`` if ``step`` is a recording step; thin the pool when it overflows."""
+        """Record ``params`` if ``step`` is a recording step; thin the pool when it overflows. Returns whether it
+        recorded.
+
+        Args:
+            step: the student's global step.
+            params: the student's weights by parameter name (copied).
+        """
         if not self.is_due(step):
             return False
         self.add(step, params)
         return True
 
     def add(self, step: int, params: dict[str, torch.Tensor]) -> None:
-        """Add a snapshot (copied to the pool's device), keeping the pool sorted by step and bounded."""
+        """Add a snapshot (copied to the pool's device), keeping the pool sorted by step and bounded.
+
+        Args:
+            step: the student step the weights are from.
+            params: the student's weights by parameter name (copied).
+        """
         if self.storage_dir is None:
             snapshot = Snapshot(step, tensors={n: p.detach().to(self.device, copy=True) for n, p in params.items()})
         else:
@@ -129,7 +152,11 @@ class SnapshotPool:
         return self.snapshots[self._rng.randrange(len(self.snapshots))]
 
     def sample(self, current_step: int) -> Snapshot | None:
-        """The snapshot a meta step starts from, or ``None`` for the live weights."""
+        """The snapshot a meta step starts from, or ``None`` for the live weights.
+
+        Args:
+            current_step: the student's global step (the ``gaussian`` and ``fixed`` strategies look back from it).
+        """
         if self.strategy == "current" or not self.snapshots:
             return None
         if self.strategy == "uniform":
@@ -145,7 +172,11 @@ class SnapshotPool:
     def save_state(self, directory: str) -> None:
         """Write the pool to ``directory``: each snapshot as ``snapshot-<step>.safetensors`` (a disk-backed pool's
         files are copied) and ``pool.json`` with the snapshot steps, the current recording interval and the state of
-        the sampling RNG. :meth:`load_state` restores it."""
+        the sampling RNG. :meth:`load_state` restores it.
+
+        Args:
+            directory: the folder to write (created if needed), e.g. in a Trainer checkpoint.
+        """
         os.makedirs(directory, exist_ok=True)
         for snapshot in self.snapshots:
             target = os.path.join(directory, snapshot_filename(snapshot.step))
@@ -168,7 +199,11 @@ class SnapshotPool:
         """Replace the snapshots, the recording interval and the sampling RNG state by those :meth:`save_state`
         wrote to ``directory``. The pool keeps its own ``max_size``, ``strategy``, ``distance``, device and storage:
         a disk-backed pool copies the snapshot files into its ``storage_dir`` (and deletes the files of the snapshots
-        it drops), an in-memory pool reads them into memory."""
+        it drops), an in-memory pool reads them into memory.
+
+        Args:
+            directory: a folder written by :meth:`save_state`.
+        """
         with open(os.path.join(directory, POOL_STATE_NAME)) as f:
             state = json.load(f)
         restored = []

@@ -46,6 +46,11 @@ class StagedNet(nn.Module):
 
     Feature tap 0 is the stem output when ``stem_tap`` is true, the stage outputs follow. Subclasses set
     ``num_features`` and call :meth:`_create_head` once their layers are built.
+
+    Args:
+        num_classes: classifier outputs (0 for no classifier).
+        in_chans: input image channels.
+        drop_rate: dropout before the classifier.
     """
 
     stem_tap: bool = True
@@ -91,10 +96,21 @@ class StagedNet(nn.Module):
 
     @torch.jit.ignore
     def get_classifier(self, name_only: bool = False) -> Union[str, nn.Module]:
+        """The classifier module (``fc``), or its attribute name.
+
+        Args:
+            name_only: return the name ``"fc"`` instead of the module.
+        """
         return "fc" if name_only else self.fc
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        """Replace the classifier (``num_classes=0``: none); ``global_pool=None`` keeps the pooling type."""
+        """Replace the classifier (``num_classes=0``: none); ``global_pool=None`` keeps the pooling type.
+
+        Args:
+            num_classes: outputs of the new classifier (0 for no classifier).
+            global_pool: timm global pooling type ('avg', 'max', 'avgmax', 'catavgmax', '' for none), or ``None``
+                to keep the current one.
+        """
         dd = get_device_dtype(self)
         self.num_classes = num_classes
         if global_pool is None:
@@ -192,12 +208,23 @@ class StagedNet(nn.Module):
         return take_indices
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Global pooling, dropout and the classifier.
+
+        Args:
+            x: the final feature map from ``forward_features``.
+            pre_logits: return the pooled features instead of the logits.
+        """
         x = self.global_pool(x)
         if self.drop_rate:
             x = F.dropout(x, p=float(self.drop_rate), training=self.training)
         return x if pre_logits else self.fc(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits: ``forward_head(forward_features(x))``.
+
+        Args:
+            x: input images ``(B, in_chans, H, W)``.
+        """
         x = self.forward_features(x)
         x = self.forward_head(x)
         return x
@@ -209,12 +236,21 @@ class StagedNet(nn.Module):
 
 
 def lkd_cfg(**kwargs: Any) -> Dict[str, Any]:
-    """``pretrained_cfg`` entries common to all ``lkd_hf`` models (no weights, no crop, ``fc`` head)."""
+    """``pretrained_cfg`` entries common to all ``lkd_hf`` models (no weights, no crop, ``fc`` head).
+
+    Args:
+        **kwargs: further ``pretrained_cfg`` entries (e.g. ``input_size``, ``mean``, ``std``); they override the
+            common ones.
+    """
     return {"url": "", "crop_pct": 1.0, "interpolation": "bilinear", "classifier": "fc", **kwargs}
 
 
 def cifar_cfg(**kwargs: Any) -> Dict[str, Any]:
-    """``pretrained_cfg`` of the RepDistiller CIFAR nets: 32x32 RGB, CIFAR-100 mean / std, 100 classes."""
+    """``pretrained_cfg`` of the RepDistiller CIFAR nets: 32x32 RGB, CIFAR-100 mean / std, 100 classes.
+
+    Args:
+        **kwargs: further ``pretrained_cfg`` entries (e.g. ``paper_ids``).
+    """
     return lkd_cfg(
         num_classes=100,
         input_size=(3, 32, 32),
@@ -259,6 +295,13 @@ def create_lkd_model(
     entries are overlaid with a 3-channel ``input_size`` and 3-entry ``mean`` / ``std`` (single values
     repeated, several values averaged). Entries given in a caller's ``pretrained_cfg_overlay`` are respected
     unless they contradict ``in_chans``.
+
+    Args:
+        model_cls: the model class.
+        variant: the registered model name (its ``pretrained_cfg`` is looked up).
+        pretrained: load pretrained weights.
+        **kwargs: passed to ``build_model_with_cfg`` and the model's constructor (``in_chans``, ``num_classes``,
+            ``feature_cfg``, ``pretrained_cfg_overlay``, ...).
     """
     in_chans = kwargs.get("in_chans")
     if in_chans is not None:
@@ -286,6 +329,12 @@ def register_variants(
     and returns it. For each ``name: (model_args, doc)`` an entrypoint ``name(pretrained=False, **kwargs)``
     (docstring ``doc``) calls ``create_fn(name, pretrained, **model_args)`` with ``kwargs`` taking precedence;
     it is registered with ``register_model`` (so added to the module's ``__all__``) and bound in the module.
+
+    Args:
+        namespace: the family module's ``globals()``.
+        create_fn: the family's builder, ``create_fn(variant, pretrained, **kwargs)``.
+        default_cfg: the ``pretrained_cfg`` of every variant.
+        variants: ``name: (model_args, doc)`` per variant.
     """
     namespace["default_cfgs"] = generate_default_cfgs({name: dict(default_cfg) for name in variants})
     for name, (model_args, doc) in variants.items():

@@ -32,7 +32,16 @@ __all__ = ["CifarResNet", "CifarBasicBlock"]
 
 
 class CifarBasicBlock(nn.Module):
-    """conv3x3-BN-ReLU-conv3x3-BN plus (projection) shortcut, then ReLU."""
+    """conv3x3-BN-ReLU-conv3x3-BN plus (projection) shortcut, then ReLU.
+
+    Args:
+        inplanes: input channels.
+        planes: output channels.
+        stride: stride of the first conv.
+        downsample: the projection shortcut (``None``: identity).
+        act_layer / norm_layer: activation and normalisation layers.
+        device / dtype: device and dtype of the parameters (``None``: PyTorch's defaults).
+    """
 
     expansion = 1
 
@@ -62,6 +71,11 @@ class CifarBasicBlock(nn.Module):
             nn.init.zeros_(self.bn2.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Residual branch plus shortcut, then the activation.
+
+        Args:
+            x: input feature map ``(B, inplanes, H, W)``.
+        """
         shortcut = x
         x = self.conv1(x)
         x = self.bn1(x)
@@ -87,6 +101,7 @@ class CifarResNet(StagedNet):
         global_pool: timm global pooling type ('avg', 'max', 'avgmax', 'catavgmax', '' for none).
         zero_init_last: zero-init the last BN of each residual branch (off in the reference models).
         act_layer / norm_layer: activation and normalisation layers.
+        device / dtype: device and dtype of the parameters (``None``: PyTorch's defaults).
     """
 
     stage_names = ("layer1", "layer2", "layer3")
@@ -149,7 +164,11 @@ class CifarResNet(StagedNet):
 
     @torch.jit.ignore
     def init_weights(self, zero_init_last: bool = False) -> None:
-        """RepDistiller's init: Kaiming-normal (fan-out) convs, BN weight 1 / bias 0, default linear."""
+        """RepDistiller's init: Kaiming-normal (fan-out) convs, BN weight 1 / bias 0, default linear.
+
+        Args:
+            zero_init_last: also zero the last BN weight of each residual branch.
+        """
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -163,10 +182,20 @@ class CifarResNet(StagedNet):
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Dict[str, str]:
+        """Parameter groups for timm's layer-wise optimizer settings (regexes over parameter names).
+
+        Args:
+            coarse: one group per stage instead of one per block.
+        """
         return dict(stem=r"^conv1|bn1", blocks=r"^layer(\d+)" if coarse else r"^layer(\d+)\.(\d+)")
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Turn gradient checkpointing of the stages on or off.
+
+        Args:
+            enable: checkpoint (recompute in the backward pass) instead of storing activations.
+        """
         self.grad_checkpointing = enable
 
     def _forward_stem(self, x: torch.Tensor) -> torch.Tensor:
@@ -186,6 +215,11 @@ class CifarResNet(StagedNet):
             setattr(self, n, nn.Sequential())
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The final feature map (before pooling and the classifier).
+
+        Args:
+            x: input images ``(B, in_chans, H, W)``.
+        """
         x = self._forward_stem(x)
         if self.grad_checkpointing and not torch.jit.is_scripting():
             x = checkpoint_seq([self.layer1, self.layer2, self.layer3], x, flatten=True)

@@ -33,7 +33,14 @@ __all__ = ["ConvNet", "create_lkd_model"]
 
 
 class ConvBnAct(nn.Module):
-    """3x3 conv (no bias), batch norm, activation."""
+    """3x3 conv (no bias), batch norm, activation.
+
+    Args:
+        in_chs: input channels.
+        out_chs: output channels.
+        act_layer / norm_layer: activation and normalisation layers.
+        device / dtype: device and dtype of the parameters (``None``: PyTorch's defaults).
+    """
 
     def __init__(
             self,
@@ -51,11 +58,25 @@ class ConvBnAct(nn.Module):
         self.act = act_layer(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Conv, norm, activation.
+
+        Args:
+            x: input feature map ``(B, in_chs, H, W)``.
+        """
         return self.act(self.bn(self.conv(x)))
 
 
 class ConvStage(nn.Module):
-    """Optional 2x2 max-pool (downsampling into the stage) followed by ``depth`` :class:`ConvBnAct` blocks."""
+    """Optional 2x2 max-pool (downsampling into the stage) followed by ``depth`` :class:`ConvBnAct` blocks.
+
+    Args:
+        in_chs: input channels.
+        out_chs: output channels of every block.
+        depth: number of blocks.
+        downsample: start with the 2x2 max-pool.
+        act_layer / norm_layer: activation and normalisation layers.
+        device / dtype: device and dtype of the parameters (``None``: PyTorch's defaults).
+    """
 
     def __init__(
             self,
@@ -80,6 +101,11 @@ class ConvStage(nn.Module):
         ])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Pool (if downsampling), then the blocks.
+
+        Args:
+            x: input feature map ``(B, in_chs, H, W)``.
+        """
         x = self.pool(x)
         if self.grad_checkpointing and not torch.jit.is_scripting():
             x = checkpoint_seq(self.blocks, x)
@@ -99,6 +125,7 @@ class ConvNet(StagedNet):
         drop_rate: dropout before the classifier.
         global_pool: timm global pooling type ('avg', 'max', 'avgmax', 'catavgmax', '' for none).
         act_layer / norm_layer: activation and normalisation layers.
+        device / dtype: device and dtype of the parameters (``None``: PyTorch's defaults).
     """
 
     stem_tap = False  # no stem: feature tap i is stage i
@@ -148,6 +175,11 @@ class ConvNet(StagedNet):
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
+        """Parameter groups for timm's layer-wise optimizer settings (regexes over parameter names).
+
+        Args:
+            coarse: one group per stage instead of one per block.
+        """
         return dict(
             stem=r"^stages\.0\.blocks\.0",  # the first conv
             blocks=r"^stages\.(\d+)" if coarse else r"^stages\.(\d+)\.blocks\.(\d+)",
@@ -155,6 +187,11 @@ class ConvNet(StagedNet):
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Turn gradient checkpointing of the stages on or off.
+
+        Args:
+            enable: checkpoint (recompute in the backward pass) instead of storing activations.
+        """
         self.grad_checkpointing = enable
         for s in self.stages:
             s.grad_checkpointing = enable
@@ -171,6 +208,11 @@ class ConvNet(StagedNet):
         self.stages = self.stages[:num_keep]
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The final feature map (before pooling and the classifier).
+
+        Args:
+            x: input images ``(B, in_chans, H, W)``.
+        """
         if self.grad_checkpointing and not torch.jit.is_scripting():
             x = checkpoint_seq(self.stages, x)
         else:

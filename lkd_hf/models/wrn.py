@@ -33,6 +33,14 @@ class WideBasicBlock(nn.Module):
     """Pre-activation block: BN-ReLU-conv3x3-BN-ReLU-(dropout)-conv3x3 plus (1x1 projection) shortcut.
 
     When the channel count changes, the pre-activation is shared with the 1x1 projection shortcut (as in CRD).
+
+    Args:
+        in_planes: input channels.
+        out_planes: output channels (a 1x1 projection shortcut when they differ from ``in_planes``).
+        stride: stride of the first conv (and of the shortcut).
+        drop_rate: dropout between the two convs.
+        act_layer / norm_layer: activation and normalisation layers.
+        device / dtype: device and dtype of the parameters (``None``: PyTorch's defaults).
     """
 
     def __init__(
@@ -63,6 +71,11 @@ class WideBasicBlock(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Residual branch plus shortcut.
+
+        Args:
+            x: input feature map ``(B, in_planes, H, W)``.
+        """
         out = self.act1(self.bn1(x))
         if not self.equal_in_out:
             x = out  # the projection shortcut sees the pre-activated input
@@ -75,7 +88,17 @@ class WideBasicBlock(nn.Module):
 
 
 class NetworkBlock(nn.Module):
-    """A stage of ``nb_layers`` :class:`WideBasicBlock` (the first one may downsample / widen)."""
+    """A stage of ``nb_layers`` :class:`WideBasicBlock` (the first one may downsample / widen).
+
+    Args:
+        nb_layers: number of blocks.
+        in_planes: input channels.
+        out_planes: output channels of every block.
+        stride: stride of the first block.
+        drop_rate: dropout between the two convs of each block.
+        act_layer / norm_layer: activation and normalisation layers.
+        device / dtype: device and dtype of the parameters (``None``: PyTorch's defaults).
+    """
 
     def __init__(
             self,
@@ -106,6 +129,11 @@ class NetworkBlock(nn.Module):
         ])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The blocks, in order.
+
+        Args:
+            x: input feature map ``(B, in_planes, H, W)``.
+        """
         if self.grad_checkpointing and not torch.jit.is_scripting():
             return checkpoint_seq(self.layer, x)
         return self.layer(x)
@@ -123,6 +151,7 @@ class WideResNet(StagedNet):
         block_drop_rate: dropout between the two convs of each block (CRD's ``dropRate``, 0 by default).
         global_pool: timm global pooling type ('avg', 'max', 'avgmax', 'catavgmax', '' for none).
         act_layer / norm_layer: activation and normalisation layers.
+        device / dtype: device and dtype of the parameters (``None``: PyTorch's defaults).
     """
 
     stage_names = ("block1", "block2", "block3")
@@ -190,6 +219,11 @@ class WideResNet(StagedNet):
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
+        """Parameter groups for timm's layer-wise optimizer settings (regexes over parameter names).
+
+        Args:
+            coarse: one group per stage instead of one per block.
+        """
         return dict(
             stem=r"^conv1",
             blocks=r"^block(\d+)" if coarse else [(r"^block(\d+)\.layer\.(\d+)", None), (r"^bn1", (99999,))],
@@ -197,6 +231,11 @@ class WideResNet(StagedNet):
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Turn gradient checkpointing of the stages on or off.
+
+        Args:
+            enable: checkpoint (recompute in the backward pass) instead of storing activations.
+        """
         self.grad_checkpointing = enable
         for block in self._stages():
             if isinstance(block, NetworkBlock):
@@ -214,6 +253,11 @@ class WideResNet(StagedNet):
             setattr(self, n, nn.Identity())
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The final feature map after the last BN-ReLU (before pooling and the classifier).
+
+        Args:
+            x: input images ``(B, in_chans, H, W)``.
+        """
         x = self.conv1(x)
         x = self.block1(x)
         x = self.block2(x)
