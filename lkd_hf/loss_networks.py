@@ -1,6 +1,6 @@
 """Learned (meta-trained) distillation loss networks.
 
-``LogitLossNet`` is the logit-side loss network of LKD (see ``LKD_METHOD.md``, "Generic loss networks"):
+``LogitLossNet`` is the logit-side loss network of LKD (see ``docs/method.md``, "The loss networks"):
 
 * per (sample, class) inputs built from student/teacher probabilities at the learned temperature and at
   temperature 1, their log-ratio and the target indicator; one small MLP shared by all classes, so the

@@ -3,8 +3,7 @@
 The student step minimises the :class:`~lkd_hf.objective.DistillationObjective` ``ce_weight * CE + distill_weight *
 distill_loss (+ feature_weight * feature_loss)``. When the distillation loss has trainable parameters (the learned
 ``lkd`` / ``feat`` loss networks), a :class:`~lkd_hf.meta.learner.LossLearner` updates them every ``meta_interval``
-student steps (the outer loop). The trainer wires the two into the Trainer's hooks: the teacher forward, the training
-step, logging, saving, resuming and the Hub.
+student steps. The trainer wires both into the Trainer's hooks (see also ``trainer_checkpoints``, ``trainer_hub``).
 """
 
 from __future__ import annotations
@@ -140,11 +139,9 @@ class LKDTrainer(CheckpointMixin, HubExportMixin):
                 rank=args.process_index,
                 world_size=args.world_size,
             )
-            with_connectors = isinstance(self.model, StudentWithConnectors)
+            connectors = isinstance(self.model, StudentWithConnectors)
             for checkpoint in args.snapshot_checkpoints:
-                self.loss_learner.snapshot_pool.add(
-                    checkpoint_step(checkpoint), load_student_params(checkpoint, with_connectors)
-                )
+                self.loss_learner.snapshot_pool.add(checkpoint_step(checkpoint), load_student_params(checkpoint, connectors))
 
     # ----------------------------------------------------------------------------------------------------------
     # public views
@@ -181,23 +178,19 @@ class LKDTrainer(CheckpointMixin, HubExportMixin):
         """Training: the distillation objective. Evaluation: the student's cross-entropy.
 
         Args:
-            model: the (possibly wrapped) student; in training mode the objective is computed, else the
-                cross-entropy.
+            model: the (possibly wrapped) student; in training mode the objective is computed, else the CE.
             inputs: a batch on the device with ``pixel_values`` and ``labels`` (and, when already computed,
                 ``teacher_logits`` / ``teacher_features``; else the teacher's outputs are added).
             return_outputs: also return ``{"logits": student_logits}``.
-            num_items_in_batch: as in :meth:`transformers.Trainer.compute_loss`; unused (the loss is a per-batch
-                mean).
+            num_items_in_batch: as in :meth:`transformers.Trainer.compute_loss`; unused (a per-batch mean).
         """
         labels = inputs["labels"]
         if model.training:
             if self.teacher is not None and "teacher_logits" not in inputs:
                 inputs = self.with_teacher_outputs(dict(inputs))
-            features = None
-            if self.feature_loss is not None:
-                logits, features = model(inputs["pixel_values"], return_features=True)
-            else:
-                logits = model(inputs["pixel_values"])
+            with_features = self.feature_loss is not None
+            output = model(inputs["pixel_values"], **({"return_features": True} if with_features else {}))
+            logits, features = output if with_features else (output, None)
             loss, parts = self.objective(
                 logits, inputs.get("teacher_logits"), labels, features, inputs.get("teacher_features")
             )
@@ -228,8 +221,7 @@ class LKDTrainer(CheckpointMixin, HubExportMixin):
         return inputs
 
     def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
-        """The Trainer's optimizer of the student, plus the parameters of the loss modules trained with the student
-        (e.g. CTKD's temperature) in a group of their own.
+        """The Trainer's optimizer of the student, plus the loss modules' parameters trained with it (e.g. CTKD's).
 
         Args:
             model: as in :meth:`transformers.Trainer.create_optimizer` (``None``: the trainer's model).

@@ -1,8 +1,8 @@
 """A bounded pool of student snapshots recorded during training, sampled as starting points of meta steps.
 
 LKD learns the loss "with various convergence rates of predictions" by computing hypergradients at students
-taken from across training, not only at the current weights (``LKD_METHOD.md``, "Uniform sampling of
-previously-trained students"). The pool keeps at most ``max_size`` snapshots spread over the *whole* run: when it
+taken from across training, not only at the current weights (uniform sampling of previously trained students;
+``docs/method.md``, "Snapshot pool"). The pool keeps at most ``max_size`` snapshots spread over the *whole* run: when it
 is full, every second snapshot is dropped and the recording interval doubles. Snapshots live in CPU memory by
 default, or as safetensors files in a directory (``storage_dir``) for models too large to keep ``max_size`` copies in
 memory.
