@@ -21,8 +21,9 @@ Setting (the same for every method, pair and seed):
 * Student recipe (``common.RECIPE``, the quickstart's): SGD Nesterov 0.9, lr 0.05, cosine, weight decay 5e-4,
   batch 64, ``augment="light"``, ``--epochs`` epochs. Test top-1 is the **last epoch's** (no best-epoch
   selection).
-* LKD's meta (validation) images come out of the same training budget: ``lkd_val_fraction`` (0.1) of the
-  subset is held out (200 of 2000 images) and LKD trains on the rest, for the same number of epochs.
+* LKD's meta steps validate on the training batch by default (``LKDConfig``'s default: no image held out); with
+  ``--lkd_val_fraction 0.1`` (the setting of the committed table) 200 of the 2000 images are held out for them and
+  LKD trains on the rest, for the same number of epochs.
 
 Pairs (``common.PAIRS``): ``teacher->s4`` (``lkd_convnet_s4``, 1.7k params), ``teacher->s16`` (``lkd_convnet_s16``,
 24k params) and the heterogeneous ``teacher->resnet8`` (CIFAR ResNet-8, ``in_chans=1``: a residual network
@@ -159,7 +160,8 @@ GRIDS: dict[str, dict[str, dict[str, Any]]] = {
     },
     "lkd-tuned": {  # the outer loop's settings: starting loss, meta learning rate, validation batch
         f"lkd-grid-{init}-lr{lr:g}-{source}": dict(loss="lkd", lkd_init=init, meta_learning_rate=lr,
-                                                    meta_val_source=source)
+                                                    meta_val_source=source,
+                                                    lkd_val_fraction=0.1 if source == "heldout" else None)
         for init in ("kd", "dist") for lr in (1e-3, 1e-2) for source in ("heldout", "train_batch")
     },
 }
@@ -190,8 +192,10 @@ class AccuracyArguments:
     lkd_meta_interval: int = field(default=5, metadata={"help": "LKD: a meta step every N student steps."})
     lkd_lookahead_steps: int = field(default=1, metadata={"help": "LKD: virtual steps K of each meta step."})
     lkd_snapshot_strategy: str = field(default="uniform", metadata={"help": "LKD: student a meta step starts from."})
-    lkd_val_fraction: float = field(
-        default=0.1, metadata={"help": "LKD: fraction of the subset held out for meta steps."}
+    lkd_val_fraction: float | None = field(
+        default=None,
+        metadata={"help": "LKD: fraction of the subset held out for meta steps (default: none, LKDConfig's default; "
+                  "the held-out rows of the lkd-tuned grid hold 0.1 out)."},
     )
     lkd_meta_batch_size: int | None = field(
         default=None, metadata={"help": "LKD: validation batch of a held-out meta step (default: LKDConfig's)."}
