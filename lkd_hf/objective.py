@@ -81,6 +81,11 @@ class DistillationObjective:
                     torch.distributed.all_reduce(p.grad)
                     p.grad /= torch.distributed.get_world_size()
 
+    def clear_student_trained_gradients(self) -> None:
+        """Drop the gradients of :meth:`student_trained_parameters` (after an optimizer step, or a skipped step)."""
+        for p in self.student_trained_parameters():
+            p.grad = None
+
     def save_student_trained(self, directory: str) -> None:
         """Save the state (parameters and buffers) of the loss modules trained with the student to
         ``<directory>/loss_state.safetensors``; nothing when there are none.

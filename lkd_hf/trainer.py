@@ -143,7 +143,6 @@ class LKDTrainer(CheckpointMixin, HubExportMixin):
             for checkpoint in args.snapshot_checkpoints:
                 self.loss_learner.snapshot_pool.add(checkpoint_step(checkpoint), load_student_params(checkpoint, connectors))
 
-    # ----------------------------------------------------------------------------------------------------------
     # public views
     @property
     def student(self) -> nn.Module:
@@ -166,7 +165,6 @@ class LKDTrainer(CheckpointMixin, HubExportMixin):
         """The learned loss parameters (empty when the loss is hand-made or frozen)."""
         return [] if self.loss_learner is None else self.loss_learner.params
 
-    # ----------------------------------------------------------------------------------------------------------
     # the student step
     def compute_loss(
         self,
@@ -230,6 +228,7 @@ class LKDTrainer(CheckpointMixin, HubExportMixin):
         extra = self.objective.student_trained_parameters()
         if extra and not any(p is extra[0] for group in optimizer.param_groups for p in group["params"]):
             optimizer.add_param_group({"params": extra, "weight_decay": self.args.weight_decay})
+            optimizer.register_step_post_hook(lambda *_: self.objective.clear_student_trained_gradients())
         return optimizer
 
     def prepare_batch(self, batch: dict[str, Any]) -> dict[str, Any]:
@@ -284,15 +283,18 @@ class LKDTrainer(CheckpointMixin, HubExportMixin):
         checked = {"pixel_values": inputs["pixel_values"], "teacher_logits": inputs.get("teacher_logits"), **parts}
         if self.accelerator.sync_gradients:
             self.objective.average_student_trained_gradients()
+        # steps are dropped on the averaged gradient (alike on every process); under fp16 the scaler drops them
         check_grads = self.accelerator.sync_gradients and self.accelerator.scaler is None
-        if self.nonfinite_guard.end(step, checked, model.parameters() if check_grads else None):
+        params = [*model.parameters(), *self.objective.student_trained_parameters()] if check_grads else None
+        if self.nonfinite_guard.end(step, checked, params):
             for name in parts:  # the skipped step's terms stay out of the logs
                 self._metrics[name].pop()
-            model.zero_grad(set_to_none=True)  # parameters without a gradient are not updated by the optimizer
+            if check_grads:  # parameters without a gradient are not updated by the optimizer
+                model.zero_grad(set_to_none=True)
+                self.objective.clear_student_trained_gradients()
         self._step_seconds += time.perf_counter() - start
         return loss
 
-    # ----------------------------------------------------------------------------------------------------------
     # the outer loop (delegates to the loss learner)
     def _require_learner(self) -> LossLearner:
         if self.loss_learner is None:
@@ -354,7 +356,6 @@ class LKDTrainer(CheckpointMixin, HubExportMixin):
         """The losses' global knobs (:meth:`DistillationObjective.knobs`), learned or not."""
         return self.objective.knobs()
 
-    # ----------------------------------------------------------------------------------------------------------
     # logging and saving
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Add the averaged loss components and meta statistics to the Trainer's training logs.

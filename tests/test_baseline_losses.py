@@ -161,7 +161,7 @@ def test_ls_and_ctkd_are_registered_and_built_from_the_config(tmp_path):
 def test_ctkd_temperature_is_trained_by_the_student_optimizer_and_resumes(tmp_path, make_config, make_dataset, make_models):
     student, teacher = make_models()
     args = make_config(tmp_path, loss="ctkd", max_steps=4, ctkd_curriculum_fraction=0.5, save_strategy="steps",
-                       save_steps=2)
+                       save_steps=4)
     trainer = LKDTrainer(model=student, teacher=teacher, args=args, train_dataset=make_dataset(64))
     assert trainer.loss_learner is None  # no meta steps: the temperature is the student optimizer's
     start = trainer.distill_loss.temperature.item()
@@ -170,5 +170,19 @@ def test_ctkd_temperature_is_trained_by_the_student_optimizer_and_resumes(tmp_pa
     assert any(p is global_t for group in trainer.optimizer.param_groups for p in group["params"])
     assert trainer.distill_loss.temperature.item() != start
     resumed = LKDTrainer(model=make_models()[0], teacher=teacher, args=args, train_dataset=make_dataset(64))
-    resumed.objective.load_student_trained(os.path.join(args.output_dir, "checkpoint-2"))
-    assert int(resumed.distill_loss.progress_step) == 1 and resumed.distill_loss.temperature.item() != start
+    resumed.objective.load_student_trained(os.path.join(args.output_dir, "checkpoint-4"))
+    assert int(resumed.distill_loss.progress_step) == 3
+    assert resumed.distill_loss.temperature.item() == trainer.distill_loss.temperature.item() != start
+
+
+def test_ctkd_temperature_gradient_does_not_pile_up_across_steps(tmp_path, make_config, make_dataset, make_models):
+    student, teacher = make_models()
+    args = make_config(tmp_path, loss="ctkd", max_steps=3, ctkd_curriculum_fraction=0.5)
+    trainer = LKDTrainer(model=student, teacher=teacher, args=args, train_dataset=make_dataset(64))
+    (global_t,) = trainer.objective.student_trained_parameters()
+    seen = []
+    trainer.add_callback(type("Recorder", (__import__("transformers").TrainerCallback,), {
+        "on_step_begin": lambda self, args, state, control, **kw: seen.append(global_t.grad)
+    })())
+    trainer.train()
+    assert seen == [None, None, None]  # cleared after every optimizer step

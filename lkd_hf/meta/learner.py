@@ -180,8 +180,8 @@ class LossLearner:
             student: the unwrapped student module being trained.
         """
         self.recent_batches.append(batch)
-        if self.snapshot_pool.is_due(step):
-            self.snapshot_pool.add(step, {n: p for n, p in student.named_parameters() if p.requires_grad})
+        if self.snapshot_pool.is_due(step):  # (the dict is built only on recording steps)
+            self.snapshot_pool.maybe_record(step, {n: p for n, p in student.named_parameters() if p.requires_grad})
 
     def set_total_steps(self, total_steps: int) -> None:
         """Resolve the warm-up for a run of ``total_steps`` student steps: ``meta_warmup_steps`` when set, else
