@@ -24,12 +24,9 @@ with the student), ``LKDConfig(loss_hub_model_id=...)`` also pushes it to a repo
 (:meth:`LearnedLoss.check_compatible`).
 """
 
-import errno
 import inspect
 import json
 import os
-import shutil
-import uuid
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
@@ -46,6 +43,7 @@ from transformers.utils import logging
 from .features import StudentWithConnectors
 from .loss_networks import FeatureLossNet, LogitLossNet
 from .plots import matplotlib_available, plot_learned_loss, starting_loss, synthetic_teacher_logits
+from .safe_io import atomic_directory
 from .version import __version__
 
 logger = logging.get_logger(__name__)
@@ -352,16 +350,10 @@ class LearnedLoss(
         target = Path(save_directory).absolute()
         if target.exists() and not target.is_dir():
             raise NotADirectoryError(f"Cannot save the learned loss as {str(target)!r}: it is a file, not a folder.")
-        target.parent.mkdir(parents=True, exist_ok=True)
         card_kwargs = {"repo_id": repo_id, **(model_card_kwargs or {})}
-        staging = target.with_name(f"_{target.name}.tmp-{uuid.uuid4().hex[:12]}")
-        staging.mkdir()
         config = kwargs.pop("config", None)
-        try:
-            super().save_pretrained(staging, config=config, model_card_kwargs=card_kwargs)
-            _replace_directory(staging, target)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)  # a failed save's partial folder (gone after the rename)
+        with atomic_directory(str(target)) as staging:
+            super().save_pretrained(Path(staging), config=config, model_card_kwargs=card_kwargs)
         if push_to_hub:
             return self.push_to_hub(
                 repo_id or target.name, config=config, model_card_kwargs=model_card_kwargs, **kwargs
@@ -641,41 +633,6 @@ def _load_weights(module: nn.Module, path: str, source: str, map_location: str) 
 
 
 # --- saving: replace a folder as a whole ------------------------------------------------------------------------
-def _replace_directory(new: Path, target: Path) -> None:
-    """Rename the complete folder ``new`` to ``target`` (same parent), replacing an existing ``target`` as a whole.
-
-    A folder cannot be renamed onto a non-empty one, so an existing ``target`` is first renamed aside
-    (``_<name>.old-*``), and deleted once ``new`` is in place. When another writer renames its folder into place
-    in between, that one is moved aside too: the last rename wins, whole.
-
-    Args:
-        new: the folder to put in place.
-        target: where it goes.
-    """
-    moved_aside: list[Path] = []
-    try:
-        while True:
-            try:
-                os.rename(new, target)
-                break
-            except OSError as error:
-                if error.errno not in (errno.ENOTEMPTY, errno.EEXIST):
-                    raise
-            aside = target.with_name(f"_{target.name}.old-{uuid.uuid4().hex[:12]}")
-            try:
-                os.rename(target, aside)
-            except FileNotFoundError:
-                continue  # another writer moved it aside first
-            moved_aside.append(aside)
-    except BaseException:
-        if moved_aside and not target.exists():  # put back the folder this call moved aside last
-            os.rename(moved_aside.pop(), target)
-        raise
-    finally:
-        for aside in moved_aside:
-            shutil.rmtree(aside, ignore_errors=True)
-
-
 def create_repo(repo_id: str, token: str | None = None, private: bool | None = None) -> str:
     """Create (or find) the Hub model repo ``repo_id``; returns its full id. ``OSError`` naming it on failure.
 

@@ -15,12 +15,19 @@ def nonfinite_names(tensors: Mapping[str, object]) -> list[str]:
     Args:
         tensors: named tensors, lists of tensors or other values (ignored).
     """
-    names = []
-    for name, value in tensors.items():
-        values = value if isinstance(value, (list, tuple)) else [value]
-        if any(isinstance(v, torch.Tensor) and v.is_floating_point() and not torch.isfinite(v).all() for v in values):
-            names.append(name)
-    return names
+    named = [
+        (name, v)
+        for name, value in tensors.items()
+        for v in (value if isinstance(value, (list, tuple)) else [value])
+        if isinstance(v, torch.Tensor) and v.is_floating_point()
+    ]
+    if not named:
+        return []
+    device = named[0][1].device
+    finite = torch.stack([torch.isfinite(v).all().to(device) for _, v in named])
+    if bool(finite.all()):  # one device synchronisation when everything is finite (every step)
+        return []
+    return list(dict.fromkeys(name for (name, _), ok in zip(named, finite.tolist()) if not ok))
 
 
 def gradients_are_finite(parameters: Iterable[torch.Tensor]) -> bool:

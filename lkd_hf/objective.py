@@ -179,6 +179,17 @@ def build_objective(
     return objective
 
 
+def pop_means(values: dict[str, list[torch.Tensor]]) -> dict[str, float]:
+    """The mean of each name's logged values (names without values left out); then empty ``values``.
+
+    Args:
+        values: logged scalar tensors by name, e.g. the objective's parts of each micro-batch.
+    """
+    means = {name: torch.stack([v.float() for v in vals]).mean().item() for name, vals in values.items() if vals}
+    values.clear()
+    return means
+
+
 def _trains_with_student(module: nn.Module) -> bool:
     return bool(getattr(module, "trains_with_student", False))
 

@@ -4,16 +4,18 @@ the last complete checkpoint of a run."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
 import re
 import shutil
 import socket
-import tempfile
 import time
+import uuid
 import warnings
 from collections.abc import Iterator
+from pathlib import Path
 
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import SAFE_WEIGHTS_NAME
@@ -25,46 +27,57 @@ TRAINER_STATE_NAME = "trainer_state.json"
 
 @contextlib.contextmanager
 def atomic_directory(target: str) -> Iterator[str]:
-    """Write a folder whole or not at all: yields a temporary folder beside ``target``; when the block ends without
-    error it replaces ``target`` (an existing one is removed only after the new one is complete), else it is deleted.
+    """Write a folder whole or not at all: yields a new temporary folder beside ``target`` (``_<name>.tmp-*``);
+    when the block ends without error it replaces ``target`` as a whole (:func:`replace_directory`), else it is
+    deleted and ``target`` is left as it was.
 
     Args:
         target: the folder to write.
     """
-    parent, name = os.path.split(os.path.abspath(target))
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=parent)
+    target_path = Path(target).absolute()
+    target_path.parent.mkdir(parents=True, exist_ok=True)
+    staging = target_path.with_name(f"_{target_path.name}.tmp-{uuid.uuid4().hex[:12]}")
+    staging.mkdir()
     try:
-        yield staging
-        old = None
-        if os.path.exists(target):
-            old = tempfile.mkdtemp(prefix=f".{name}.old-", dir=parent)
-            os.replace(target, os.path.join(old, name))
-        os.replace(staging, target)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        yield str(staging)
+        replace_directory(staging, target_path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # a failed write's partial folder (gone after the rename)
+
+
+def replace_directory(new: Path, target: Path) -> None:
+    """Rename the complete folder ``new`` to ``target`` (same parent), replacing an existing ``target`` as a whole.
+
+    A folder cannot be renamed onto a non-empty one, so an existing ``target`` is first renamed aside
+    (``_<name>.old-*``), and deleted once ``new`` is in place. When another writer renames its folder into place
+    in between, that one is moved aside too: the last rename wins, whole.
+
+    Args:
+        new: the folder to put in place.
+        target: where it goes.
+    """
+    moved_aside: list[Path] = []
+    try:
+        while True:
+            try:
+                os.rename(new, target)
+                break
+            except OSError as error:
+                if error.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise
+            aside = target.with_name(f"_{target.name}.old-{uuid.uuid4().hex[:12]}")
+            try:
+                os.rename(target, aside)
+            except FileNotFoundError:
+                continue  # another writer moved it aside first
+            moved_aside.append(aside)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        if moved_aside and not target.exists():  # put back the folder this call moved aside last
+            os.rename(moved_aside.pop(), target)
         raise
-
-
-def atomic_file(path: str) -> str:
-    """A temporary path beside ``path``; pass it to :func:`commit_file` once written.
-
-    Args:
-        path: the file to write in the end.
-    """
-    return f"{path}.tmp-{os.getpid()}"
-
-
-def commit_file(staging: str, path: str) -> None:
-    """Move a file written at ``staging`` (:func:`atomic_file`) into place at ``path`` in one step.
-
-    Args:
-        staging: the written temporary file (from :func:`atomic_file`).
-        path: its final path (replaced if it exists).
-    """
-    os.replace(staging, path)
+    finally:
+        for aside in moved_aside:
+            shutil.rmtree(aside, ignore_errors=True)
 
 
 def _sha256(path: str) -> str:

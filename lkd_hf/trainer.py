@@ -32,7 +32,7 @@ from .meta.learner import LossLearner
 from .meta.snapshots import Snapshot
 from .metrics import build_compute_metrics
 from .model_info import model_num_classes
-from .objective import build_objective
+from .objective import build_objective, pop_means
 from .nonfinite import NonFiniteGuard, check_finite
 from .run_checks import check_datasets, check_double_backward, check_optimizer, checked_teacher, input_size
 from .safe_io import OutputDirLock, last_complete_checkpoint
@@ -376,9 +376,7 @@ class LKDTrainer(CheckpointMixin, HubExportMixin):
 
     def _pop_metrics(self) -> dict[str, float]:
         """The loss components gathered since the last log, averaged; then reset."""
-        averaged = {n: torch.stack([v.float() for v in vals]).mean().item() for n, vals in self._metrics.items() if vals}
-        self._metrics.clear()
-        return averaged
+        return pop_means(self._metrics)
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         """Save the plain student (loadable by ``timm.create_model`` + ``load_state_dict``) as ``model.safetensors``,

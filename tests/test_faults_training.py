@@ -230,7 +230,7 @@ def test_a_failing_lkd_state_save_leaves_the_previous_state_whole(checkpointed, 
     with pytest.raises(OSError, match="disk full"):
         trainer.loss_learner.save_checkpoint(last)
     assert {f: open(os.path.join(state_dir, f), "rb").read() for f in before} == before
-    assert not [f for f in os.listdir(last) if f.startswith(f".{LKD_STATE_DIRNAME}")]  # no temporary folder left
+    assert not [f for f in os.listdir(last) if f"{LKD_STATE_DIRNAME}.tmp-" in f]  # no temporary folder left
     trainer.loss_learner.load_checkpoint(last)  # still loads
     assert json.load(open(os.path.join(state_dir, "manifest.json")))["files"]
 

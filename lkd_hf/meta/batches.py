@@ -55,7 +55,6 @@ class MetaBatchStream:
         rank: this process's index.
         world_size: number of processes.
         num_workers: DataLoader workers.
-        position: batches already drawn (a resumed run continues there).
     """
 
     def __init__(
@@ -67,11 +66,10 @@ class MetaBatchStream:
         rank: int = 0,
         world_size: int = 1,
         num_workers: int = 0,
-        position: int = 0,
     ) -> None:
         self.dataset, self.batch_size, self.collate_fn = dataset, batch_size, collate_fn
         self.seed, self.rank, self.world_size, self.num_workers = seed, rank, world_size, num_workers
-        self.position = position
+        self.position = 0  # batches drawn so far (a resumed run continues there: seek)
         self._iterator: Iterator[dict[str, Any]] | None = None
 
     def seek(self, position: int) -> None:

@@ -31,8 +31,8 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from ..constants import LKD_STATE_DIRNAME
-from ..objective import DistillationObjective
-from ..safe_io import atomic_directory, atomic_file, commit_file, verify_manifest, write_manifest
+from ..objective import DistillationObjective, pop_means
+from ..safe_io import atomic_directory, verify_manifest, write_manifest
 from .batches import MetaBatchStream
 from .hypergradients import Hypergradient, MetaProblem, available_hypergradients, get_hypergradient
 from .objectives import META_VAL_LOSSES
@@ -394,9 +394,7 @@ class LossLearner:
 
     def pop_metrics(self) -> dict[str, float]:
         """The meta statistics gathered since the last call, averaged; then reset."""
-        averaged = {name: torch.stack([v.float() for v in vals]).mean().item() for name, vals in self.metrics.items()}
-        self.metrics.clear()
-        return averaged
+        return pop_means(self.metrics)
 
     def pool_metrics(self) -> dict[str, float]:
         """The snapshot pool's memory (``meta/pool_mb``) and disk use (``meta/pool_disk_mb``, disk-backed pools)."""
@@ -447,9 +445,8 @@ class LossLearner:
                 write_manifest(staging)
         if self.world_size > 1:
             path = self._rank_batches_path(directory)
-            staging_file = atomic_file(path)
-            torch.save(recent, staging_file)
-            commit_file(staging_file, path)
+            torch.save(recent, f"{path}.tmp-{os.getpid()}")
+            os.replace(f"{path}.tmp-{os.getpid()}", path)  # the file is replaced in one step
 
     def _rank_batches_path(self, directory: str) -> str:
         return f"{os.path.normpath(directory)}_recent_batches_{self.rank}.pt"
