@@ -16,15 +16,13 @@ the CPU, with randomly initialised models.
   the calibrated CE of :mod:`lkd_hf.meta.objectives`, every virtual step clipped to ``max_grad_norm=1``. The
   trainer's no-grad ``meta/val_loss_before`` forward (once per logging window) is not included.
 * ``.../first_step_grads``: with ``MetaProblem.first_step_grads`` given: the first virtual step's gradient is free,
-  as it is when the real student step supplies it (``finite_difference`` and ``implicit``).
+  as it is when the real student step supplies it.
 * ``.../jvp``: with ``MetaProblem.mixed_product="jvp"`` (exact mixed products by forward mode).
 * ``ratio/...``: the meta step's FLOPs over ``kd_step``'s.
-* ``pass/<name>``: the passes that ``finite_difference`` and ``implicit`` are made of (``PASSES``), and
-  ``unrolled`` at K=1 and per further step.
+* ``pass/<name>``: the passes the estimators are made of (``PASSES``).
 
 A meta step is not run in full for every K (ResNet-18 at K=5 takes minutes on two cores): each kind of pass is
-counted once, on the same problem, and a meta step's FLOPs are the sum of its passes (``meta_step_passes``);
-``unrolled`` is counted in full at K=1 and K=2, every further step costing what the second one does.
+counted once, on the same problem, and a meta step's FLOPs are the sum of its passes (``meta_step_passes``).
 ``--verify`` also counts every estimator call in full and checks that the sums equal it (the tests check this on a
 small model for K up to 3).
 
@@ -67,13 +65,15 @@ VARIANTS = {  # key suffix -> (mixed_product, first step's gradient given)
     "/jvp": ("jvp", False),
     "/jvp+first_step_grads": ("jvp", True),
 }
-ESTIMATOR_VARIANTS = {"unrolled": ("",), "finite_difference": tuple(VARIANTS), "implicit": tuple(VARIANTS)}
-PASSES = ("train_grad", "val_grad", "fd_forward", "fd_forward_backward", "fd_forward_backward_w", "jvp")
+ESTIMATOR_VARIANTS = {"unrolled": ("", "/first_step_grads"), "finite_difference": tuple(VARIANTS),
+                      "implicit": tuple(VARIANTS)}
+PASSES = ("train_grad", "val_grad", "fd_forward", "fd_forward_backward", "fd_forward_backward_w", "jvp", "hvp")
 """``train_grad``: a virtual step's gradient (forward, backward w.r.t. the weights). ``val_grad``: the same for the
 validation loss. ``fd_forward``: a finite-difference evaluation of the last step (forward without graph, backward
 through the loss only). ``fd_forward_backward``: one of an earlier step (backward w.r.t. loss parameters and
 weights). ``fd_forward_backward_w``: the same w.r.t. the weights only (``jvp``: Hessian-vector products).
-``jvp``: a forward-mode mixed product (forward with tangents, double backward through the loss)."""
+``jvp``: a forward-mode mixed product (forward with tangents, double backward through the loss). ``hvp``: an exact
+Hessian-vector product (forward, backward with graph, double backward through the student)."""
 
 
 @dataclass(frozen=True)
@@ -190,6 +190,12 @@ def pass_flops(problem: MetaProblem, params: Params) -> dict[str, int]:
         (output_grad,) = torch.autograd.grad(problem.train_loss(output, batch), output, create_graph=True)
         torch.autograd.grad((output_grad * output_tangent).sum(), phi, allow_unused=True)
 
+    def hvp() -> None:
+        w = leaves()
+        grads = torch.autograd.grad(problem.train_loss(problem.forward(w, batch), batch), list(w.values()),
+                                    create_graph=True)
+        torch.autograd.grad(sum((g * t).sum() for g, t in zip(grads, tangent)), list(w.values()), allow_unused=True)
+
     runs = {
         "train_grad": lambda: grad(problem.train_loss, batch, wrt_phi=False, wrt_w=True),
         "val_grad": lambda: grad(problem.val_loss, problem.val_batch, wrt_phi=False, wrt_w=True),
@@ -197,31 +203,25 @@ def pass_flops(problem: MetaProblem, params: Params) -> dict[str, int]:
         "fd_forward_backward": lambda: grad(problem.train_loss, batch, wrt_phi=True, wrt_w=True),
         "fd_forward_backward_w": lambda: grad(problem.train_loss, batch, wrt_phi=False, wrt_w=True),
         "jvp": jvp,
+        "hvp": hvp,
     }
     return {name: count_flops(runs[name]) for name in PASSES}
-
-
-def unrolled_flops(problem: MetaProblem, params: Params) -> dict[str, int]:
-    """``unrolled_k1``: a full ``unrolled`` call at K=1; ``unrolled_step``: what each further virtual step adds
-    (a call at K=2 minus one at K=1; ``problem`` needs two training batches)."""
-    calls = [full_meta_step_flops(problem, params, "unrolled", k) for k in (1, 2)]
-    return {"unrolled_k1": calls[0], "unrolled_step": calls[1] - calls[0]}
 
 
 def meta_step_passes(
     estimator: str, k: int, mixed_product: str = "finite_difference", first_step_given: bool = False
 ) -> dict[str, int]:
-    """How many passes of each kind one meta step makes (``finite_difference`` and ``implicit`` with clipping).
+    """How many passes of each kind one meta step makes (with clipping).
 
     Args:
         estimator: ``"unrolled"``, ``"finite_difference"`` or ``"implicit"``.
         k: the horizon K.
         mixed_product: the ``MetaProblem.mixed_product`` (not ``unrolled``).
-        first_step_given: whether ``MetaProblem.first_step_grads`` is given (not ``unrolled``).
+        first_step_given: whether ``MetaProblem.first_step_grads`` is given.
     """
-    if estimator == "unrolled":
-        return {"unrolled_k1": 1, "unrolled_step": k - 1}
     passes = {"train_grad": k - int(first_step_given), "val_grad": 1}  # every step's gradient (clipping), validation
+    if estimator == "unrolled":  # every step an exact (forward-mode) mixed product; k > 0 an exact HVP
+        return {**passes, "jvp": k, "hvp": k - 1}
     if mixed_product == "jvp":  # every step a forward-mode mixed product; k > 0 a central-difference HVP
         passes.update(jvp=k, fd_forward_backward_w=2 * (k - 1))
     else:  # the last step two forwards; the others two forward/backward passes
@@ -243,7 +243,7 @@ def meta_step_table(passes: dict[str, int], kd_step: int, horizons: tuple[int, .
     ``ratio/<estimator>/k<K><variant>``: that over ``kd_step``.
 
     Args:
-        passes: FLOPs per pass (``pass_flops`` and ``unrolled_flops``).
+        passes: FLOPs per pass (``pass_flops``).
         kd_step: FLOPs of a KD step.
         horizons: the horizons K.
     """
@@ -285,7 +285,7 @@ def pair_flops(
     train_batches = [make_batch(teacher, batch_size, input_size, num_classes) for _ in range(num_batches)]
     val_batch = make_batch(teacher, val_batch_size, input_size, num_classes)
     problem, params = meta_problem(student, LogitLossNet(), train_batches, val_batch)
-    passes = {**pass_flops(problem, params), **unrolled_flops(problem, params)}
+    passes = pass_flops(problem, params)
     kd_step = kd_step_flops(teacher, student, train_batches[0])
     table = meta_step_table(passes, kd_step, horizons)
     for key, estimator, k, suffix in meta_steps(horizons) if verify else ():

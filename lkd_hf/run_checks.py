@@ -5,11 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.autograd.forward_ad as fwAD
 from torch import nn
 from torch.utils.data import Dataset
 from transformers.utils import logging
 
 from .data import check_columns, resolve_data_config
+from .meta.hypergradients import unrolled_unsupported
 from .model_info import model_num_classes
 
 logger = logging.get_logger(__name__)
@@ -72,8 +74,8 @@ def input_size(model: nn.Module, dataset: Dataset | None) -> tuple[int, int, int
 
 
 def check_double_backward(model: nn.Module, input_size: tuple[int, ...]) -> None:
-    """Check that ``hypergradient="unrolled"`` can differentiate twice through ``model``: a dry run on two random
-    images (the model's weights and buffers are left as they were).
+    """Check that ``hypergradient="unrolled"`` can take its exact products through ``model``: a dry double backward
+    and a dry forward-mode pass on two random images (the model's weights and buffers are left as they were).
 
     Args:
         model: the student.
@@ -89,12 +91,11 @@ def check_double_backward(model: nn.Module, input_size: tuple[int, ...]) -> None
         grads = torch.autograd.grad(logits.float().square().mean(), list(params.values()), create_graph=True, allow_unused=True)
         second = sum(g.square().sum() for g in grads if g is not None)
         torch.autograd.grad(second, list(params.values()), allow_unused=True)
-    except RuntimeError as error:
-        raise ValueError(
-            f"hypergradient='unrolled' differentiates twice through the student, which {type(model).__name__} does "
-            f"not support ({error}). Use LKDConfig(hypergradient='finite_difference') (or 'implicit'): they need no "
-            "double backward."
-        ) from error
+        with torch.no_grad(), fwAD.dual_level():
+            duals = {n: fwAD.make_dual(p.detach(), torch.ones_like(p)) for n, p in params.items()}
+            torch.func.functional_call(model, {**duals, **buffers}, (x,))
+    except (RuntimeError, NotImplementedError) as error:
+        raise ValueError(unrolled_unsupported(model, error)) from error
 
 
 def check_datasets(**datasets: Any) -> None:

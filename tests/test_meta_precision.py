@@ -156,7 +156,7 @@ def test_autocast_covers_the_validation_pass_only():
         ("finite_difference", "finite_difference", 1): (4, 1),  # step gradient, validation, two perturbed
         ("finite_difference", "jvp", 2): (7, 2),  # two step gradients, validation, jvp + two perturbed, jvp
         ("implicit", "finite_difference", 1): (4, 1),
-        ("unrolled", "finite_difference", 2): (3, 2),
+        ("unrolled", "finite_difference", 2): (6, 2),  # two step gradients, validation, jvp + Hessian product, jvp
     }
     for (estimator, mixed_product, k), (num_calls, index) in validation_call.items():
         for autocast_dtype in (BF16, None):

@@ -3,8 +3,10 @@
 The student's virtual trajectory from weights ``w_0`` is ``w_{k+1} = w_k - lr * clip(grad_w L_train(w_k, batch_k; phi))``
 for ``k < K``; the outer objective is ``L_val(w_K)``. An estimator returns ``d L_val(w_K) / d phi``.
 
-* ``unrolled``: exact, by differentiating through the ``K`` virtual steps (``create_graph=True``). Needs double
-  backward through the student (fails for e.g. hardsigmoid or fused SDPA attention).
+* ``unrolled``: exact: reverse mode through the ``K`` virtual steps with exact products, recomputing each step
+  (mixed products by forward mode, Hessian-vector products by a double backward through one step), so its memory
+  does not grow with ``K``. Needs double backward (``K > 1``) and forward-mode derivatives through the student
+  (fails for e.g. hardsigmoid or fused SDPA attention).
 * ``finite_difference``: reverse mode through the same ``K`` steps where every second-order product is a central
   finite difference of first-order gradients (DARTS generalised to ``K`` steps); with ``K == 1`` the perturbed
   points only need a student *forward*. Works for every model.
@@ -23,7 +25,7 @@ Cost and precision options of a :class:`MetaProblem`:
 
 * ``first_step_grads``: the first virtual step's training gradient at the start weights, when the caller already
   has it (the real student step computes it when the look-ahead starts from the live weights on the current batch
-  with the same loss); ``finite_difference`` and ``implicit`` then skip that student forward/backward.
+  with the same loss); every estimator then skips that student forward/backward.
 * ``mixed_product="jvp"``: ``finite_difference`` and ``implicit`` take every mixed product
   ``d/dphi <grad_w L_train, v>`` exactly, from a forward-mode derivative of the student's output along ``v`` and a
   double backward through the training loss only (the student is never differentiated twice). At ``K == 1`` this
@@ -72,8 +74,8 @@ class MetaProblem:
         max_grad_norm: if set, every virtual step's gradient is clipped to this total norm, as the Trainer clips the
             real step's (``torch.nn.utils.clip_grad_norm_``); the clipping is differentiated through.
         first_step_grads: optionally ``grad_w L_train(w_0, train_batches[0])``, one tensor per start weight in the
-            order of ``start_params``, unclipped: ``finite_difference`` and ``implicit`` use it instead of computing
-            it (one student forward/backward less). ``unrolled`` ignores it (it needs the gradient's graph). A
+            order of ``start_params``, unclipped: the estimators use it instead of computing it (one student
+            forward/backward less). A
             gradient from a bf16 forward moves the clipping's Jacobian (see ``autocast_dtype``): give one computed in
             full precision.
         mixed_product: how ``finite_difference`` and ``implicit`` take ``d/dphi <grad_w L_train, v>``:
@@ -100,6 +102,18 @@ class MetaProblem:
     def __post_init__(self) -> None:
         if self.mixed_product not in MIXED_PRODUCTS:
             raise ValueError(f"mixed_product must be one of {MIXED_PRODUCTS}, got {self.mixed_product!r}")
+
+
+def unrolled_unsupported(model: Any, error: Exception) -> str:
+    """The message for a student that ``unrolled`` cannot differentiate twice or in forward mode.
+
+    Args:
+        model: the student.
+        error: what torch raised.
+    """
+    return (f"hypergradient='unrolled' differentiates twice (and in forward mode) through the student, which "
+            f"{type(model).__name__} does not support ({error}). Use LKDConfig(hypergradient='finite_difference') "
+            "(or 'implicit'): they need no double backward.")
 
 
 @dataclass
@@ -204,21 +218,22 @@ def _clipped_vjp(adjoint: list[torch.Tensor], grads: list[torch.Tensor], max_nor
 
 @register_hypergradient("unrolled")
 def unrolled_hypergradient(problem: MetaProblem, start_params: Params) -> Hypergradient:
-    """Exact hypergradient by back-propagating through the ``K`` virtual steps.
+    """Exact hypergradient through the ``K`` virtual steps, recomputing each step instead of keeping the graph of
+    all of them.
+
+    The virtual steps run without a graph (their gradients kept for the clipping's Jacobian); then
+    ``grad L_val(w_K)`` is carried back through them with exact products, one step at a time: the mixed products
+    ``d/dphi <grad_w L_train(w_k), v>`` by forward mode (one student forward with tangents, no graph kept) and, for
+    ``k > 0``, the Hessian-vector products by a double backward through that step alone. Peak memory is that of one
+    step's double backward (at ``K == 1``: of the validation forward/backward), whatever ``K``; back-propagating
+    through all ``K`` steps at once would keep ``K + 1`` forward graphs and ``K`` backward graphs.
 
     Args:
         problem: the meta step's inputs (:class:`MetaProblem`).
         start_params: the student weights ``w_0`` the virtual steps start from, by parameter name.
     """
     seeds = _step_seeds(problem)
-    names = list(start_params)
-    w = {n: p.detach().requires_grad_(True) for n, p in start_params.items()}
-    for seed, batch in zip(seeds, problem.train_batches):
-        loss = _seeded(seed, lambda: problem.train_loss(_student_output(problem, w, batch), batch))
-        grads = _clipped(_grads_or_zeros(loss, [w[n] for n in names], create_graph=True), problem.max_grad_norm)
-        w = {n: w[n] - problem.lr * g for n, g in zip(names, grads)}
-    val = _seeded(seeds[-1], lambda: _val_loss(problem, w))
-    return Hypergradient(grads=_grads_or_zeros(val, problem.loss_params), val_loss=val.detach())
+    return _reverse_mode(problem, seeds, *_trajectory(problem, seeds, start_params), exact=True)
 
 
 @register_hypergradient("finite_difference")
@@ -240,12 +255,20 @@ def finite_difference_hypergradient(problem: MetaProblem, start_params: Params) 
         start_params: the student weights ``w_0`` the virtual steps start from, by parameter name.
     """
     seeds = _step_seeds(problem)
+    return _reverse_mode(problem, seeds, *_trajectory(problem, seeds, start_params))
+
+
+def _trajectory(
+    problem: MetaProblem, seeds: list[int], start_params: Params
+) -> tuple[list[Params], list[list[torch.Tensor]]]:
+    """The ``K`` virtual steps from ``start_params`` without a graph: the weights ``w_0 .. w_K`` and each step's
+    unclipped training gradient."""
     trajectory, step_grads = [{n: p.detach() for n, p in start_params.items()}], []
     for k, (seed, batch) in enumerate(zip(seeds, problem.train_batches)):
         step_grads.append(_step_grads(problem, k, seed, batch, trajectory[-1]))
         step = _clipped(step_grads[-1], problem.max_grad_norm)
         trajectory.append({n: t - problem.lr * g for (n, t), g in zip(trajectory[-1].items(), step)})
-    return _reverse_mode(problem, seeds, trajectory, step_grads)
+    return trajectory, step_grads
 
 
 @register_hypergradient("implicit")
@@ -297,12 +320,17 @@ def _train_grads(problem: MetaProblem, seed: int, batch: Batch, point: Params) -
 
 
 def _reverse_mode(
-    problem: MetaProblem, seeds: list[int], points: list[Params], step_grads: list[list[torch.Tensor]] | None
+    problem: MetaProblem,
+    seeds: list[int],
+    points: list[Params],
+    step_grads: list[list[torch.Tensor]] | None,
+    exact: bool = False,
 ) -> Hypergradient:
     """Back-propagate ``grad L_val(points[K])`` through the ``K`` virtual steps taken at ``points[:K]``, every
     Hessian-vector product a central finite difference and every mixed product one too or, with
-    ``mixed_product="jvp"``, a forward-mode product (see ``finite_difference_hypergradient``). With clipping, the
-    products are taken along ``J_k^T a`` (``J_k``: the clipping's Jacobian at step ``k``'s gradient)."""
+    ``mixed_product="jvp"``, a forward-mode product (see ``finite_difference_hypergradient``); with ``exact``, the
+    mixed products by forward mode and the Hessian-vector products by double backward. With clipping, the products
+    are taken along ``J_k^T a`` (``J_k``: the clipping's Jacobian at step ``k``'s gradient)."""
     names = list(points[-1])
     w_last = {n: t.clone().requires_grad_(True) for n, t in points[-1].items()}
     val = _seeded(seeds[-1], lambda: _val_loss(problem, w_last))
@@ -313,7 +341,10 @@ def _reverse_mode(
         need_hvp = k > 0  # H_k a is only needed to carry the direction to earlier steps
         along = direction if step_grads is None else _clipped_vjp(direction, step_grads[k], problem.max_grad_norm)
         batch = problem.train_batches[k]
-        if problem.mixed_product == "jvp":
+        if exact:
+            mixed = _jvp_mixed_product(problem, seeds[k], batch, points[k], along)
+            hvp = _exact_hvp(problem, seeds[k], batch, points[k], along) if need_hvp else None
+        elif problem.mixed_product == "jvp":
             mixed = _jvp_mixed_product(problem, seeds[k], batch, points[k], along)
             hvp = _fd_products(problem, seeds[k], batch, points[k], along, wrt_phi=False)[1] if need_hvp else None
         else:
@@ -322,6 +353,19 @@ def _reverse_mode(
         if need_hvp:
             direction = [d - (problem.lr * h).to(d.dtype) for d, h in zip(direction, hvp)]
     return Hypergradient(grads=hypergrad, val_loss=val.detach())
+
+
+def _exact_hvp(
+    problem: MetaProblem, seed: int, batch: Batch, point: Params, along: list[torch.Tensor]
+) -> list[torch.Tensor]:
+    """``H v = grad_w <grad_w L_train(point, batch), v>``, by a double backward through this one step."""
+    w = {n: t.clone().requires_grad_(True) for n, t in point.items()}
+    loss = _seeded(seed, lambda: problem.train_loss(_student_output(problem, w, batch), batch))
+    grads = _grads_or_zeros(loss, list(w.values()), create_graph=True)
+    directional = sum((g * v).sum() for g, v in zip(grads, along))
+    if not directional.requires_grad:  # no weight reaches the loss twice: a zero Hessian
+        return [torch.zeros_like(t) for t in w.values()]
+    return _grads_or_zeros(directional, list(w.values()))
 
 
 def _fd_products(

@@ -34,7 +34,13 @@ from ..constants import LKD_STATE_DIRNAME
 from ..objective import DistillationObjective, pop_means
 from ..safe_io import atomic_directory, verify_manifest, write_manifest
 from .batches import MetaBatchStream
-from .hypergradients import Hypergradient, MetaProblem, available_hypergradients, get_hypergradient
+from .hypergradients import (
+    Hypergradient,
+    MetaProblem,
+    available_hypergradients,
+    get_hypergradient,
+    unrolled_unsupported,
+)
 from .objectives import META_VAL_LOSSES
 from .snapshots import Snapshot, SnapshotPool
 
@@ -320,12 +326,9 @@ class LossLearner:
             p.requires_grad_(True)
         try:
             result = estimator(problem, params)
-        except RuntimeError as error:
-            if self.args.hypergradient == "unrolled" and "derivative for" in str(error):
-                raise RuntimeError(
-                    f"hypergradient='unrolled' differentiates twice through the student, which "
-                    f"{type(student).__name__} does not support ({error}). Use hypergradient='finite_difference'."
-                ) from error
+        except (RuntimeError, NotImplementedError) as error:
+            if self.args.hypergradient == "unrolled" and ("derivative for" in str(error) or "forward AD" in str(error)):
+                raise RuntimeError(unrolled_unsupported(student, error)) from error
             raise
         finally:
             for p in self.params:
