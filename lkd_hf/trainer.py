@@ -271,10 +271,12 @@ class LKDTrainer(CheckpointMixin, HubExportMixin):
         step = self.state.global_step
         student = self.accelerator.unwrap_model(model)
         self.objective.set_progress(step, self.state.max_steps)
-        if self.loss_learner is not None:
-            self.loss_learner.set_total_steps(self.state.max_steps)
-            self.loss_learner.observe(step, inputs, student)
-            if self.loss_learner.is_due(step):
+        learner, reused = self.loss_learner, False
+        if learner is not None:
+            learner.set_total_steps(self.state.max_steps)
+            learner.observe(step, inputs, student)
+            reused = learner.is_due(step) and learner.reuses_step_gradient  # the meta step then follows the backward
+            if learner.is_due(step) and not reused:
                 self.meta_step(model)
         self.nonfinite_guard.begin(student)
         logged = {name: len(values) for name, values in self._metrics.items()}
@@ -292,6 +294,9 @@ class LKDTrainer(CheckpointMixin, HubExportMixin):
             if check_grads:  # parameters without a gradient are not updated by the optimizer
                 model.zero_grad(set_to_none=True)
                 self.objective.clear_student_trained_gradients()
+        if reused:  # the real step's gradient is the first virtual step's (none after a skipped step)
+            grads = [p.grad for p in student.parameters() if p.requires_grad]
+            self.meta_step(model, first_step_grads=None if any(g is None for g in grads) else grads)
         self._step_seconds += time.perf_counter() - start
         return loss
 
@@ -301,16 +306,16 @@ class LKDTrainer(CheckpointMixin, HubExportMixin):
             raise ValueError("This run learns no loss: use a learnable loss (e.g. loss='lkd') that is not frozen.")
         return self.loss_learner
 
-    def meta_step(self, model: nn.Module, snapshot: Snapshot | None = None) -> None:
+    def meta_step(self, model: nn.Module, snapshot: Snapshot | None = None, first_step_grads: Any = None) -> None:
         """One outer step (:meth:`LossLearner.step`) at the current global step.
 
         Args:
             model: the (possibly wrapped) student.
             snapshot: the start of the virtual steps; default: one the snapshot pool samples.
+            first_step_grads: the first virtual step's training gradient, when known (:meth:`LossLearner.step`).
         """
-        self._require_learner().step(
-            self.accelerator.unwrap_model(model), self.state.global_step, self._student_lr(), snapshot
-        )
+        self._require_learner().step(self.accelerator.unwrap_model(model), self.state.global_step,
+                                     self._student_lr(), snapshot, first_step_grads=first_step_grads)
 
     def compute_hypergradient(self, model: nn.Module, snapshot: Snapshot | None = None) -> Hypergradient:
         """The hypergradient a meta step would apply (:meth:`LossLearner.compute_hypergradient`); changes no weights.
@@ -365,7 +370,7 @@ class LKDTrainer(CheckpointMixin, HubExportMixin):
                 ``loss`` (the training logs).
         """
         if "loss" in logs:
-            logs.update(self._pop_metrics())
+            logs.update(pop_means(self._metrics))  # the loss components since the last log, averaged
             logs["skipped_steps"] = self.nonfinite_guard.pop_count()
             if self.loss_learner is not None:
                 logs.update(self.loss_learner.pop_metrics())
@@ -373,10 +378,6 @@ class LKDTrainer(CheckpointMixin, HubExportMixin):
                 logs.update(self.loss_learner.pool_metrics())
                 logs.update(self.loss_learner.knobs())
         super().log(logs, start_time)
-
-    def _pop_metrics(self) -> dict[str, float]:
-        """The loss components gathered since the last log, averaged; then reset."""
-        return pop_means(self._metrics)
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         """Save the plain student (loadable by ``timm.create_model`` + ``load_state_dict``) as ``model.safetensors``,

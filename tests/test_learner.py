@@ -288,7 +288,8 @@ def test_learn_trains_only_the_loss_from_the_pool_snapshots(make_learner, monkey
     compute = learner.compute_hypergradient
     monkeypatch.setattr(
         learner, "compute_hypergradient",
-        lambda s, lr, snapshot, horizon=None: starts.append(snapshot) or compute(s, lr, snapshot, horizon),
+        lambda s, lr, snapshot, horizon=None, first_step_grads=None: starts.append(snapshot)
+        or compute(s, lr, snapshot, horizon, first_step_grads),
     )
 
     def batches():

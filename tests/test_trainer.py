@@ -160,6 +160,34 @@ def test_meta_calls_run_at_the_global_step_with_the_student_learning_rate(lkd_tr
     assert learner.last_step == 4 and not learner.is_due(4)
 
 
+@pytest.mark.parametrize("hypergradient", ["unrolled", "finite_difference"])
+def test_meta_step_from_the_live_weights_reuses_the_real_step_gradient(lkd_trainer, hypergradient, monkeypatch):
+    """With the look-ahead from the live weights on the current batch (K=1), the meta step follows the student's
+    backward and takes its gradient as the first virtual step's: the same hypergradient as computing it again."""
+    trainer = lkd_trainer(meta_val_source="train_batch", snapshot_strategy="current", meta_interval=1,
+                          hypergradient=hypergradient, max_steps=2)
+    learner = trainer.loss_learner
+    assert learner.reuses_step_gradient
+    assert not lkd_trainer(snapshot_strategy="uniform").loss_learner.reuses_step_gradient
+    assert not lkd_trainer(snapshot_strategy="current", lookahead_steps=2).loss_learner.reuses_step_gradient
+    calls = []
+
+    def compare(student, step, lr, snapshot=None, horizon=None, first_step_grads=None):
+        assert first_step_grads is not None and snapshot is None
+        reference = [p.grad.clone() for p in student.parameters() if p.requires_grad]
+        reused = learner.compute_hypergradient(student, lr, None, horizon, first_step_grads).grads
+        for g, expected in zip(first_step_grads, reference, strict=True):
+            torch.testing.assert_close(g, expected)
+        computed = learner.compute_hypergradient(student, lr, None, horizon).grads
+        for a, b in zip(reused, computed, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+        calls.append(step)
+
+    monkeypatch.setattr(learner, "step", compare)
+    trainer.train()
+    assert calls == [0, 1]
+
+
 def test_student_backward_does_not_touch_loss_network_gradients(lkd_trainer, tmp_path):
     trainer = lkd_trainer(tmp_path)
     batch = _one_batch(trainer)

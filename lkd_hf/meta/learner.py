@@ -152,6 +152,12 @@ class LossLearner:
         self.recent_batches: collections.deque = collections.deque(maxlen=args.max_lookahead_steps)
         self.horizon_rng = random.Random(args.seed)
         self.bf16 = args.meta_precision == "bf16" or (args.meta_precision == "auto" and args.bf16)
+        # The real step's gradient is the first virtual step's when the look-ahead starts from the live weights on
+        # the current batch (K = 1) and that gradient is this process's, unscaled and in full precision.
+        self.reuses_step_gradient = (
+            args.snapshot_strategy == "current" and args.lookahead_steps == 1 and args.lookahead_steps_std <= 0
+            and args.gradient_accumulation_steps == 1 and world_size == 1 and not (args.fp16 or args.bf16)
+        )
         self.last_step = -1
         self.warmup_steps = args.meta_warmup_steps
         self.seconds = 0.0
@@ -222,7 +228,13 @@ class LossLearner:
     # ----------------------------------------------------------------------------------------------------------
     # the meta step
     def step(
-        self, student: nn.Module, step: int, lr: float, snapshot: Snapshot | None = None, horizon: int | None = None
+        self,
+        student: nn.Module,
+        step: int,
+        lr: float,
+        snapshot: Snapshot | None = None,
+        horizon: int | None = None,
+        first_step_grads: list[torch.Tensor] | None = None,
     ) -> None:
         """One meta step: update the loss parameters along the hypergradient of the validation loss.
 
@@ -233,12 +245,14 @@ class LossLearner:
             snapshot: the student weights the virtual steps start from; default: one the snapshot pool samples
                 (``None``: the live weights).
             horizon: the number of virtual steps K; default: :meth:`sample_horizon`.
+            first_step_grads: the training gradient of the first virtual step, when the caller has it (see
+                :attr:`MetaProblem.first_step_grads` and :attr:`reuses_step_gradient`).
         """
         start = time.perf_counter()
         self.last_step = step
         if snapshot is None:
             snapshot = self.snapshot_pool.sample(step)
-        result = self.compute_hypergradient(student, lr, snapshot, horizon)
+        result = self.compute_hypergradient(student, lr, snapshot, horizon, first_step_grads)
         if not (torch.isfinite(result.val_loss) and all(torch.isfinite(g).all() for g in result.grads)):
             warnings.warn(
                 f"Non-finite learned loss or hypergradient at step {step}: meta update skipped.",
@@ -263,7 +277,12 @@ class LossLearner:
         self.seconds += time.perf_counter() - start
 
     def compute_hypergradient(
-        self, student: nn.Module, lr: float, snapshot: Snapshot | None = None, horizon: int | None = None
+        self,
+        student: nn.Module,
+        lr: float,
+        snapshot: Snapshot | None = None,
+        horizon: int | None = None,
+        first_step_grads: list[torch.Tensor] | None = None,
     ) -> Hypergradient:
         """The hypergradient of the validation loss w.r.t. the loss parameters (averaged across processes), with the
         virtual steps from ``snapshot`` (``None``: the live weights) over the last ``K`` recorded training batches and
@@ -275,6 +294,8 @@ class LossLearner:
             lr: the student's current learning rate (see :meth:`step`).
             snapshot: the start of the virtual steps.
             horizon: the number of virtual steps K; default: :meth:`sample_horizon`.
+            first_step_grads: ``grad_w L_train`` at the start weights on the first virtual step's batch, one per
+                trainable student parameter in ``named_parameters`` order (``None``: computed here).
         """
         params = {n: p for n, p in student.named_parameters() if p.requires_grad}
         if snapshot is not None:  # weights missing from the snapshot (e.g. new connectors) stay live
@@ -313,6 +334,7 @@ class LossLearner:
             # DIST at T=8, norm ~200 where the real step is clipped to 1) looks ahead with a far larger step than the
             # student takes, and the hypergradient then turns the loss down whatever it does.
             max_grad_norm=student_max_norm if student_max_norm and student_max_norm > 0 else None,
+            first_step_grads=first_step_grads,
             mixed_product="jvp" if self.bf16 else "finite_difference",
             autocast_dtype=torch.bfloat16 if self.bf16 else None,
         )
