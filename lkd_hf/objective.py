@@ -75,11 +75,9 @@ class DistillationObjective:
     def average_student_trained_gradients(self) -> None:
         """Average the gradients of :meth:`student_trained_parameters` across processes (the student's own are
         averaged by DistributedDataParallel; these live outside it)."""
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            for p in self.student_trained_parameters():
-                if p.grad is not None:
-                    torch.distributed.all_reduce(p.grad)
-                    p.grad /= torch.distributed.get_world_size()
+        grads = [p.grad for p in self.student_trained_parameters() if p.grad is not None]
+        for grad, mean in zip(grads, mean_across_processes(grads)):
+            grad.copy_(mean)
 
     def clear_student_trained_gradients(self) -> None:
         """Drop the gradients of :meth:`student_trained_parameters` (after an optimizer step, or a skipped step)."""
@@ -177,6 +175,23 @@ def build_objective(
         for module in objective.loss_modules:
             module.requires_grad_(False)
     return objective
+
+
+def mean_across_processes(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The mean of each tensor over the processes of ``torch.distributed`` (one all-reduce); the tensors themselves
+    when there is one process.
+
+    Args:
+        tensors: this process's tensors (the same shapes on every process).
+    """
+    if not tensors or not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return tensors
+    if torch.distributed.get_world_size() == 1:
+        return tensors
+    flat = torch.cat([t.reshape(-1) for t in tensors])
+    torch.distributed.all_reduce(flat)
+    flat /= torch.distributed.get_world_size()
+    return [chunk.view_as(t) for chunk, t in zip(flat.split([t.numel() for t in tensors]), tensors)]
 
 
 def pop_means(values: dict[str, list[torch.Tensor]]) -> dict[str, float]:

@@ -10,7 +10,7 @@ For each hypergradient estimator (comma-separated, default ``unrolled``) it trai
 * ``loss_params`` (after training), ``student_params``, ``meta_steps`` (meta steps done), ``meta_model_types`` (the
   class of the model each meta step was given: the DDP wrapper);
 * ``local_grads`` / ``averaged_grads``: per meta step, this rank's own hypergradient and the one used for the update
-  (recorded around ``LossLearner._average_across_ranks``);
+  (recorded around the loss learner's ``mean_across_processes``);
 * ``train_examples`` / ``meta_examples``: per batch, a fingerprint (pixel sum) of each example of the training and
   meta (validation) batches this rank used, to show that the ranks see disjoint shards of both.
 """
@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+import lkd_hf.meta.learner as learner_module
 from lkd_hf import LKDTrainer, LogitLossNet
 # This script is not a test module: it imports the plain factories behind conftest's fixtures (tests/ is the
 # script's directory, so it is on sys.path).
@@ -65,7 +66,7 @@ def run(out_dir: str, estimator: str) -> None:
     keys = ("local_grads", "averaged_grads", "train_examples", "meta_examples", "meta_model_types")
     record: dict[str, list] = {key: [] for key in keys}
     learner = trainer.loss_learner
-    average = learner._average_across_ranks
+    average = learner_module.mean_across_processes
 
     def recording_average(grads):
         record["local_grads"].append([g.detach().clone() for g in grads])
@@ -73,7 +74,7 @@ def run(out_dir: str, estimator: str) -> None:
         record["averaged_grads"].append([g.detach().clone() for g in averaged])
         return averaged
 
-    learner._average_across_ranks = recording_average
+    learner_module.mean_across_processes = recording_average
     prepare_meta_batch = learner.prepare_batch
 
     def recording_prepare_meta_batch(batch):

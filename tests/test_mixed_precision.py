@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import lkd_hf.meta.learner
+import lkd_hf.meta.learner as learner_module
 from lkd_hf import LKDTrainer
 
 
@@ -32,9 +32,12 @@ def make_trainer(make_config, make_dataset, make_models):
 def _first_hypergradient(trainer: LKDTrainer) -> torch.Tensor:
     """Train; return the flattened hypergradient of the first meta step (before cross-rank averaging/clipping)."""
     grads = []
-    average = trainer.loss_learner._average_across_ranks
-    trainer.loss_learner._average_across_ranks = lambda g: grads.append(torch.cat([x.flatten() for x in g])) or average(g)
-    trainer.train()
+    average = learner_module.mean_across_processes
+    learner_module.mean_across_processes = lambda g: grads.append(torch.cat([x.flatten() for x in g])) or average(g)
+    try:
+        trainer.train()
+    finally:
+        learner_module.mean_across_processes = average
     return grads[0]
 
 
@@ -58,7 +61,7 @@ def test_meta_step_under_bf16_autocast_would_distort_the_hypergradient(tmp_path,
     """Negative control: without ``full_precision`` the meta step's forwards run in bf16 and the hypergradient moves
     away from the fp32 one, which is why the meta step leaves autocast."""
     reference = _first_hypergradient(make_trainer(tmp_path, "fp32"))
-    monkeypatch.setattr(lkd_hf.meta.learner, "full_precision", lambda module: contextlib.nullcontext())
+    monkeypatch.setattr(learner_module, "full_precision", lambda module: contextlib.nullcontext())
     distorted = _first_hypergradient(make_trainer(tmp_path, "bf16", bf16=True, meta_precision="fp32"))
     close = F.cosine_similarity(distorted, reference, dim=0) > 0.99 and abs(distorted.norm() / reference.norm() - 1) < 0.1
     assert not close

@@ -124,6 +124,19 @@ def split_meta_dataset(dataset: Dataset, fraction: float, seed: int) -> tuple[Da
     return train, meta
 
 
+def default_val_source(args: Any, meta_dataset: Dataset | None) -> str:
+    """``args.meta_val_source``, else ``"heldout"`` when a ``meta_dataset`` is given or ``args.lkd_val_fraction`` is
+    set, else ``"train_batch"``.
+
+    Args:
+        args: the run's :class:`~lkd_hf.LKDConfig`.
+        meta_dataset: the validation set of the meta steps, if any.
+    """
+    return args.meta_val_source or (
+        "heldout" if meta_dataset is not None or args.lkd_val_fraction is not None else "train_batch"
+    )
+
+
 def meta_validation_data(
     args: Any, train_dataset: Dataset | None, meta_dataset: Dataset | None, learns_loss: bool = True
 ) -> tuple[str, Dataset | None, Dataset | None]:
@@ -139,9 +152,7 @@ def meta_validation_data(
         meta_dataset: the validation set passed to the trainer, if any.
         learns_loss: whether the run learns a loss (else nothing is split off).
     """
-    val_source = args.meta_val_source or (
-        "heldout" if meta_dataset is not None or args.lkd_val_fraction is not None else "train_batch"
-    )
+    val_source = default_val_source(args, meta_dataset)
     if learns_loss and val_source == "heldout" and meta_dataset is None and train_dataset is not None:
         if args.lkd_val_fraction is None:
             raise ValueError(

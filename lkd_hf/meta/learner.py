@@ -31,9 +31,9 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from ..constants import LKD_STATE_DIRNAME
-from ..objective import DistillationObjective, pop_means
+from ..objective import DistillationObjective, mean_across_processes, pop_means
 from ..safe_io import atomic_directory, verify_manifest, write_manifest
-from .batches import MetaBatchStream
+from .batches import MetaBatchStream, default_val_source
 from .hypergradients import (
     Hypergradient,
     MetaProblem,
@@ -88,8 +88,7 @@ class LossLearner:
         meta_dataset: the validation data of the meta steps (unused with ``val_source="train_batch"``). Without it
             a ``"heldout"`` learner takes no step.
         val_source: ``"heldout"`` (batches of ``meta_dataset``) or ``"train_batch"`` (the current training batch
-            validates); default ``args.meta_val_source``, else ``"heldout"`` with a ``meta_dataset`` and
-            ``"train_batch"`` without.
+            validates); default: :func:`~lkd_hf.meta.batches.default_val_source`.
         collate_fn: turns a list of ``meta_dataset`` examples into a batch.
         prepare_batch: moves a collated validation batch to the device (e.g. ``Trainer._prepare_inputs``).
         device: the device of the student.
@@ -114,7 +113,7 @@ class LossLearner:
                 f"Unknown hypergradient {args.hypergradient!r}. Known: {', '.join(available_hypergradients())}."
             )
         self.objective, self.args = objective, args
-        self.val_source = val_source or args.meta_val_source or ("heldout" if meta_dataset is not None else "train_batch")
+        self.val_source = val_source or default_val_source(args, meta_dataset)
         self.params = objective.meta_parameters()
         if not self.params:
             raise ValueError("The objective has no trainable loss parameters to learn.")
@@ -355,15 +354,7 @@ class LossLearner:
         finally:
             for p in self.params:
                 p.requires_grad_(False)
-        return Hypergradient(grads=self._average_across_ranks(result.grads), val_loss=result.val_loss)
-
-    def _average_across_ranks(self, grads: list[torch.Tensor]) -> list[torch.Tensor]:
-        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-            return grads
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        dist.all_reduce(flat)
-        flat /= dist.get_world_size()
-        return [chunk.view_as(g) for chunk, g in zip(flat.split([g.numel() for g in grads]), grads)]
+        return Hypergradient(grads=mean_across_processes(result.grads), val_loss=result.val_loss)
 
     # ----------------------------------------------------------------------------------------------------------
     # learning the loss alone
