@@ -343,7 +343,7 @@ TABLE_CAPTION = """# FLOPs of an LKD meta step over a KD step
 ({seconds:.0f} s, {threads} thread(s)); what is counted: the script's docstring. KD step: teacher forward, student
 forward and backward. Meta step: `<estimator>/k<K>` as the trainer builds it (clipped virtual steps, calibrated-CE
 validation loss); `/first_step_grads`: the first virtual step's gradient supplied (by the student step) and not
-counted; `/jvp`: `mixed_product="jvp"`. Columns: validation batch 1x or 2x (the trainer's default) the training
+counted; `/jvp`: `mixed_product="jvp"`. Columns: validation batch 1x (the trainer's default) or 2x the training
 batch: 2 images of 224 px for ResNet-34 -> ResNet-18, 64 of 1x28x28 for the CPU pairs (the ratios do not depend on
 the batch).
 """
