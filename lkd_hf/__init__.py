@@ -17,7 +17,7 @@ from typing import Any
 from . import models  # noqa: F401  (registers lkd_hf's small models in timm)
 from .constants import LOSS_DIRNAME
 from .hub import LearnedLoss, LearnedLossConfig
-from .loss_networks import FeatureLossNet, LogitLossNet
+from .loss_networks import PRETRAINED_LOSS_DIR, FeatureLossNet, LogitLossNet, pretrained_logit_loss
 from .losses import (
     ATLoss,
     DISTLoss,
@@ -83,10 +83,12 @@ __all__ = sorted(
         "LearnedLoss",
         "LearnedLossConfig",
         "LogitLossNet",
+        "PRETRAINED_LOSS_DIR",
         "available_hypergradients",
         "available_losses",
         "build_loss",
         "parse_loss_spec",
+        "pretrained_logit_loss",
         "register_hypergradient",
         "register_loss",
         "__version__",

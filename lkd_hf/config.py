@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from transformers import TrainingArguments
 
 from .constants import (
-    LOGIT_LOSS_BASES,
+    LKD_INITS,
     META_OPTIMIZERS,
     META_PRECISIONS,
     META_VAL_LOSS_NAMES,
@@ -39,7 +39,8 @@ class LKDConfig(TrainingArguments):
     ce_weight: float = field(default=1.0, metadata={"help": "Weight of the cross-entropy on the labels."})
     distill_weight: float = field(default=1.0, metadata={"help": "Weight of the distillation term."})
     temperature: float = field(
-        default=4.0, metadata={"help": "Temperature of KD and DKD, and the initial temperature of the learned loss."}
+        default=4.0, metadata={"help": "Temperature of KD and DKD, and the initial temperature of the learned loss "
+                                  "started from KD (lkd_init='kd')."}
     )
     dist_beta: float = field(default=1.0, metadata={"help": "DIST: weight of the inter-class relation."})
     dist_gamma: float = field(default=1.0, metadata={"help": "DIST: weight of the intra-class relation."})
@@ -74,9 +75,11 @@ class LKDConfig(TrainingArguments):
     )
     loss_hidden_dim: int = field(default=32, metadata={"help": "Width of the learned loss network's MLP."})
     lkd_init: str = field(
-        default="kd",
-        metadata={"help": "Hand-made loss the learned logit loss reproduces at initialisation: 'kd' (Hinton KD at "
-                  "`temperature`) or 'dist' (DIST with dist_beta, dist_gamma at dist_temperature)."},
+        default="pretrained",
+        metadata={"help": "Start of the learned logit loss: 'pretrained' (the loss shipped with lkd_hf, learned "
+                  "beforehand over several teacher -> student pairs; see docs/method.md), or the hand-made loss it "
+                  "reproduces exactly: 'kd' (Hinton KD at `temperature`) or 'dist' (DIST with dist_beta, dist_gamma "
+                  "at dist_temperature). loss_from, when set, is the start instead."},
     )
     lkd_learn_knobs: bool = field(
         default=True,
@@ -213,8 +216,8 @@ class LKDConfig(TrainingArguments):
         super().__post_init__()
         if self.lkd_val_fraction is not None and not 0.0 < self.lkd_val_fraction < 1.0:
             raise ValueError(f"lkd_val_fraction must be in (0, 1), got {self.lkd_val_fraction}")
-        if self.lkd_init not in LOGIT_LOSS_BASES:
-            raise ValueError(f"lkd_init must be one of {LOGIT_LOSS_BASES}, got {self.lkd_init!r}")
+        if self.lkd_init not in LKD_INITS:
+            raise ValueError(f"lkd_init must be one of {LKD_INITS}, got {self.lkd_init!r}")
         if self.meta_interval < 1:
             raise ValueError(f"meta_interval must be >= 1, got {self.meta_interval}")
         if self.lookahead_steps < 1:

@@ -1,7 +1,13 @@
 """Names and file names shared by the configuration and the modules that implement them (no imports)."""
 
 LOGIT_LOSS_BASES = ("kd", "dist")
-"""Hand-made losses the learned logit loss can reproduce at initialisation (``LKDConfig.lkd_init``)."""
+"""Hand-made losses the learned logit loss can reproduce at initialisation (``LogitLossNet(base=...)``)."""
+
+LKD_INITS = ("pretrained", *LOGIT_LOSS_BASES)
+"""Starts of the learned logit loss (``LKDConfig.lkd_init``): the loss shipped with lkd_hf, or a hand-made loss."""
+
+PRETRAINED_LOSS_DIRNAME = "pretrained/logit_loss"
+"""Folder, inside the ``lkd_hf`` package, of the learned loss shipped with it (a ``LearnedLoss``)."""
 
 SNAPSHOT_STRATEGIES = ("current", "uniform", "gaussian", "fixed")
 """Where a meta step's virtual steps start (``LKDConfig.snapshot_strategy``)."""

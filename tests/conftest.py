@@ -54,7 +54,8 @@ def make_models(num_classes: int = NUM_CLASSES, teacher_classes: int | None = No
 
 
 def make_config(tmp_path, **overrides):
-    """A CPU ``LKDConfig`` for a few quiet steps (no saving, no reporting) writing under ``tmp_path / "out"``."""
+    """A CPU ``LKDConfig`` for a few quiet steps (no saving, no reporting) writing under ``tmp_path / "out"``; a
+    learned loss starts from KD at ``temperature`` (``lkd_init="kd"``) unless the test passes another start."""
     from lkd_hf import LKDConfig
 
     defaults = dict(
@@ -71,6 +72,7 @@ def make_config(tmp_path, **overrides):
         use_cpu=True,
         meta_interval=2,
         seed=0,
+        lkd_init="kd",
     )
     defaults.update(overrides)
     return LKDConfig(**defaults)

@@ -1,6 +1,7 @@
 """Hand-made baselines against independent (numpy) computations, the loss registry, and LogitLossNet."""
 
 import math
+import os
 
 import numpy as np
 import pytest
@@ -168,7 +169,7 @@ def test_lkd_init_selects_the_base_of_the_learned_loss(tmp_path):
     config = LKDConfig(output_dir=str(tmp_path), loss="lkd", lkd_init="dist", dist_temperature=3.0, report_to="none")
     net = build_loss("lkd", config)
     assert net.base == "dist" and net.temperature.item() == pytest.approx(3.0)
-    assert build_loss("lkd", LKDConfig(output_dir=str(tmp_path), report_to="none")).base == "kd"
+    assert build_loss("lkd", LKDConfig(output_dir=str(tmp_path), lkd_init="kd", report_to="none")).base == "kd"
     with pytest.raises(ValueError, match="lkd_init"):
         LKDConfig(output_dir=str(tmp_path), lkd_init="dkd", report_to="none")
     with pytest.raises(ValueError, match="base"):
@@ -185,3 +186,61 @@ def test_lkd_learn_knobs_false_freezes_temperature_and_weight(tmp_path):
     assert {"class_head.weight", "sample_head.weight"} <= trainable
     default = build_loss("lkd", LKDConfig(output_dir=str(tmp_path), loss="lkd", report_to="none"))
     assert default.log_temperature.requires_grad and default.log_weight.requires_grad
+
+
+# --- the shipped pre-learned loss --------------------------------------------------------------------------------
+def test_pretrained_logit_loss_is_the_shipped_learned_loss_for_any_class_count():
+    from lkd_hf import PRETRAINED_LOSS_DIR, LearnedLoss, pretrained_logit_loss
+
+    net = pretrained_logit_loss()
+    bundle = LearnedLoss.from_pretrained(PRETRAINED_LOSS_DIR)  # the public loader validates the folder too
+    assert bundle.feature is None and net.base == "dist"
+    assert (bundle.config.num_classes, bundle.config.teacher, bundle.config.student) == (None, None, None)
+    for classes in (10, 1000):
+        torch.manual_seed(classes)
+        s, t, y = torch.randn(8, classes), torch.randn(8, classes) * 3, torch.randint(0, classes, (8,))
+        loss = net(s, t, y)
+        assert torch.isfinite(loss) and loss >= 0
+        torch.testing.assert_close(loss, bundle.logit(s, t, y))
+    assert net.log_temperature.requires_grad and net.log_weight.requires_grad
+    fixed = pretrained_logit_loss(learn_knobs=False)
+    assert not fixed.log_temperature.requires_grad and not fixed.log_weight.requires_grad
+    assert all(p.requires_grad for p in fixed.mlp.parameters())
+
+
+def test_lkd_starts_from_the_pretrained_loss_by_default(tmp_path):
+    from lkd_hf import LKDConfig, pretrained_logit_loss
+
+    config = LKDConfig(output_dir=str(tmp_path), loss="lkd", temperature=2.0, report_to="none")
+    assert config.lkd_init == "pretrained"
+    net, shipped = build_loss("lkd", config), pretrained_logit_loss()
+    assert net.state_dict().keys() == shipped.state_dict().keys()
+    for name, value in net.state_dict().items():
+        torch.testing.assert_close(value, shipped.state_dict()[name])
+    assert net.temperature.item() != pytest.approx(2.0)  # `temperature` is KD's start only
+    frozen = build_loss("lkd", LKDConfig(output_dir=str(tmp_path), lkd_learn_knobs=False, report_to="none"))
+    assert not frozen.log_temperature.requires_grad
+
+
+def test_pretrained_loss_record_names_its_sources_and_matches_its_weights():
+    import json
+
+    from lkd_hf import PRETRAINED_LOSS_DIR, pretrained_logit_loss
+
+    with open(os.path.join(PRETRAINED_LOSS_DIR, "pretraining.json")) as f:
+        record = json.load(f)
+
+    def keys(value):
+        if isinstance(value, dict):
+            return set(value) | {k for v in value.values() for k in keys(v)}
+        return {k for v in value for k in keys(v)} if isinstance(value, list) else set()
+
+    assert not [k for k in keys(record) if "test" in k]  # learned on training and validation splits only
+    assert record["datasets"] == ["animal-mnist"]  # mnist-5k, the benchmark's second dataset, stays unseen
+    assert all(len(t["runs"]) == len(record["datasets"]) * len(record["pairs"]) for t in record["trials"])
+    best = max(record["trials"], key=lambda t: t["mean_val_top1"])
+    assert best["mean_val_top1"] == record["best"]["mean_val_top1"]
+    net = pretrained_logit_loss()  # the best trial's DIST, its per-sample and per-class weights neutral
+    assert net.temperature.item() == pytest.approx(best["temperature"], rel=1e-5)
+    assert net.weight.item() == pytest.approx(best["weight"], rel=1e-5)
+    assert all((p == 0).all() for head in (net.class_head, net.sample_head) for p in head.parameters())

@@ -1,0 +1,177 @@
+"""Learn a logit loss beforehand, over several teacher -> student pairs (CPU): the loss that ``loss="lkd"`` starts
+from by default, and the one the accuracy benchmark scores the default with on the other dataset.
+
+    # the loss shipped with lkd_hf (LKDConfig.lkd_init="pretrained"), learned on animal-mnist; the accuracy
+    # benchmark scores it on mnist-5k
+    python benchmarks/pretrain_loss.py --datasets animal-mnist --output_dir lkd_hf/pretrained/logit_loss
+    # learned on mnist-5k; the accuracy benchmark scores it on animal-mnist
+    python benchmarks/pretrain_loss.py --datasets mnist-5k --output_dir benchmarks/pretrained_losses/mnist-5k
+
+Setting: ``common.Setting`` of each dataset (the accuracy benchmark's: 2000 training images, 6 epochs, the committed
+teacher) and every pair of ``common.PAIRS``; seed 0. Only the training and validation splits are read.
+
+The loss is a DIST-based ``LogitLossNet`` whose global knobs, temperature ``T`` and weight ``w``, are learned over
+whole training runs, which a one-step hypergradient cannot see (it asks for a lower temperature early in training):
+an optuna TPE study (``--trials`` trials, sampler seed 0) maximises the mean validation top-1 over every (dataset,
+pair) of a student trained with DIST at ``T`` times ``w``. The best trial's loss (exactly that DIST: its network's
+output layers are zero) is saved in ``--output_dir`` as a :class:`lkd_hf.LearnedLoss` that records no teacher,
+student or class count (the logit network is the same for any number of classes), with ``pretraining.json`` (every
+trial and run) and a model card. ``loss="lkd"`` then learns its network during each run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+import optuna  # noqa: E402
+import torch  # noqa: E402
+from transformers import HfArgumentParser  # noqa: E402
+
+from common import PAIRS, Setting, WorkerPool, split_list  # noqa: E402
+from lkd_hf import LearnedLoss, LogitLossNet  # noqa: E402
+
+TEMPERATURE_RANGE = (1.0, 20.0)  # LogitLossNet's temperature range ends at 20
+WEIGHT_RANGE = (0.25, 4.0)
+
+
+@dataclass
+class PretrainArguments:
+    datasets: str = field(metadata={"help": "Comma-separated bundled datasets to learn on (animal-mnist, mnist-5k)."})
+    output_dir: str = field(metadata={"help": "Where the LearnedLoss folder and pretraining.json are written."})
+    trials: int = field(default=16, metadata={"help": "Trials of the knob study (each trains one student per pair)."})
+    startup_trials: int = field(default=6, metadata={"help": "Random trials before TPE models the objective."})
+    pairs: str = field(default=",".join(PAIRS), metadata={"help": f"Comma-separated pairs of {list(PAIRS)}."})
+    workers: int = field(default=2, metadata={"help": "Runs of one trial trained in parallel processes."})
+    threads: int = field(default=1, metadata={"help": "torch threads per run."})
+    work_dir: str | None = field(default=None, metadata={"help": "Run folders (default: a temporary folder)."})
+
+
+def _settings(datasets: list[str], threads: int) -> dict[str, Setting]:
+    torch.set_num_threads(threads)
+    return {name: Setting(dataset=name) for name in datasets}
+
+
+def _validation_top1(settings: dict[str, Setting], task: tuple[str, str, str, dict[str, Any]]) -> dict[str, Any]:
+    """Train one student (seed 0) with ``fields`` and return its validation top-1."""
+    dataset, pair, output_dir, fields = task
+    setting = settings[dataset]
+    trainer, wall = setting.train_student(pair, 0, output_dir, fields)
+    return dict(dataset=dataset, pair=pair, val_top1=setting.top1(trainer, "validation"), wall_s=wall)
+
+
+def start_loss(temperature: float, weight: float) -> LearnedLoss:
+    """The DIST-based learned loss at ``temperature`` and ``weight``, before its network learned anything.
+
+    Args:
+        temperature: DIST's temperature.
+        weight: the loss's global weight.
+    """
+    net = LogitLossNet(temperature=temperature, base="dist")
+    with torch.no_grad():
+        net.log_weight.fill_(math.log(weight))
+    return LearnedLoss.from_networks(logit=net)
+
+
+def model_card(record: dict[str, Any], logit: LogitLossNet) -> str:
+    """The folder's model card: what the loss is, how it was learned (from ``record``) and how to use it.
+
+    Args:
+        record: the ``pretraining.json`` record.
+        logit: the learned logit loss network.
+    """
+    best, runs = record["best"], len(record["trials"]) * len(record["datasets"]) * len(record["pairs"])
+    return f"""---
+library_name: lkd_hf
+tags:
+- knowledge-distillation
+- lkd
+- loss-network
+---
+
+# A distillation loss learned beforehand over several teacher -> student pairs
+
+A DIST-based `lkd_hf.LogitLossNet` with temperature {logit.temperature.item():.3f} and weight
+{logit.weight.item():.3f}, learned on {", ".join(record["datasets"])} with the pairs {", ".join(record["pairs"])}
+(training and validation splits only). Its per-sample and per-class weights start neutral (exactly DIST): a run
+with `loss="lkd"` learns them. It works for any number of classes.
+
+## How it was learned
+
+`{record["command"]}` ({record["seconds"]:.0f} s on 2 CPU cores): an optuna TPE study of {len(record["trials"])}
+trials ({runs} student runs, 6 epochs each) over the temperature in [1, 20] and the weight in [0.25, 4] maximised the
+mean validation top-1 of students trained with DIST at that temperature and weight, over whole training runs (a
+one-step hypergradient sees a short stretch of training only). Best: T = {best["temperature"]:.3f}, w =
+{best["weight"]:.3f}, mean validation top-1 {100 * best["mean_val_top1"]:.2f}%. `pretraining.json` holds every trial.
+
+## Use
+
+`LKDConfig(loss="lkd")` starts from this loss (`lkd_init="pretrained"`, the default) and learns it further during
+the run; `freeze_loss=True` keeps it fixed (about the cost of KD); `lkd_hf.pretrained_logit_loss()` returns it.
+"""
+
+
+def main() -> None:
+    (args,) = HfArgumentParser(PretrainArguments).parse_args_into_dataclasses()
+    datasets, pairs = split_list(args.datasets), split_list(args.pairs)
+    work_dir = args.work_dir or tempfile.mkdtemp(prefix="lkd_pretrain_")
+    record: dict[str, Any] = dict(datasets=datasets, pairs=pairs, trials=[],
+                                  command=f"python benchmarks/pretrain_loss.py --datasets {args.datasets} "
+                                          f"--output_dir {args.output_dir} --trials {args.trials}")
+    start = time.perf_counter()
+    with WorkerPool(args.workers, _settings, datasets, args.threads) as pool:
+        sampler = optuna.samplers.TPESampler(seed=0, n_startup_trials=args.startup_trials)
+        study = optuna.create_study(direction="maximize", sampler=sampler)
+
+        def objective(trial: optuna.Trial) -> float:
+            t = trial.suggest_float("temperature", *TEMPERATURE_RANGE, log=True)
+            w = trial.suggest_float("weight", *WEIGHT_RANGE, log=True)
+            fields = dict(loss="dist", dist_temperature=t, distill_weight=w)
+            tasks = [(d, p, os.path.join(work_dir, f"trial{trial.number}", d, p.replace("->", "_to_")), fields)
+                     for d in datasets for p in pairs]
+            runs = list(pool.results(_validation_top1, tasks))
+            value = sum(r["val_top1"] for r in runs) / len(runs)
+            record["trials"].append(dict(number=trial.number, temperature=t, weight=w, mean_val_top1=value, runs=runs))
+            print(f"trial {trial.number}: T {t:.2f} w {w:.2f} -> mean val top-1 {value:.4f}", flush=True)
+            return value
+
+        study.optimize(objective, n_trials=args.trials)
+    record["best"] = dict(study.best_params, mean_val_top1=study.best_value)
+    record["seconds"] = time.perf_counter() - start
+    save(record, args.output_dir)
+    print(f"saved {args.output_dir} ({record['seconds']:.0f} s)")
+
+
+def save(record: dict[str, Any], output_dir: str) -> None:
+    """Write the best trial's loss, ``pretraining.json`` and the model card to ``output_dir`` (replaced).
+
+    Args:
+        record: the ``pretraining.json`` record (``best``: the trial's ``temperature`` and ``weight``).
+        output_dir: the folder.
+    """
+    best = record["best"]
+    learned = start_loss(best["temperature"], best["weight"])
+    learned.config.loss, learned.config.dataset = "lkd", ",".join(record["datasets"])
+    if os.path.exists(output_dir):
+        shutil.rmtree(output_dir)
+    learned.save_pretrained(output_dir)
+    with open(os.path.join(output_dir, "pretraining.json"), "w") as f:
+        json.dump(record, f, indent=1)
+    plot = os.path.join(output_dir, "learned_loss.png")
+    if os.path.exists(plot):
+        os.remove(plot)
+    with open(os.path.join(output_dir, "README.md"), "w") as f:
+        f.write(model_card(record, learned.logit))
+
+
+if __name__ == "__main__":
+    main()
