@@ -116,8 +116,8 @@ def make_batch(teacher: nn.Module, batch_size: int, input_size: tuple[int, int, 
     return {"pixel_values": pixel_values, "labels": labels, "teacher_logits": teacher_logits}
 
 
-def kd_step_flops(teacher: nn.Module, student: nn.Module, batch: dict, temperature: float = 4.0) -> int:
-    """FLOPs of a KD student step: teacher forward without gradient, student forward and backward of CE + KD."""
+def kd_step(teacher: nn.Module, student: nn.Module, batch: dict, temperature: float = 4.0) -> Callable[[], None]:
+    """A KD student step on ``batch``: teacher forward without gradient, student forward and backward of CE + KD."""
     kd = KDLoss(temperature)
     params = [p for p in student.parameters() if p.requires_grad]
 
@@ -128,7 +128,12 @@ def kd_step_flops(teacher: nn.Module, student: nn.Module, batch: dict, temperatu
         loss = F.cross_entropy(logits.float(), batch["labels"]) + kd(logits, teacher_logits, batch["labels"])
         torch.autograd.grad(loss, params)
 
-    return count_flops(step)
+    return step
+
+
+def kd_step_flops(teacher: nn.Module, student: nn.Module, batch: dict, temperature: float = 4.0) -> int:
+    """FLOPs of a KD student step (:func:`kd_step`)."""
+    return count_flops(kd_step(teacher, student, batch, temperature))
 
 
 def meta_problem(

@@ -32,10 +32,9 @@ from typing import Any
 
 import timm
 import torch
-import torch.nn.functional as F
 
-from flops import first_step_grads, make_batch, meta_problem
-from lkd_hf import KDLoss, LogitLossNet
+from flops import first_step_grads, kd_step, make_batch, meta_problem
+from lkd_hf import LogitLossNet
 from lkd_hf.meta.hypergradients import get_hypergradient
 from overhead import PeakMemory
 
@@ -70,15 +69,7 @@ def run_row(row: str, device: str, batch_size: int) -> dict[str, Any]:
     batches = [{key: value.to(device) for key, value in b.items()} for b in batches]
     problem, params = meta_problem(student, loss_net, batches[:horizon], batches[horizon])
     if name == "kd":
-        kd, batch = KDLoss(4.0), batches[0]
-        trainable = [p for p in student.parameters() if p.requires_grad]
-
-        def call() -> None:
-            with torch.no_grad():
-                teacher_logits = teacher(batch["pixel_values"]).float()
-            logits = student(batch["pixel_values"])
-            loss = F.cross_entropy(logits.float(), batch["labels"]) + kd(logits, teacher_logits, batch["labels"])
-            torch.autograd.grad(loss, trainable)
+        call = kd_step(teacher, student, batches[0])
     elif name == "unrolled-one-graph":
         def call() -> None:
             unrolled_one_graph(problem, params)
