@@ -76,7 +76,9 @@ def start_loss(temperature: float, weight: float) -> LearnedLoss:
         temperature: DIST's temperature.
         weight: the loss's global weight.
     """
-    net = LogitLossNet(temperature=temperature, base="dist")
+    with torch.random.fork_rng():  # seeded: the saved loss is a function of the temperature and weight alone
+        torch.manual_seed(0)
+        net = LogitLossNet(temperature=temperature, base="dist")
     with torch.no_grad():
         net.log_weight.fill_(math.log(weight))
     return LearnedLoss.from_networks(logit=net)

@@ -244,3 +244,22 @@ def test_pretrained_loss_record_names_its_sources_and_matches_its_weights():
     assert net.temperature.item() == pytest.approx(best["temperature"], rel=1e-5)
     assert net.weight.item() == pytest.approx(best["weight"], rel=1e-5)
     assert all((p == 0).all() for head in (net.class_head, net.sample_head) for p in head.parameters())
+
+
+def test_pretrained_loss_is_rebuilt_exactly_from_its_record():
+    """``benchmarks/pretrain_loss.py`` saves a function of the best trial's temperature and weight alone (its network
+    built under seed 0), so the shipped folder can be rebuilt from ``pretraining.json``."""
+    import json
+
+    from lkd_hf import PRETRAINED_LOSS_DIR, pretrained_logit_loss
+
+    with open(os.path.join(PRETRAINED_LOSS_DIR, "pretraining.json")) as f:
+        best = json.load(f)["best"]
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        rebuilt = LogitLossNet(temperature=best["temperature"], base="dist")
+    with torch.no_grad():
+        rebuilt.log_weight.fill_(math.log(best["weight"]))
+    shipped = pretrained_logit_loss().state_dict()
+    for name, value in rebuilt.state_dict().items():
+        torch.testing.assert_close(shipped[name], value, rtol=0, atol=0)
