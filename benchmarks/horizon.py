@@ -36,7 +36,7 @@ from transformers import HfArgumentParser  # noqa: E402
 
 from common import BUNDLED_TEACHER_DIR, PAIRS, Setting, format_mean_std, split_list  # noqa: E402
 
-LKD = dict(loss="lkd", lkd_val_fraction=0.1)  # meta steps on 10% of the images, held out
+LKD = dict(loss="lkd", lkd_init="kd", lkd_val_fraction=0.1)  # from KD(T=4); meta steps on 10% of the images, held out
 VARIANTS: dict[str, dict[str, Any]] = {
     "kd-T4": dict(loss="kd", temperature=4.0),
     "kd-T2": dict(loss="kd", temperature=2.0),

@@ -60,7 +60,7 @@ def lkd(k: int, source: str, lr: float, **extra: Any) -> dict[str, Any]:
 VARIANTS: dict[str, dict[str, Any]] = {  # LKDConfig fields on top of the pair's tuned DIST temperature and weight
     "dist-tuned": dict(loss="dist"),
     "dist-T8": dict(loss="dist", dist_temperature=8.0),
-    "k1-tb": lkd(1, "tb", 1e-2),  # = accuracy.py's lkd-dist-tuned
+    "k1-tb": lkd(1, "tb", 1e-2),  # the accuracy benchmark's former lkd-dist-tuned row
     "k1-ho": lkd(1, "ho", 1e-2),
     "k5-tb": lkd(5, "tb", 1e-2),
     "k5-ho": lkd(5, "ho", 1e-2),
