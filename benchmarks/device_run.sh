@@ -3,16 +3,17 @@
 #   1. the cost rows of benchmarks/overhead.py for ResNet-34 -> ResNet-18 at 224 px, bf16, batch 128: KD, LKD with
 #      `finite_difference` at meta_interval 1 and 10, `unrolled` at 10, and a frozen learned loss (step time, meta-step
 #      time, peak memory per row);
-#   2. a 2-step run of recipes/imagenet.py (bf16) on a generated image folder.
-# Output in $OUT: env.txt, overhead.json / overhead.log, table.md (the cost table), imagenet.log.
-# DEVICE=cpu BF16=false IMG_SIZE=32 BATCH=8 STEPS=8 WARMUP=2 runs the same small on the CPU (a check of the script).
+#   2. a 2-step run of recipes/imagenet.py (bf16) on a generated image folder;
+#   3. the peak memory of one meta step over a KD step (benchmarks/memory.py, fp32, batch MEM_BATCH).
+# Output in $OUT: env.txt, overhead.json / overhead.log, table.md (the cost table), imagenet.log, memory.json / .log.
+# DEVICE=cpu BF16=false IMG_SIZE=32 BATCH=8 STEPS=8 WARMUP=2 MEM_BATCH=2 runs the same small on the CPU (a check).
 # Packages missing from the machine's image travel as wheels in .whl/ (e.g. python3 -m pip download --no-deps
 # --only-binary=:all: --python-version 3.12 -d .whl transformers==5.24.0 timm==1.0.31 ...); they are installed first.
 set -u
 cd "$(dirname "$0")/.." || exit 1
 OUT=${OUT:-/tmp/device_out}
 DEVICE=${DEVICE:-cuda} BF16=${BF16:-true} IMG_SIZE=${IMG_SIZE:-224} BATCH=${BATCH:-128} STEPS=${STEPS:-40}
-WARMUP=${WARMUP:-10} PYTHON=${PYTHON:-python3}
+WARMUP=${WARMUP:-10} PYTHON=${PYTHON:-python3} MEM_BATCH=${MEM_BATCH:-128}
 mkdir -p "$OUT"
 export PYTHONPATH=$PWD HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 if ls .whl/*.whl > /dev/null 2>&1; then
@@ -59,3 +60,8 @@ timeout 120 $PYTHON recipes/imagenet.py --dataset "$IMAGES" --teacher_pretrained
 echo "imagenet recipe exit $?"
 tail -5 "$OUT/imagenet.log"
 rm -rf "$IMAGES"
+
+timeout 90 $PYTHON benchmarks/memory.py --device "$DEVICE" --batch_size "$MEM_BATCH" --img_size "$IMG_SIZE" \
+    --rows kd,unrolled/k1,unrolled-one-graph/k1,finite_difference/k1 --out "$OUT/memory.json" > "$OUT/memory.log" 2>&1
+echo "memory exit $?"
+sed -n '/^| row/,$p' "$OUT/memory.log"

@@ -40,7 +40,7 @@ from overhead import PeakMemory
 
 ROWS = ("kd", "unrolled/k1", "unrolled/k5", "unrolled-one-graph/k1", "unrolled-one-graph/k5",
         "finite_difference/k1", "finite_difference/k5")
-TEACHER, STUDENT, IMG_SIZE, NUM_CLASSES = "resnet34", "resnet18", 224, 1000
+TEACHER, STUDENT, NUM_CLASSES = "resnet34", "resnet18", 1000
 
 
 def unrolled_one_graph(problem, start_params) -> list[torch.Tensor]:
@@ -57,7 +57,7 @@ def unrolled_one_graph(problem, start_params) -> list[torch.Tensor]:
     return list(torch.autograd.grad(val, problem.loss_params))
 
 
-def run_row(row: str, device: str, batch_size: int) -> dict[str, Any]:
+def run_row(row: str, device: str, batch_size: int, img_size: int = 224) -> dict[str, Any]:
     """Build the pair and the batches, then measure the peak memory of one call of ``row``."""
     torch.manual_seed(0)
     teacher = timm.create_model(TEACHER, num_classes=NUM_CLASSES).to(device).eval()
@@ -65,7 +65,7 @@ def run_row(row: str, device: str, batch_size: int) -> dict[str, Any]:
     loss_net = LogitLossNet().to(device)
     name, _, k = row.partition("/k")
     horizon = int(k) if k else 1
-    batches = [make_batch(teacher, batch_size, (3, IMG_SIZE, IMG_SIZE), NUM_CLASSES) for _ in range(horizon + 1)]
+    batches = [make_batch(teacher, batch_size, (3, img_size, img_size), NUM_CLASSES) for _ in range(horizon + 1)]
     batches = [{key: value.to(device) for key, value in b.items()} for b in batches]
     problem, params = meta_problem(student, loss_net, batches[:horizon], batches[horizon])
     if name == "kd":
@@ -81,13 +81,14 @@ def run_row(row: str, device: str, batch_size: int) -> dict[str, Any]:
     memory = PeakMemory(device)
     memory.start()
     call()
-    return dict(memory.stop(), row=row, device=device, batch_size=batch_size)
+    return dict(memory.stop(), row=row, device=device, batch_size=batch_size, img_size=img_size)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument("--img_size", type=int, default=224)
     parser.add_argument("--rows", default=",".join(ROWS), help=f"Comma-separated of {ROWS}.")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads in each row.")
     parser.add_argument("--out", default=None, help="Write the results as JSON here.")
@@ -96,12 +97,13 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.row is not None:
-        print(json.dumps(run_row(args.row, args.device, args.batch_size)))
+        print(json.dumps(run_row(args.row, args.device, args.batch_size, args.img_size)))
         return
     results = {}
     for row in args.rows.split(","):
         command = [sys.executable, __file__, "--row", row, "--device", args.device, "--batch_size",
-                   str(args.batch_size)] + (["--threads", str(args.threads)] if args.threads else [])
+                   str(args.batch_size), "--img_size", str(args.img_size)]
+        command += ["--threads", str(args.threads)] if args.threads else []
         output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
         results[row] = json.loads(output.strip().splitlines()[-1])
         print(f"{row:<24} growth {results[row]['delta_mb']:9.1f} MB  peak {results[row]['peak_mb']:9.1f} MB",
