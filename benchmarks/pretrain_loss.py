@@ -69,19 +69,20 @@ def _validation_top1(settings: dict[str, Setting], task: tuple[str, str, str, di
     return dict(dataset=dataset, pair=pair, val_top1=setting.top1(trainer, "validation"), wall_s=wall)
 
 
-def start_loss(temperature: float, weight: float) -> LearnedLoss:
+def start_loss(temperature: float, weight: float, **metadata: Any) -> LearnedLoss:
     """The DIST-based learned loss at ``temperature`` and ``weight``, before its network learned anything.
 
     Args:
         temperature: DIST's temperature.
         weight: the loss's global weight.
+        **metadata: :class:`lkd_hf.LearnedLossConfig` fields, e.g. ``dataset``.
     """
     with torch.random.fork_rng():  # seeded: the saved loss is a function of the temperature and weight alone
         torch.manual_seed(0)
         net = LogitLossNet(temperature=temperature, base="dist")
     with torch.no_grad():
         net.log_weight.fill_(math.log(weight))
-    return LearnedLoss.from_networks(logit=net)
+    return LearnedLoss.from_networks(logit=net, **metadata)
 
 
 def model_card(record: dict[str, Any], logit: LogitLossNet) -> str:
@@ -161,8 +162,7 @@ def save(record: dict[str, Any], output_dir: str) -> None:
         output_dir: the folder.
     """
     best = record["best"]
-    learned = start_loss(best["temperature"], best["weight"])
-    learned.config.loss, learned.config.dataset = "lkd", ",".join(record["datasets"])
+    learned = start_loss(best["temperature"], best["weight"], dataset=",".join(record["datasets"]))
     if os.path.exists(output_dir):
         shutil.rmtree(output_dir)
     learned.save_pretrained(output_dir)

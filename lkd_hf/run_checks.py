@@ -73,7 +73,7 @@ def input_size(model: nn.Module, dataset: Dataset | None) -> tuple[int, int, int
     return tuple(resolve_data_config(model)["input_size"])
 
 
-def check_double_backward(model: nn.Module, input_size: tuple[int, ...]) -> None:
+def check_unrolled_support(model: nn.Module, input_size: tuple[int, ...]) -> None:
     """Check that ``hypergradient="unrolled"`` can take its exact products through ``model``: a dry double backward
     and a dry forward-mode pass on two random images (the model's weights and buffers are left as they were).
 

@@ -34,7 +34,7 @@ from .metrics import build_compute_metrics
 from .model_info import model_num_classes
 from .objective import build_objective, pop_means
 from .nonfinite import NonFiniteGuard, check_finite
-from .run_checks import check_datasets, check_double_backward, check_optimizer, checked_teacher, input_size
+from .run_checks import check_datasets, check_unrolled_support, check_optimizer, checked_teacher, input_size
 from .safe_io import OutputDirLock, last_complete_checkpoint
 from .trainer_checkpoints import CheckpointMixin
 from .trainer_hub import HubExportMixin
@@ -101,7 +101,7 @@ class LKDTrainer(CheckpointMixin, HubExportMixin):
             learned.check_compatible(**describe_run(model, teacher, num_classes))
         learns_loss = bool(objective.meta_parameters())
         if learns_loss and args.hypergradient == "unrolled":
-            check_double_backward(model, input_size(model, train_dataset))
+            check_unrolled_support(model, input_size(model, train_dataset))
         val_source, train_dataset, meta_dataset = meta_validation_data(args, train_dataset, meta_dataset, learns_loss)
         if data_collator is None:
             data_collator = ImageCollator(num_classes=num_classes)
@@ -275,8 +275,9 @@ class LKDTrainer(CheckpointMixin, HubExportMixin):
         if learner is not None:
             learner.set_total_steps(self.state.max_steps)
             learner.observe(step, inputs, student)
-            reused = learner.is_due(step) and learner.reuses_step_gradient  # the meta step then follows the backward
-            if learner.is_due(step) and not reused:
+            due = learner.is_due(step)
+            reused = due and learner.reuses_step_gradient  # the meta step then follows the student's backward
+            if due and not reused:
                 self.meta_step(model)
         self.nonfinite_guard.begin(student)
         logged = {name: len(values) for name, values in self._metrics.items()}
