@@ -17,7 +17,8 @@ from typing import Any
 from . import models  # noqa: F401  (registers lkd_hf's small models in timm)
 from .constants import LOSS_DIRNAME
 from .hub import LearnedLoss, LearnedLossConfig
-from .loss_networks import PRETRAINED_LOSS_DIR, FeatureLossNet, LogitLossNet, pretrained_logit_loss
+from .loss_builders import PRETRAINED_LOSS_DIR, pretrained_logit_loss
+from .loss_networks import FeatureLossNet, LogitLossNet
 from .losses import (
     ATLoss,
     DISTLoss,

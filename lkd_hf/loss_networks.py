@@ -40,26 +40,21 @@
 
 from __future__ import annotations
 
-import json
 import math
-import os
 
 import torch
 import torch.nn.functional as F
 from huggingface_hub import PyTorchModelHubMixin
-from safetensors.torch import load_file
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .constants import LOGIT_LOSS_BASES, PRETRAINED_LOSS_DIRNAME
+from .constants import LOGIT_LOSS_BASES
 from .losses.logit import pearson_rows
-from .losses.registry import register_loss
 
 _NUM_INPUTS = 6
 _MIN_TEMPERATURE, _MAX_TEMPERATURE = 0.5, 20.0
 _MIN_LOG_WEIGHT, _MAX_LOG_WEIGHT = -10.0, 3.0
 _LOG_RATIO_CLIP = 10.0
-PRETRAINED_LOSS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), PRETRAINED_LOSS_DIRNAME)
 
 
 class LogitLossNet(
@@ -158,38 +153,6 @@ class LogitLossNet(
 
     def extra_repr(self) -> str:
         return f"base={self.base}, temperature={float(self.temperature):.3f}, weight={float(self.weight):.3f}"
-
-
-def pretrained_logit_loss(learn_knobs: bool = True) -> LogitLossNet:
-    """The logit loss shipped with ``lkd_hf``, where ``loss="lkd"`` starts by default (``LKDConfig.lkd_init=
-    "pretrained"``): a DIST-based :class:`LogitLossNet` learned beforehand over several teacher -> student pairs and
-    datasets. Its folder, :data:`PRETRAINED_LOSS_DIR`, is a :class:`~lkd_hf.LearnedLoss` (``README.md`` and
-    ``pretraining.json`` say how it was learned). It works for any number of classes.
-
-    Args:
-        learn_knobs: whether the outer loop may change its temperature and global weight.
-    """
-    with open(os.path.join(PRETRAINED_LOSS_DIR, "config.json")) as f:
-        arguments = json.load(f)["logit_net"]
-    net = LogitLossNet(**arguments)
-    weights = load_file(os.path.join(PRETRAINED_LOSS_DIR, "model.safetensors"))
-    net.load_state_dict({name.removeprefix("logit."): value for name, value in weights.items()})
-    net.log_temperature.requires_grad_(learn_knobs)
-    net.log_weight.requires_grad_(learn_knobs)
-    return net
-
-
-@register_loss("lkd")
-def _build_lkd(config) -> LogitLossNet:
-    knobs = getattr(config, "lkd_learn_knobs", True)
-    common = dict(hidden_dim=config.loss_hidden_dim, learn_temperature=knobs, learn_weight=knobs)
-    init = getattr(config, "lkd_init", "kd")
-    if init == "pretrained":
-        return pretrained_logit_loss(learn_knobs=knobs)
-    if init == "dist":
-        return LogitLossNet(temperature=config.dist_temperature, base="dist", dist_beta=config.dist_beta,
-                            dist_gamma=config.dist_gamma, **common)
-    return LogitLossNet(temperature=config.temperature, **common)
 
 
 _FEAT_NUM_ELEMENT_INPUTS = 3  # s_n, t_n, d_n
@@ -299,8 +262,3 @@ class FeatureLossNet(
 
     def extra_repr(self) -> str:
         return f"weight={float(self.weight.detach()):.3f}"
-
-
-@register_loss("feat", kind="feature")
-def _build_feat(config) -> FeatureLossNet:
-    return FeatureLossNet(hidden_dim=getattr(config, "feature_loss_hidden_dim", 16))

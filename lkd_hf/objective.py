@@ -53,8 +53,9 @@ class DistillationObjective:
 
     def meta_parameters(self) -> list[torch.Tensor]:
         """The trainable parameters a :class:`~lkd_hf.meta.learner.LossLearner` learns: those of the loss modules that
-        are not trained with the student."""
-        return [p for m in self.loss_modules if not _trains_with_student(m) for p in m.parameters() if p.requires_grad]
+        are not trained with the student (a learner's :func:`park_meta_parameters` keeps them counted)."""
+        return [p for m in self.loss_modules if not _trains_with_student(m) for p in m.parameters()
+                if p.requires_grad or getattr(p, _PARKED, False)]
 
     def student_trained_parameters(self) -> list[torch.Tensor]:
         """The trainable parameters of loss modules trained by the student's optimizer (``trains_with_student``,
@@ -174,7 +175,22 @@ def build_objective(
     if args.freeze_loss:
         for module in objective.loss_modules:
             module.requires_grad_(False)
+            for p in module.parameters():
+                p.__dict__.pop(_PARKED, None)
     return objective
+
+
+def park_meta_parameters(params: list[torch.Tensor]) -> None:
+    """Turn off ``requires_grad`` of meta-learned parameters between meta steps (so that the student's backward
+    leaves them alone) while :meth:`DistillationObjective.meta_parameters` still counts them as learned: a network
+    handed on to another run stays learnable there.
+
+    Args:
+        params: the meta-learned parameters.
+    """
+    for p in params:
+        p.requires_grad_(False)
+        setattr(p, _PARKED, True)
 
 
 def mean_across_processes(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -203,6 +219,9 @@ def pop_means(values: dict[str, list[torch.Tensor]]) -> dict[str, float]:
     means = {name: torch.stack([v.float() for v in vals]).mean().item() for name, vals in values.items() if vals}
     values.clear()
     return means
+
+
+_PARKED = "_lkd_meta_parked"
 
 
 def _trains_with_student(module: nn.Module) -> bool:

@@ -88,6 +88,20 @@ def test_loss_parameters_are_frozen_outside_meta_steps(make_learner):
     assert not any(p.requires_grad for p in params)
 
 
+def test_a_loss_network_handed_on_to_another_run_stays_learnable_unless_frozen(make_learner, make_config, tmp_path):
+    from lkd_hf import build_objective
+
+    setup = make_learner(hypergradient="finite_difference")
+    first = setup.learner.params
+    assert not any(p.requires_grad for p in first)  # parked between meta steps
+    second = LossLearner(DistillationObjective(setup.loss_net), make_config(tmp_path / "second"))
+    assert [id(p) for p in second.params] == [id(p) for p in first]
+    frozen = build_objective(make_config(tmp_path / "frozen", loss="lkd", freeze_loss=True), loss_network=setup.loss_net)
+    assert frozen.meta_parameters() == []
+    with pytest.raises(ValueError, match="no trainable loss parameters"):
+        LossLearner(frozen, make_config(tmp_path / "frozen"))
+
+
 # --- the schedule ----------------------------------------------------------------------------------------------
 def test_is_due_after_the_warm_up_on_the_interval_and_once_per_step(make_learner):
     setup = make_learner(meta_warmup_steps=4, meta_interval=2, hypergradient="finite_difference")

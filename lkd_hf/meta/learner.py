@@ -31,7 +31,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from ..constants import LKD_STATE_DIRNAME
-from ..objective import DistillationObjective, mean_across_processes, pop_means
+from ..objective import DistillationObjective, mean_across_processes, park_meta_parameters, pop_means
 from ..safe_io import atomic_directory, verify_manifest, write_manifest
 from .batches import MetaBatchStream, default_val_source
 from .hypergradients import (
@@ -161,8 +161,7 @@ class LossLearner:
         self.warmup_steps = args.meta_warmup_steps
         self.seconds = 0.0
         self.metrics: dict[str, list[torch.Tensor]] = collections.defaultdict(list)
-        for p in self.params:  # only meta steps may produce gradients for the loss networks
-            p.requires_grad_(False)
+        park_meta_parameters(self.params)  # only meta steps may produce gradients for the loss networks
 
     @property
     def meta_dataset(self) -> Dataset | None:
@@ -352,8 +351,7 @@ class LossLearner:
                 raise RuntimeError(unrolled_unsupported(student, error)) from error
             raise
         finally:
-            for p in self.params:
-                p.requires_grad_(False)
+            park_meta_parameters(self.params)
         return Hypergradient(grads=mean_across_processes(result.grads), val_loss=result.val_loss)
 
     # ----------------------------------------------------------------------------------------------------------
