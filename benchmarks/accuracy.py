@@ -36,9 +36,9 @@ validation top-1 of seed 0 per pair, then runs the other seeds; its seed-0 resul
 
 Leave one dataset out: ``lkd``, ``lkd-frozen`` and ``lkd+feat`` start from the loss that
 ``benchmarks/pretrain_loss.py`` learned *without* the dataset they are scored on (``--lkd_loss_from``, default
-``PRETRAINED_WITHOUT[dataset]``). On mnist-5k that is the loss shipped with ``lkd_hf`` (learned on animal-mnist), so
-there ``lkd`` is exactly ``LKDConfig``'s default; on animal-mnist it is the same study run on mnist-5k
-(``benchmarks/pretrained_losses/mnist-5k``).
+``PRETRAINED_WITHOUT[dataset]``), over two datasets: on mnist-5k that is the loss shipped with ``lkd_hf`` (learned on
+animal-mnist and scikit-learn's digits), so there ``lkd`` is exactly ``LKDConfig``'s default; on animal-mnist it is
+the same study run on mnist-5k and digits (``benchmarks/pretrained_losses/mnist-5k+digits``).
 
 Outputs in ``--output_dir``: ``<dataset>/results.json`` (one record per run; ``--resume`` skips the runs already in
 it), ``<dataset>/results.md`` (the tables), ``<dataset>/accuracy.png`` (test top-1 per method per pair),
@@ -83,8 +83,8 @@ from lkd_hf import LOSS_DIRNAME, PRETRAINED_LOSS_DIR, LearnedLoss, plot_learned_
 
 DEFAULT_OUTPUT_DIR = "outputs/benchmark_accuracy"
 PRETRAINED_WITHOUT = {  # a loss pre-learned without the dataset (benchmarks/pretrain_loss.py): where lkd starts
-    "animal-mnist": os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained_losses", "mnist-5k"),
-    "mnist-5k": PRETRAINED_LOSS_DIR,  # the loss shipped with lkd_hf (LKDConfig's default), learned on animal-mnist
+    "animal-mnist": os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained_losses", "mnist-5k+digits"),
+    "mnist-5k": PRETRAINED_LOSS_DIR,  # the loss shipped with lkd_hf (LKDConfig's default): animal-mnist and digits
 }
 METHODS: dict[str, dict[str, Any]] = {  # LKDConfig fields of each method (tuned / pre-learned: completed at run time)
     "ce": dict(loss="ce"),
@@ -167,7 +167,7 @@ class AccuracyArguments:
         default=None,
         metadata={"help": "The pre-learned loss lkd, lkd-frozen and lkd+feat start from (default: one learned "
                   "without --dataset: on mnist-5k the loss shipped with lkd_hf, on animal-mnist "
-                  "benchmarks/pretrained_losses/mnist-5k)."},
+                  "benchmarks/pretrained_losses/mnist-5k+digits)."},
     )
     dataset: str = field(
         default=DATASET, metadata={"help": f"Bundled dataset: one of {list(TEACHER_DIRS)} (its committed teacher)."}

@@ -35,7 +35,8 @@ TEACHER_MODEL = "lkd_convnet_teacher"
 BUNDLED_TEACHER_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "teacher")
 # the committed teacher of each dataset (mnist-5k: benchmarks/second_dataset.py, 98.0% test top-1)
 TEACHER_DIRS = {DATASET: BUNDLED_TEACHER_DIR,
-                "mnist-5k": os.path.join(os.path.dirname(os.path.abspath(__file__)), "teacher_mnist-5k")}
+                "mnist-5k": os.path.join(os.path.dirname(os.path.abspath(__file__)), "teacher_mnist-5k"),
+                "digits": os.path.join(os.path.dirname(os.path.abspath(__file__)), "teacher_digits")}
 # The student recipe of every run besides the epochs, batch size, learning rate and seed (the quickstart's recipe):
 # SGD (Nesterov, momentum 0.9), cosine schedule, weight decay 5e-4, CPU, no saving, no progress bars.
 RECIPE = dict(optim="sgd", optim_args="momentum=0.9,nesterov=True", weight_decay=5e-4, lr_scheduler_type="cosine",

@@ -1,14 +1,17 @@
 """Learn a logit loss beforehand, over several teacher -> student pairs (CPU): the loss that ``loss="lkd"`` starts
 from by default, and the one the accuracy benchmark scores the default with on the other dataset.
 
-    # the loss shipped with lkd_hf (LKDConfig.lkd_init="pretrained"), learned on animal-mnist; the accuracy
-    # benchmark scores it on mnist-5k
-    python benchmarks/pretrain_loss.py --datasets animal-mnist --output_dir lkd_hf/pretrained/logit_loss
-    # learned on mnist-5k; the accuracy benchmark scores it on animal-mnist
-    python benchmarks/pretrain_loss.py --datasets mnist-5k --output_dir benchmarks/pretrained_losses/mnist-5k
+    # the loss shipped with lkd_hf (LKDConfig.lkd_init="pretrained"), learned on animal-mnist and scikit-learn's
+    # digits; the accuracy benchmark scores it on mnist-5k
+    python benchmarks/pretrain_loss.py --datasets animal-mnist,digits --output_dir lkd_hf/pretrained/logit_loss
+    # learned on mnist-5k and digits; the accuracy benchmark scores it on animal-mnist
+    python benchmarks/pretrain_loss.py --datasets mnist-5k,digits --output_dir benchmarks/pretrained_losses/mnist-5k+digits
 
-Setting: ``common.Setting`` of each dataset (the accuracy benchmark's: 2000 training images, 6 epochs, the committed
-teacher) and every pair of ``common.PAIRS``; seed 0. Only the training and validation splits are read.
+Setting: ``common.Setting`` of each dataset (the accuracy benchmark's: up to 2000 training images, 6 epochs, the
+committed teacher) and every pair of ``common.PAIRS``; seed 0. Only the training and validation splits are read.
+``digits`` (scikit-learn's 1797 8x8 digits, 1258 / 180 / 359 train / validation / test, resized to 28x28) is a
+source of pre-learning only, never scored by the accuracy benchmark: each benchmark dataset is scored with a loss
+learned on the other one and digits.
 
 The loss is a DIST-based ``LogitLossNet`` whose global knobs, temperature ``T`` and weight ``w``, are learned over
 whole training runs, which a one-step hypergradient cannot see (it asks for a lower temperature early in training):
