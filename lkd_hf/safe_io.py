@@ -22,7 +22,7 @@ from transformers.utils import SAFE_WEIGHTS_NAME
 
 MANIFEST_NAME = "manifest.json"
 LOCK_NAME = "_lkd_run.lock"  # "_": left out of the Trainer's pushes of output_dir
-TRAINER_STATE_NAME = "trainer_state.json"
+TRAINER_STATE_NAME = "trainer_state.json"  # transformers.trainer.TRAINER_STATE_NAME (importing it loads the Trainer)
 
 
 @contextlib.contextmanager

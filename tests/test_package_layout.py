@@ -114,3 +114,11 @@ def test_import_and_learned_losses_leave_the_trainer_stack_unimported():
     assert "lkd_hf.hub" in modules
     assert not {"transformers.trainer", "datasets", "evaluate", "lkd_hf.trainer"} & modules
     assert "transformers.trainer" in _imported_after("import lkd_hf\nlkd_hf.LKDTrainer")
+
+
+def test_file_names_kept_outside_the_trainer_stack_match_transformers():
+    import transformers.trainer
+
+    from lkd_hf import safe_io
+
+    assert safe_io.TRAINER_STATE_NAME == transformers.trainer.TRAINER_STATE_NAME
