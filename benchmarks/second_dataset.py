@@ -43,11 +43,11 @@ RECIPE = dict(BENCHMARK_RECIPE, learning_rate=0.05, per_device_train_batch_size=
 
 def get_teacher(dataset: str = DATASET, teacher_dir: str | None = None, *, train: bool = False, epochs: float = 10.0,
                 seed: int = 0) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """The ``mnist-5k`` teacher and its record: loaded from ``teacher_dir``, or trained there first.
+    """The teacher of ``dataset`` and its record: loaded from ``teacher_dir``, or trained there first.
 
     Training (``train=True``, or no cached teacher of this model and dataset in ``teacher_dir``): a fresh
-    ``lkd_convnet_teacher`` trained with cross-entropy on the training split of the seed-0 split (3000 images, the
-    validation and test splits are only evaluated), with :data:`RECIPE`, ``augment="light"``, ``epochs`` epochs and
+    ``lkd_convnet_teacher`` trained with cross-entropy on the training split of the seed-0 split (mnist-5k 3000 images,
+    digits 1258; the validation and test splits are only evaluated), with :data:`RECIPE`, ``augment="light"``, ``epochs`` epochs and
     ``seed``; then saved as float16 ``model.safetensors`` and ``teacher.json``. Its validation and test top-1 are
     measured on the saved (float16-rounded) weights, loaded back as float32.
 

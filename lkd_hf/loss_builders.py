@@ -22,8 +22,7 @@ def pretrained_logit_loss(learn_knobs: bool = True) -> LogitLossNet:
     Args:
         learn_knobs: whether the outer loop may change its temperature and global weight.
     """
-    net = LearnedLoss.from_pretrained(PRETRAINED_LOSS_DIR).logit.train()
-    net.requires_grad_(True)
+    net = LearnedLoss.from_pretrained(PRETRAINED_LOSS_DIR).logit.train()  # loaded in eval mode, all trainable
     net.log_temperature.requires_grad_(learn_knobs)
     net.log_weight.requires_grad_(learn_knobs)
     return net
