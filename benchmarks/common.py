@@ -163,7 +163,8 @@ class Setting:
         print(f"Training the teacher {TEACHER_MODEL} on {len(data['train'])} images into {self.teacher_dir} ...")
         config = self.config(self.teacher_dir, self.teacher_epochs, self.split_seed, loss="ce", disable_tqdm=False)
         trainer, _ = self._fit(teacher, None, data, config)
-        info = {"model": TEACHER_MODEL, "dataset": self.dataset, "accuracy": trainer.evaluate()["eval_accuracy"]}
+        accuracy = trainer.evaluate(eval_dataset=data["test"])["eval_accuracy"]
+        info = {"model": TEACHER_MODEL, "dataset": self.dataset, "accuracy": accuracy}
         trainer.save_model()
         with open(info_file, "w") as f:
             json.dump(info, f)
@@ -200,9 +201,10 @@ class Setting:
     def _fit(model: torch.nn.Module, teacher: torch.nn.Module | None, data: Any, config: LKDConfig,
              callbacks: list[TrainerCallback] | None = None,
              setup: Callable[[LKDTrainer], None] | None = None) -> tuple[LKDTrainer, float]:
-        """Train ``model`` on ``data["train"]`` (``data["test"]`` evaluates); the trainer and its training seconds."""
+        """Train ``model`` on ``data["train"]`` (``data["validation"]`` is the trainer's evaluation dataset, where a
+        temperature population chooses its student); the trainer and its training seconds."""
         trainer = LKDTrainer(model=model, teacher=teacher, args=config, train_dataset=data["train"],
-                             eval_dataset=data["test"], callbacks=callbacks)
+                             eval_dataset=data["validation"], callbacks=callbacks)
         trainer.remove_callback(PrinterCallback)
         if setup is not None:
             setup(trainer)

@@ -100,6 +100,17 @@ class LKDConfig(TrainingArguments):
         default=16, metadata={"help": "Width of the learned feature loss network's per-element MLP."}
     )
 
+    # --- the temperature population ---------------------------------------------------------------------------
+    population_temperature_factors: list[float] | None = field(
+        default=None,
+        metadata={"help": "Train one student per factor side by side on the same batches and teacher outputs, each "
+                  "with the learned logit loss at its temperature times the factor (the first factor is 1.0: the "
+                  "loss's own), and keep the one with the best metric_for_best_model (default: accuracy) on the "
+                  "eval_dataset once training ends; the meta steps learn from the first student. Default: [1.0, 2.0] "
+                  "for a learned logit loss without a feature loss when the trainer has an eval_dataset, else a "
+                  "single student. [1.0] trains a single student."},
+    )
+
     # --- the outer (meta) loop -------------------------------------------------------------------------------
     meta_interval: int = field(default=5, metadata={"help": "Update the learned loss every N student steps."})
     meta_warmup_steps: int = field(
@@ -254,6 +265,12 @@ class LKDConfig(TrainingArguments):
             raise ValueError(f"meta_warmup_ratio must be in [0, 1), got {self.meta_warmup_ratio}")
         if self.max_nonfinite_steps < 1:
             raise ValueError(f"max_nonfinite_steps must be >= 1, got {self.max_nonfinite_steps}")
+        if self.population_temperature_factors is not None:
+            factors = [float(f) for f in self.population_temperature_factors]
+            if not factors or factors[0] != 1.0 or not all(f > 0 for f in factors) or len(set(factors)) < len(factors):
+                raise ValueError("population_temperature_factors must start with 1.0 and hold distinct factors > 0, "
+                                 f"got {self.population_temperature_factors}")
+            self.population_temperature_factors = factors
         temperatures = {
             "temperature": self.temperature,
             "dist_temperature": self.dist_temperature,

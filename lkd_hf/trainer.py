@@ -3,26 +3,25 @@
 The student step minimises the :class:`~lkd_hf.objective.DistillationObjective` ``ce_weight * CE + distill_weight *
 distill_loss (+ feature_weight * feature_loss)``. When the distillation loss has trainable parameters (the learned
 ``lkd`` / ``feat`` loss networks), a :class:`~lkd_hf.meta.learner.LossLearner` updates them every ``meta_interval``
-student steps. The trainer wires both into the Trainer's hooks (see also ``trainer_checkpoints``, ``trainer_hub``).
+student steps. With a learned logit loss and an evaluation dataset, students at several temperatures of that loss train
+side by side and the best is kept (:mod:`lkd_hf.population`). The trainer wires these into the Trainer's hooks (see also
+``trainer_checkpoints``, ``trainer_hub``, ``trainer_population``).
 """
 
 from __future__ import annotations
 
 import collections
-import os
 import time
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
 from torch import nn
 from torch.utils.data import Dataset
 from transformers.utils import logging
 
 from .checkpoints import checkpoint_step, load_student_params
 from .config import LKDConfig
-from .constants import CONNECTORS_NAME
 from .data import ImageCollator
 from .features import StudentWithConnectors, forward_with_features
 from .hub import LearnedLoss, describe_run
@@ -33,16 +32,18 @@ from .meta.snapshots import Snapshot
 from .metrics import build_compute_metrics
 from .model_info import model_num_classes
 from .objective import build_objective, pop_means
-from .nonfinite import NonFiniteGuard, check_finite
+from .nonfinite import NonFiniteGuard
+from .population import StudentPopulation, member_objectives, temperature_factors
 from .run_checks import check_datasets, check_unrolled_support, check_optimizer, checked_teacher, input_size
 from .safe_io import OutputDirLock, last_complete_checkpoint
 from .trainer_checkpoints import CheckpointMixin
 from .trainer_hub import HubExportMixin
+from .trainer_population import PopulationMixin
 
 logger = logging.get_logger(__name__)
 
 
-class LKDTrainer(CheckpointMixin, HubExportMixin):
+class LKDTrainer(CheckpointMixin, HubExportMixin, PopulationMixin):
     """Trainer for knowledge distillation with a learned (or hand-made) distillation loss.
 
     Args:
@@ -51,7 +52,8 @@ class LKDTrainer(CheckpointMixin, HubExportMixin):
             ``loss="ce"``.
         args: an :class:`~lkd_hf.LKDConfig`.
         train_dataset: dataset of ``{"pixel_values", "labels"}`` examples.
-        eval_dataset: the same for evaluation (one dataset or a dict of them).
+        eval_dataset: the same for evaluation (one dataset or a dict of them); a temperature population
+            (``population_temperature_factors``) keeps the student that scores best on it (the first of a dict).
         meta_dataset: held-out data for the meta (validation) loss, e.g. the ``"validation"`` split of
             :func:`~lkd_hf.build_datasets`. Without it, ``args.lkd_val_fraction`` of ``train_dataset`` is split off
             when set (seeded by ``args.seed``; the student trains on the rest), else the meta steps validate on the
@@ -108,6 +110,10 @@ class LKDTrainer(CheckpointMixin, HubExportMixin):
         if compute_metrics is None and num_classes is not None:
             compute_metrics = build_compute_metrics(num_classes)
         check_optimizer(kwargs.get("optimizers"), teacher)
+        self.temperature_factors = temperature_factors(args, objective, eval_dataset is not None)
+        if len(self.temperature_factors) > 1:  # students side by side, one per temperature factor
+            model = StudentPopulation.of_copies(model, len(self.temperature_factors))
+        self.member_objectives = member_objectives(objective, self.temperature_factors)
         self.objective, self.loss_learner = objective, None  # the Trainer's __init__ may call init_hf_repo
         self.learns_loss = learns_loss
 
@@ -121,6 +127,9 @@ class LKDTrainer(CheckpointMixin, HubExportMixin):
             **kwargs,
         )
         self.loss_is_scaled_for_ga = False  # compute_loss returns a per-batch mean
+        if self.population is not None and (self.is_fsdp_enabled or self.is_deepspeed_enabled):
+            raise ValueError("A temperature population clips each student on its own: not under FSDP or DeepSpeed; "
+                             "set population_temperature_factors=[1.0].")
         self.teacher = None if teacher is None else self.accelerator.prepare_model(teacher, evaluation_mode=True)
         for module in objective.loss_modules:
             module.to(self.args.device, torch.float32)
@@ -148,6 +157,7 @@ class LKDTrainer(CheckpointMixin, HubExportMixin):
     def student(self) -> nn.Module:
         """The plain student model (without the feature connectors), e.g. for export."""
         model = self.accelerator.unwrap_model(self.model)
+        model = model.members[model.selected] if isinstance(model, StudentPopulation) else model
         return model.student if isinstance(model, StudentWithConnectors) else model
 
     @property
@@ -189,9 +199,11 @@ class LKDTrainer(CheckpointMixin, HubExportMixin):
             with_features = self.feature_loss is not None
             output = model(inputs["pixel_values"], **({"return_features": True} if with_features else {}))
             logits, features = output if with_features else (output, None)
-            loss, parts = self.objective(
-                logits, inputs.get("teacher_logits"), labels, features, inputs.get("teacher_features")
-            )
+            logits = logits if self.population is not None else logits[None]  # (members, batch, classes)
+            results = [objective(member_logits, inputs.get("teacher_logits"), labels, features,
+                                 inputs.get("teacher_features")) for objective, member_logits in
+                       zip(self.member_objectives, logits)]
+            loss, parts, logits = sum(result[0] for result in results), results[0][1], logits[0]
             for name, value in parts.items():
                 self._metrics[name].append(value.detach())
         else:
@@ -248,13 +260,18 @@ class LKDTrainer(CheckpointMixin, HubExportMixin):
             resume_from_checkpoint: a checkpoint folder, ``True`` (the last complete checkpoint of ``output_dir``;
                 ``ValueError`` when there is none) or ``None`` / ``False`` (start afresh).
             *args, **kwargs: as in :meth:`transformers.Trainer.train` (``trial``, ``ignore_keys_for_eval``).
+
+        A temperature population then keeps its best student (:meth:`select_member`).
         """
         with OutputDirLock(self.args.output_dir, enabled=self.is_world_process_zero()):
             if resume_from_checkpoint is True:
                 resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir)
                 if resume_from_checkpoint is None:
                     raise ValueError(f"No complete checkpoint to resume from in {self.args.output_dir!r}.")
-            return super().train(resume_from_checkpoint, *args, **kwargs)
+            output = super().train(resume_from_checkpoint, *args, **kwargs)
+            if self.population is not None:
+                self.select_member()
+            return output
 
     def training_step(
         self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: torch.Tensor | int | None = None
@@ -269,7 +286,7 @@ class LKDTrainer(CheckpointMixin, HubExportMixin):
         start = time.perf_counter()
         inputs = self.prepare_batch(inputs)
         step = self.state.global_step
-        student = self.accelerator.unwrap_model(model)
+        student = self.learning_student(model)
         self.objective.set_progress(step, self.state.max_steps)
         learner, reused = self.loss_learner, False
         if learner is not None:
@@ -279,7 +296,7 @@ class LKDTrainer(CheckpointMixin, HubExportMixin):
             reused = due and learner.reuses_step_gradient  # the meta step then follows the student's backward
             if due and not reused:
                 self.meta_step(model)
-        self.nonfinite_guard.begin(student)
+        self.nonfinite_guard.begin(self.accelerator.unwrap_model(model))
         logged = {name: len(values) for name, values in self._metrics.items()}
         loss = super().training_step(model, inputs, num_items_in_batch)
         parts = {name: values[-1] for name, values in self._metrics.items() if len(values) > logged.get(name, 0)}
@@ -315,7 +332,7 @@ class LKDTrainer(CheckpointMixin, HubExportMixin):
             snapshot: the start of the virtual steps; default: one the snapshot pool samples.
             first_step_grads: the first virtual step's training gradient, when known (:meth:`LossLearner.step`).
         """
-        self._require_learner().step(self.accelerator.unwrap_model(model), self.state.global_step,
+        self._require_learner().step(self.learning_student(model), self.state.global_step,
                                      self._student_lr(), snapshot, first_step_grads=first_step_grads)
 
     def compute_hypergradient(self, model: nn.Module, snapshot: Snapshot | None = None) -> Hypergradient:
@@ -325,9 +342,7 @@ class LKDTrainer(CheckpointMixin, HubExportMixin):
             model: the (possibly wrapped) student.
             snapshot: the start of the virtual steps (``None``: the live weights).
         """
-        return self._require_learner().compute_hypergradient(
-            self.accelerator.unwrap_model(model), self._student_lr(), snapshot
-        )
+        return self._require_learner().compute_hypergradient(self.learning_student(model), self._student_lr(), snapshot)
 
     def _student_lr(self) -> float:
         """The student's current learning rate (its initial one before training)."""
@@ -354,7 +369,7 @@ class LKDTrainer(CheckpointMixin, HubExportMixin):
             super(LKDTrainer, self).log(logs)
 
         return learner.learn(
-            self.accelerator.unwrap_model(model), num_steps, batches, self._student_lr(), log,
+            self.learning_student(model), num_steps, batches, self._student_lr(), log,
             log_every=self.args.logging_steps, progress=not self.args.disable_tqdm,
         )
 
@@ -379,21 +394,3 @@ class LKDTrainer(CheckpointMixin, HubExportMixin):
                 logs.update(self.loss_learner.pool_metrics())
                 logs.update(self.loss_learner.knobs())
         super().log(logs, start_time)
-
-    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        """Save the plain student (loadable by ``timm.create_model`` + ``load_state_dict``) as ``model.safetensors``,
-        the feature connectors as ``connectors.safetensors`` and the learned loss (:meth:`learned_loss`) under
-        ``lkd_loss/`` (its card names ``<hub_model_id>/lkd_loss`` when the trainer pushes)."""
-        output_dir = output_dir if output_dir is not None else self.args.output_dir
-        check_finite(self.accelerator.unwrap_model(self.model), f"saving the student to {output_dir!r}")
-        connectors = None
-        if isinstance(self.accelerator.unwrap_model(self.model), StudentWithConnectors):
-            state_dict = state_dict if state_dict is not None else self.accelerator.unwrap_model(self.model).state_dict()
-            connectors = {n[len("connectors."):]: t for n, t in state_dict.items() if n.startswith("connectors.")}
-            state_dict = {n[len("student."):]: t for n, t in state_dict.items() if n.startswith("student.")}
-        super()._save(output_dir, state_dict)
-        if not self.args.should_save:
-            return
-        if connectors is not None:
-            save_file({n: t.contiguous() for n, t in connectors.items()}, os.path.join(output_dir, CONNECTORS_NAME))
-        self.save_learned_loss(output_dir)

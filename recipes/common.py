@@ -279,17 +279,18 @@ def announce(args: LKDConfig, teacher: str | None, student: str, data: datasets.
 def train_and_evaluate(
     run: RecipeArguments, args: LKDConfig, student: nn.Module, teacher: nn.Module | None, data: datasets.DatasetDict
 ) -> dict[str, float]:
-    """Train ``student`` (from ``teacher``) on ``data["train"]``, LKD's meta steps on ``data["validation"]``;
-    evaluate top-1/top-5 on ``data["test"]`` (``lkd_hf.metrics``); save the student (``model.safetensors``, a plain
-    timm state dict) and learned loss (``lkd_loss/``), ``train_results.json``, ``eval_results.json`` and
-    ``trainer_state.json`` in ``args.output_dir``. Returns the evaluation metrics."""
+    """Train ``student`` (from ``teacher``) on ``data["train"]``, LKD's meta steps and the choice of a temperature
+    population's student on ``data["validation"]`` (the trainer's ``eval_dataset``); evaluate top-1/top-5 on
+    ``data["test"]`` (``lkd_hf.metrics``); save the student (``model.safetensors``, a plain timm state dict) and learned
+    loss (``lkd_loss/``), ``train_results.json``, ``eval_results.json`` (test) and ``trainer_state.json`` in
+    ``args.output_dir``. Returns the test metrics."""
     trainer = RecipeTrainer(
-        model=student, teacher=teacher, args=args, train_dataset=data["train"], eval_dataset=data["test"],
+        model=student, teacher=teacher, args=args, train_dataset=data["train"], eval_dataset=data["validation"],
         meta_dataset=data["validation"], lr_decay_epochs=run.lr_decay_epochs, lr_decay_rate=run.lr_decay_rate,
     )
     result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     trainer.save_model()
-    metrics = trainer.evaluate()
+    metrics = trainer.evaluate(eval_dataset=data["test"])
     for split, split_metrics in (("train", result.metrics), ("eval", metrics)):
         trainer.log_metrics(split, split_metrics)
         trainer.save_metrics(split, split_metrics)

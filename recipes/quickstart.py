@@ -115,13 +115,13 @@ def main() -> None:
             teacher=None if method == "ce" else teacher,
             args=args,
             train_dataset=data["train"],
-            eval_dataset=data["test"],
+            eval_dataset=data["validation"],  # where a temperature population chooses its student
         )
         print(f"Distilling {q.student_model} with loss={method!r} ...")
         start = time.perf_counter()
         trainer.train()
         seconds = time.perf_counter() - start
-        accuracy = trainer.evaluate()["eval_accuracy"]
+        accuracy = trainer.evaluate(eval_dataset=data["test"])["eval_accuracy"]
         if trainer.loss_params:
             trainer.save_model()
             print(f"Saved the learned loss network to {os.path.join(args.output_dir, LOSS_DIRNAME)}")

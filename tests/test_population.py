@@ -1,0 +1,182 @@
+"""The temperature population: students side by side, each at its temperature of the learned loss, trained as they
+would be alone; the trainer keeps the best on its evaluation dataset."""
+
+import math
+import os
+
+import pytest
+import timm
+import torch
+from safetensors.torch import load_file
+
+from lkd_hf import LearnedLoss, LKDConfig, LKDTrainer, LogitLossNet
+from lkd_hf.objective import build_objective
+from lkd_hf.population import (
+    DEFAULT_TEMPERATURE_FACTORS,
+    ScaledTemperatureLoss,
+    StudentPopulation,
+    member_objectives,
+    selection_score,
+    temperature_factors,
+)
+
+
+def _logits(seed: int, shape=(8, 10)) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+# --- the pieces ----------------------------------------------------------------------------------------------
+def test_population_stacks_members_in_training_and_gives_the_selected_one_in_evaluation():
+    torch.manual_seed(0)
+    student = timm.create_model("test_resnet", num_classes=10)
+    population = StudentPopulation.of_copies(student, 3)
+    assert population.members[0] is student
+    x = torch.randn(4, 3, 32, 32)
+    population.eval()
+    for k in range(3):  # copies start from the same weights but share none
+        assert torch.equal(population.members[k](x), student(x))
+    assert not set(map(id, population.members[1].parameters())) & set(map(id, student.parameters()))
+    with torch.no_grad():
+        next(population.members[2].parameters()).add_(1.0)
+    population.selected = 2
+    assert torch.equal(population(x), population.members[2](x))
+    population.train()
+    assert population(x).shape == (3, 4, 10)
+    with pytest.raises(ValueError, match="at least two"):
+        StudentPopulation([student])
+
+
+@pytest.mark.parametrize("base", ["kd", "dist"])
+def test_scaled_temperature_loss_is_the_network_at_the_scaled_temperature(base):
+    torch.manual_seed(0)
+    net = LogitLossNet(temperature=3.0, base=base)
+    for module in (net.mlp, net.class_head, net.sample_head):  # a learned-looking network (the heads start at zero)
+        for p in module.parameters():
+            torch.nn.init.normal_(p, std=0.3)
+    reference = LogitLossNet(temperature=7.5, base=base)
+    reference.load_state_dict({**net.state_dict(), "log_temperature": net.log_temperature.detach() + math.log(2.5)})
+    scaled = ScaledTemperatureLoss(net, 2.5)
+    student, teacher, labels = _logits(1).requires_grad_(), _logits(2), torch.arange(8) % 10
+    value = scaled(student, teacher, labels)
+    expected = reference(student, teacher, labels)
+    assert torch.allclose(value, expected, rtol=1e-5)
+    assert torch.allclose(torch.autograd.grad(value, student)[0], torch.autograd.grad(expected, student)[0], rtol=1e-5)
+    assert torch.allclose(scaled.temperature, reference.temperature) and torch.equal(scaled.weight, net.weight)
+    # the parameters are the network's own: a gradient reaches them
+    grads = torch.autograd.grad(scaled(student, teacher, labels), [net.log_temperature, net.class_head.weight])
+    assert all(g.abs().sum() > 0 for g in grads)
+    materialized = scaled.materialize()
+    assert isinstance(materialized, LogitLossNet) and materialized is not net
+    assert torch.allclose(materialized(student, teacher, labels), expected, rtol=1e-5)
+    assert torch.allclose(net.temperature, torch.tensor(3.0))  # the wrapped network is left as it was
+    with pytest.raises(ValueError, match="> 0"):
+        ScaledTemperatureLoss(net, 0.0)
+
+
+def test_selection_score_follows_metric_for_best_model():
+    metrics = {"eval_m1_loss": 0.5, "eval_m1_accuracy": 0.8}
+    assert selection_score(metrics, None, None, "eval_m1") == 0.8  # accuracy when evaluated
+    assert selection_score(metrics, "loss", None, "eval_m1") == -0.5  # a loss: lower is better
+    assert selection_score(metrics, "eval_accuracy", True, "eval_m1") == 0.8
+    assert selection_score({"eval_loss": 0.3}, None, None) == -0.3  # no accuracy: the loss
+    with pytest.raises(KeyError, match="top5"):
+        selection_score(metrics, "top5", None, "eval_m1")
+
+
+def test_which_runs_train_a_population(tmp_path, make_config):
+    def factors(has_eval=True, **fields):
+        args = make_config(tmp_path, **fields)
+        return temperature_factors(args, build_objective(args), has_eval)
+
+    assert DEFAULT_TEMPERATURE_FACTORS[0] == 1.0 and len(DEFAULT_TEMPERATURE_FACTORS) > 1
+    assert factors(loss="lkd") == DEFAULT_TEMPERATURE_FACTORS
+    assert factors(loss="lkd", freeze_loss=True) == DEFAULT_TEMPERATURE_FACTORS
+    assert factors(False, loss="lkd") == (1.0,)  # nothing to choose on
+    assert factors(loss="kd") == (1.0,) and factors(loss="lkd+feat") == (1.0,)
+    assert factors(loss="lkd", population_temperature_factors=[1, 1.5, 3]) == (1.0, 1.5, 3.0)
+    assert factors(loss="kd", population_temperature_factors=[1.0]) == (1.0,)
+    with pytest.raises(ValueError, match="population_temperature_factors needs"):
+        factors(loss="kd", population_temperature_factors=[1.0, 2.0])
+    with pytest.raises(ValueError, match="population_temperature_factors needs"):
+        factors(False, loss="lkd", population_temperature_factors=[1.0, 2.0])
+    for bad in ([2.0, 1.0], [1.0, 0.0], [1.0, 2.0, 2.0], []):
+        with pytest.raises(ValueError, match="must start with 1.0"):
+            LKDConfig(output_dir=str(tmp_path), population_temperature_factors=bad)
+
+
+def test_member_objectives_share_the_loss_and_scale_its_temperature(tmp_path, make_config):
+    args = make_config(tmp_path, loss="lkd", ce_weight=0.5, distill_weight=2.0)
+    objective = build_objective(args)
+    members = member_objectives(objective, (1.0, 2.0))
+    assert members[0] is objective
+    assert members[1].distill_loss.loss is objective.distill_loss and members[1].distill_loss.factor == 2.0
+    assert (members[1].ce_weight, members[1].distill_weight) == (0.5, 2.0)
+    assert members[1].meta_parameters() == objective.meta_parameters()
+
+
+# --- in the trainer ------------------------------------------------------------------------------------------
+def _trainer(tmp_path, run, make_config, make_dataset, **fields) -> LKDTrainer:
+    torch.manual_seed(0)
+    student, teacher = (timm.create_model("test_resnet", num_classes=10) for _ in range(2))
+    fields = {"output_dir": str(tmp_path / run), "max_steps": 6, "max_grad_norm": 0.05, **fields}
+    return LKDTrainer(model=student, teacher=teacher, args=make_config(tmp_path, **fields),
+                      train_dataset=make_dataset(64), eval_dataset=make_dataset(48, seed=1))
+
+
+def test_each_member_trains_as_it_would_alone(tmp_path, make_config, make_dataset):
+    """A member at factor 2 of a frozen KD(T=3) loss ends where a single student with KD(T=6) ends; the tight
+    max_grad_norm clips every step, so a clipping shared by the members would show."""
+    population = _trainer(tmp_path, "population", make_config, make_dataset, loss="lkd", temperature=3.0,
+                          freeze_loss=True, population_temperature_factors=[1.0, 2.0])
+    assert isinstance(population.model, StudentPopulation)
+    members = population.model.members
+    population.train()
+    alone = {}
+    for factor in (1.0, 2.0):
+        single = _trainer(tmp_path, f"alone{factor}", make_config, make_dataset, loss="lkd", temperature=3.0 * factor,
+                          freeze_loss=True, population_temperature_factors=[1.0])
+        assert not isinstance(single.model, StudentPopulation)
+        single.train()
+        alone[factor] = single.model.state_dict()
+    for member, factor in zip(members, (1.0, 2.0)):
+        for name, value in member.state_dict().items():
+            assert torch.allclose(value, alone[factor][name], atol=1e-6), f"factor {factor}: {name}"
+    assert any(not torch.equal(v, alone[2.0][k]) for k, v in alone[1.0].items())  # the temperatures differ
+
+
+def test_the_best_member_is_kept_with_its_loss(tmp_path, make_config, make_dataset):
+    trainer = _trainer(tmp_path, "run", make_config, make_dataset, loss="lkd", temperature=3.0, max_grad_norm=1.0)
+    population = trainer.model
+    trainer.train()
+    logged = next(log for log in trainer.state.log_history if "population/selected" in log)
+    scores = [logged[f"population/score_{k}"] for k in range(len(trainer.temperature_factors))]
+    best = logged["population/selected"]
+    assert scores[best] == max(scores)
+    assert trainer.model is population.members[best] and trainer.student is trainer.model
+    assert trainer.evaluate()["eval_accuracy"] == scores[best]
+    factor = trainer.temperature_factors[best]
+    assert logged["population/temperature_factor"] == factor
+    learned = trainer.member_objectives[0].distill_loss
+    assert math.isclose(trainer.loss_knobs()["lkd/temperature"], factor * float(learned.temperature), rel_tol=1e-5)
+    assert isinstance(trainer.distill_loss, LogitLossNet)
+    # what is saved is the kept student, loadable by timm, with its loss
+    trainer.save_model(str(tmp_path / "saved"))
+    weights = load_file(os.path.join(tmp_path, "saved", "model.safetensors"))
+    fresh = timm.create_model("test_resnet", num_classes=10)
+    fresh.load_state_dict(weights)
+    assert all(torch.equal(v, trainer.model.state_dict()[k]) for k, v in fresh.state_dict().items())
+    saved_loss = LearnedLoss.from_pretrained(os.path.join(tmp_path, "saved", "lkd_loss")).logit
+    assert torch.allclose(saved_loss.temperature, trainer.distill_loss.temperature)
+
+
+def test_a_population_resumes_exactly(tmp_path, make_config, make_dataset):
+    fields = dict(loss="lkd", temperature=3.0, max_steps=6, save_strategy="steps", save_steps=3, max_grad_norm=1.0)
+    full = _trainer(tmp_path, "full", make_config, make_dataset, **fields)
+    full.train()
+    checkpoint = os.path.join(full.args.output_dir, "checkpoint-3")
+    assert any(k.startswith("members.1.") for k in load_file(os.path.join(checkpoint, "model.safetensors")))
+    resumed = _trainer(tmp_path, "resumed", make_config, make_dataset, **fields)
+    resumed.train(resume_from_checkpoint=checkpoint)
+    for a, b in zip(full.model.state_dict().values(), resumed.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    assert full.loss_knobs() == resumed.loss_knobs()
