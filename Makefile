@@ -30,12 +30,13 @@ test-fast: install
 # The declared dependency floors: a venv with the `>=` versions of pyproject.toml's dependencies pinned (torch
 # aside: it uses the .venv's packages for everything else) runs a few tests that reach the Trainer, accelerate, Hub,
 # datasets, evaluate and timm APIs lkd_hf overrides or calls (training logs, evaluation, checkpoint save / resume,
-# Hub repo creation and pushes, the LearnedLoss folder).
+# Hub repo creation and pushes, the LearnedLoss folder, per-student gradient clipping).
 FLOORS_VENV ?= $(VENV)/floors
 FLOORS_TESTS ?= tests/test_hub.py::test_round_trip_gives_identical_losses_config_card_and_plot \
 	tests/test_hub.py::test_trainer_pushes_the_loss_with_the_student_and_to_its_own_repo \
 	tests/test_trainer.py::test_lkd_training_logs_meta_statistics_and_evaluates \
-	tests/test_resume.py::test_hand_made_loss_resumes_and_a_checkpoint_without_lkd_state_warns
+	tests/test_resume.py::test_hand_made_loss_resumes_and_a_checkpoint_without_lkd_state_warns \
+	tests/test_population.py::test_each_member_trains_as_it_would_alone
 SITE_PACKAGES := import sysconfig; print(sysconfig.get_paths()["purelib"])
 FLOOR_PINS := import re, tomllib; deps = tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]; \
 	print(" ".join(d.replace(">=", "==") for d in deps if ">=" in d and not re.match("torch\\b", d)))

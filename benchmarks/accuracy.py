@@ -30,13 +30,14 @@ distill_weight in {0.5, 1, 2}, CE 1), ``dist`` (DIST, beta = gamma = tau = 1), `
 KD weight 9, the paper's CIFAR setting), ``ls-tuned`` (T in {1, 2, 4} x weight in {1, 3, 9}), ``ctkd``
 (curriculum temperature learned adversarially, official CIFAR weights CE 0.1 + KD 0.9), ``ctkd-tuned`` (reversal
 strength in {0.5, 1, 2} x KD weight in {0.5, 1, 2}, CE 1), ``dkd`` (DKD, alpha 1, beta 8, T 4), ``kd+fitnet`` (KD +
-FitNet hint on the last stage), ``lkd`` (``LKDConfig``'s defaults: the learned logit loss from the pre-learned start,
-learned further by meta steps, with two students side by side at its temperature and twice it, the one with the better
-validation top-1 kept), ``lkd-single`` (the same with a single student), ``lkd-frozen`` (the population with the start
-kept fixed), ``lkd-from-kd`` (LKD from KD(T=4), without pre-learning) and ``lkd+feat`` (not in the default list). A ``*-tuned`` method picks its grid's settings by
+FitNet hint on the last stage), ``lkd`` (``LKDConfig``'s defaults: the pre-learned logit loss, kept fixed, with two
+students side by side at its temperature and twice it, the one with the better validation top-1 kept), ``lkd-meta``
+(the same, the loss learned further by meta steps), ``lkd-single`` (``lkd`` with a single student: DIST at the
+pre-learned temperature and weight), ``lkd-from-kd`` (LKD from KD(T=4), without pre-learning, meta steps on) and
+``lkd+feat`` (not in the default list). A ``*-tuned`` method picks its grid's settings by
 validation top-1 of seed 0 per pair, then runs the other seeds; its seed-0 result is the grid run.
 
-Leave one dataset out: ``lkd``, ``lkd-frozen`` and ``lkd+feat`` start from the loss that
+Leave one dataset out: ``lkd``, ``lkd-meta``, ``lkd-single`` and ``lkd+feat`` start from the loss that
 ``benchmarks/pretrain_loss.py`` learned *without* the dataset they are scored on (``--lkd_loss_from``, default
 ``PRETRAINED_WITHOUT[dataset]``), over two datasets: on mnist-5k that is the loss shipped with ``lkd_hf`` (learned on
 animal-mnist and scikit-learn's digits), so there ``lkd`` is exactly ``LKDConfig``'s default; on animal-mnist it is
@@ -104,15 +105,15 @@ METHODS: dict[str, dict[str, Any]] = {  # LKDConfig fields of each method (tuned
     "kd+fitnet": dict(loss="kd+fitnet", temperature=4.0),
     # LKDConfig's defaults; the start (lkd_init="pretrained") is the loss pre-learned without this dataset
     "lkd": dict(loss="lkd"),
-    # ablations: the same start kept fixed (no meta step: DIST at the pre-learned temperature and weight); LKD from
-    # KD(T=4) without pre-learning (LKDConfig's default before the shipped loss)
-    "lkd-frozen": dict(loss="lkd", freeze_loss=True),
-    "lkd-single": dict(loss="lkd", population_temperature_factors=[1.0]),  # one student: no temperature population
+    # ablations: the loss learned further by meta steps; one student (no temperature population: DIST at the
+    # pre-learned temperature and weight); LKD from KD(T=4) without pre-learning
+    "lkd-meta": dict(loss="lkd", freeze_loss=False),
+    "lkd-single": dict(loss="lkd", population_temperature_factors=[1.0]),
     "lkd-from-kd": dict(loss="lkd", lkd_init="kd"),
     "lkd+feat": dict(loss="lkd+feat"),
 }
-FROM_PRETRAINED = ("lkd", "lkd-frozen", "lkd-single", "lkd+feat")  # start from the leave-one-dataset-out pre-learned loss
-LEARNED = ("lkd", "lkd-single", "lkd-from-kd", "lkd+feat")  # loss networks meta-trained
+FROM_PRETRAINED = ("lkd", "lkd-meta", "lkd-single", "lkd+feat")  # start from the leave-one-dataset-out pre-learned loss
+LEARNED = ("lkd-meta", "lkd-from-kd", "lkd+feat")  # loss networks meta-trained
 # Grids of the methods tuned on the validation split (seed 0, per pair): run name -> the LKDConfig fields it sets.
 GRIDS: dict[str, dict[str, dict[str, Any]]] = {
     "kd-tuned": {
@@ -134,7 +135,7 @@ GRIDS: dict[str, dict[str, dict[str, Any]]] = {
 }
 TUNED_KEYS = ("temperature", "dist_temperature", "distill_weight", "lkd_init", "meta_learning_rate", "meta_val_source",
               "lookahead_steps", "meta_warmup_steps", "meta_val_loss", "ls_temperature", "ctkd_lambda_max")
-QUICK = dict(pairs="teacher->s4", methods="ce,kd,kd-tuned,lkd,lkd-frozen", num_seeds=1, epochs=2.0)
+QUICK = dict(pairs="teacher->s4", methods="ce,kd,kd-tuned,lkd,lkd-single", num_seeds=1, epochs=2.0)
 FULL = dict(pairs=",".join(PAIRS), methods=",".join(m for m in METHODS if m != "lkd+feat"), num_seeds=3, epochs=6.0)
 CONFIG_KEYS = ("epochs", "train_subset", "batch_size", "learning_rate", "split_seed", "lkd_meta_interval",
                "lkd_lookahead_steps", "lkd_snapshot_strategy", "lkd_val_fraction", "lkd_meta_batch_size", "dataset",
@@ -168,7 +169,7 @@ class AccuracyArguments:
     )
     lkd_loss_from: str | None = field(
         default=None,
-        metadata={"help": "The pre-learned loss lkd, lkd-frozen and lkd+feat start from (default: one learned "
+        metadata={"help": "The pre-learned loss lkd, lkd-meta, lkd-single and lkd+feat start from (default: one learned "
                   "without --dataset: on mnist-5k the loss shipped with lkd_hf, on animal-mnist "
                   "benchmarks/pretrained_losses/mnist-5k+digits)."},
     )
@@ -330,8 +331,8 @@ class Benchmark:
         kept = next((log for log in trainer.state.log_history if "population/selected" in log), None)
         if kept is not None:  # the temperature factor of the student a population kept
             record["population_factor"] = kept["population/temperature_factor"]
-        if trainer.loss_params:
-            trainer.save_model()  # the learned loss network(s) -> <output_dir>/lkd_loss (for lkd-frozen, plots)
+        if trainer.learned_loss() is not None:
+            trainer.save_model()  # the loss network(s) the student was trained with -> <output_dir>/lkd_loss (plots)
         return record
 
     # --- methods ------------------------------------------------------------------------------------------
@@ -451,7 +452,7 @@ def gap_lines(results: Results, pair: str) -> list[str]:
         return []
     best = max(baselines, key=lambda m: baselines[m][0])
     lines = []
-    for method in ("lkd", "lkd-frozen", "lkd-from-kd", "lkd+feat"):
+    for method in ("lkd", "lkd-meta", "lkd-single", "lkd-from-kd", "lkd+feat"):
         values = [100 * r["test_top1"] for r in results.records(pair, method)]
         if not values:
             continue

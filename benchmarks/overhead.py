@@ -123,7 +123,8 @@ FROZEN = Target("step", 1.05)
 
 
 def lkd_row(name: str, hypergradient: str, interval: int, targets: tuple[Target, ...], **fields: Any) -> Row:
-    base = dict(hypergradient=hypergradient, meta_interval=interval, lookahead_steps=1, snapshot_strategy="current")
+    base = dict(hypergradient=hypergradient, meta_interval=interval, lookahead_steps=1, snapshot_strategy="current",
+                freeze_loss=False)  # meta steps on the shipped start (kept fixed by default)
     return Row(name, "lkd", {**base, **fields}, targets)
 
 

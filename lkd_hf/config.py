@@ -199,8 +199,13 @@ class LKDConfig(TrainingArguments):
         metadata={"help": "Load a learned loss (lkd_hf.LearnedLoss) from a folder, a Hub repo id or a folder in a Hub "
                   "repo ('user/student/lkd_loss'); it must fit this run's classes and teacher feature taps."},
     )
-    freeze_loss: bool = field(
-        default=False, metadata={"help": "Keep the learned loss fixed: no meta steps (costs about as much as KD)."}
+    freeze_loss: bool | None = field(
+        default=None,
+        metadata={"help": "Keep the learned loss fixed: no meta steps (costs about as much as KD). Default: fixed when "
+                  "every learned loss of the run starts from a loss learned beforehand (loss='lkd' from the shipped "
+                  "loss, lkd_init='pretrained', or from loss_from; its temperature and weight were learned over whole "
+                  "runs, and meta steps on top added nothing measurable, docs/benchmarks.md), else learned (a start "
+                  "from KD or DIST, or a feature loss network). False learns a loaded loss further."},
     )
     loss_hub_model_id: str | None = field(
         default=None,
@@ -265,6 +270,10 @@ class LKDConfig(TrainingArguments):
             raise ValueError(f"meta_warmup_ratio must be in [0, 1), got {self.meta_warmup_ratio}")
         if self.max_nonfinite_steps < 1:
             raise ValueError(f"max_nonfinite_steps must be >= 1, got {self.max_nonfinite_steps}")
+        if self.freeze_loss is None:
+            names = {name.strip() for name in self.loss.split("+")}
+            self.freeze_loss = "lkd" in names and "feat" not in names and (
+                self.lkd_init == "pretrained" or self.loss_from is not None)
         if self.population_temperature_factors is not None:
             factors = [float(f) for f in self.population_temperature_factors]
             if not factors or factors[0] != 1.0 or not all(f > 0 for f in factors) or len(set(factors)) < len(factors):

@@ -20,8 +20,8 @@ logger = logging.get_logger(__name__)
 
 
 class HubExportMixin(Trainer):
-    """Hub hooks of a distillation trainer (needs its ``distill_loss``, ``feature_loss``, ``teacher``, ``student``,
-    ``learns_loss`` and ``loss_learner``)."""
+    """Hub hooks of a distillation trainer (needs its ``distill_loss``, ``feature_loss``, ``teacher``, ``student``
+    and ``objective``)."""
 
     def learned_loss(self, **metadata: Any) -> LearnedLoss | None:
         """This run's loss networks with its setting (teacher, student, classes, taps, dataset, steps, last evaluation)
@@ -43,12 +43,13 @@ class HubExportMixin(Trainer):
 
     def save_learned_loss(self, output_dir: str) -> None:
         """Save the run's learned loss (:meth:`learned_loss`) to ``<output_dir>/lkd_loss`` (its card names
-        ``<hub_model_id>/lkd_loss`` when the trainer pushes); nothing when no loss is learned.
+        ``<hub_model_id>/lkd_loss`` when the trainer pushes): the loss networks the run trained the student with, learned
+        or kept fixed (a temperature population's at the kept student's temperature); nothing for hand-made losses.
 
         Args:
             output_dir: the output or checkpoint folder.
         """
-        learned = self.learned_loss() if self.loss_learner is not None else None
+        learned = self.learned_loss()
         if learned is not None:
             repo_id = None if self.hub_model_id is None else f"{self.hub_model_id}/{LOSS_DIRNAME}"
             learned.save_pretrained(os.path.join(output_dir, LOSS_DIRNAME), repo_id=repo_id)
@@ -61,7 +62,8 @@ class HubExportMixin(Trainer):
             token, private: as in :meth:`transformers.Trainer.init_hf_repo` (``None``: the ``hub_token`` and
                 ``hub_private_repo`` of the training arguments); also used for the learned loss's repo.
         """
-        if self.args.loss_hub_model_id is not None and self.learns_loss and self.is_world_process_zero():
+        uses_networks = any(isinstance(m, (LogitLossNet, FeatureLossNet)) for m in self.objective.loss_modules)
+        if self.args.loss_hub_model_id is not None and uses_networks and self.is_world_process_zero():
             token = token if token is not None else self.args.hub_token
             private = private if private is not None else self.args.hub_private_repo
             create_repo(self.args.loss_hub_model_id, token, private)
@@ -89,9 +91,9 @@ class HubExportMixin(Trainer):
         )
         repo_id = self.args.loss_hub_model_id
         if repo_id is not None and self.is_world_process_zero():
-            learned = self.learned_loss() if self.loss_learner is not None else None
+            learned = self.learned_loss()
             if learned is None:
-                logger.warning(f"loss_hub_model_id={repo_id!r}: this run learned no loss network, nothing to push.")
+                logger.warning(f"loss_hub_model_id={repo_id!r}: this run uses no loss network, nothing to push.")
             else:
                 learned.push_to_hub(
                     repo_id,

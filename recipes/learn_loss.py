@@ -61,6 +61,7 @@ def expand_checkpoints(paths: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> str:
     """Run the recipe; returns the directory the learned loss was saved to."""
     parser = HfArgumentParser((LearnLossArguments, LKDConfig))
+    parser.set_defaults(freeze_loss=False)  # the recipe learns the loss, whatever it starts from
     run, args = parser.parse_args_into_dataclasses(args=argv)
     args.snapshot_checkpoints = expand_checkpoints(run.student_checkpoints)
 

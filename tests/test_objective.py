@@ -149,6 +149,19 @@ def test_build_objective_of_learned_losses_trainable_or_frozen(tmp_path, make_co
     assert len(list(frozen.loss_modules[0].parameters())) == len(list(logit.parameters()))
 
 
+@pytest.mark.parametrize("fields, frozen", [
+    (dict(loss="lkd", lkd_init="pretrained"), True),  # the shipped start: its knobs were learned over whole runs
+    (dict(loss="lkd", lkd_init="kd", loss_from="a/learned-loss"), True),  # a loaded learned loss
+    (dict(loss="lkd", lkd_init="pretrained", freeze_loss=False), False),  # learned further when asked
+    (dict(loss="lkd", lkd_init="kd"), False),  # hand-made starts are learned
+    (dict(loss="lkd", lkd_init="dist"), False),
+    (dict(loss="lkd+feat", lkd_init="pretrained"), False),  # a fresh feature network is learned
+    (dict(loss="kd"), False),
+])
+def test_a_loss_learned_beforehand_is_kept_fixed_by_default(tmp_path, make_config, fields, frozen):
+    assert make_config(tmp_path, **fields).freeze_loss is frozen
+
+
 def test_build_objective_uses_the_networks_passed_in(tmp_path, make_config):
     logit, feature = LogitLossNet(temperature=2.0), FeatureLossNet()
     objective = build_objective(make_config(tmp_path, loss="lkd+feat", freeze_loss=True), logit, feature)

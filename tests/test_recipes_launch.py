@@ -28,6 +28,7 @@ SMALL_RUN = [
     "--max_steps", "2", "--global_batch_size", "4", "--val_fraction", "0.25", "--meta_interval", "1",
     "--logging_steps", "1", "--eval_strategy", "no", "--save_strategy", "no", "--dataloader_num_workers", "0",
     "--use_cpu", "true", "--disable_tqdm", "true", "--seed", "0",
+    "--freeze_loss", "false",  # LKD's meta steps (the shipped start is kept fixed by default)
 ]
 
 
