@@ -108,8 +108,8 @@ tags:
 
 A DIST-based `lkd_hf.LogitLossNet` with temperature {logit.temperature.item():.3f} and weight
 {logit.weight.item():.3f}, learned on {", ".join(record["datasets"])} with the pairs {", ".join(record["pairs"])}
-(training and validation splits only). Its per-sample and per-class weights start neutral (exactly DIST): a run
-with `loss="lkd"` learns them. It works for any number of classes.
+(training and validation splits only). Its per-sample and per-class weights are neutral (exactly DIST); a run with
+`loss="lkd", freeze_loss=False` learns them. It works for any number of classes.
 
 ## How it was learned
 
@@ -121,8 +121,9 @@ one-step hypergradient sees a short stretch of training only). Best: T = {best["
 
 ## Use
 
-`LKDConfig(loss="lkd")` starts from this loss (`lkd_init="pretrained"`, the default) and learns it further during
-the run; `freeze_loss=True` keeps it fixed (about the cost of KD); `lkd_hf.pretrained_logit_loss()` returns it.
+`LKDConfig(loss="lkd")` uses this loss as it is (`lkd_init="pretrained"`, the default); with an `eval_dataset`, two
+students train side by side at its temperature and twice it and the better is kept. `freeze_loss=False` learns it
+further during the run; `lkd_hf.pretrained_logit_loss()` returns it.
 """
 
 

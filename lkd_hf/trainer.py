@@ -156,8 +156,7 @@ class LKDTrainer(CheckpointMixin, HubExportMixin, PopulationMixin):
     @property
     def student(self) -> nn.Module:
         """The plain student model (without the feature connectors), e.g. for export."""
-        model = self.accelerator.unwrap_model(self.model)
-        model = model.members[model.selected] if isinstance(model, StudentPopulation) else model
+        model = self.trained_model()
         return model.student if isinstance(model, StudentWithConnectors) else model
 
     @property

@@ -20,8 +20,8 @@ logger = logging.get_logger(__name__)
 
 
 class HubExportMixin(Trainer):
-    """Hub hooks of a distillation trainer (needs its ``distill_loss``, ``feature_loss``, ``teacher``, ``student``
-    and ``objective``)."""
+    """Hub hooks of a distillation trainer (needs its ``distill_loss``, ``feature_loss``, ``teacher``, ``student``,
+    ``trained_model`` and ``objective``)."""
 
     def learned_loss(self, **metadata: Any) -> LearnedLoss | None:
         """This run's loss networks with its setting (teacher, student, classes, taps, dataset, steps, last evaluation)
@@ -36,7 +36,7 @@ class HubExportMixin(Trainer):
         if logit is None and feature is None:
             return None
         teacher = None if self.teacher is None else self.accelerator.unwrap_model(self.teacher)
-        run = describe_run(self.accelerator.unwrap_model(self.model), teacher, model_num_classes(self.student))
+        run = describe_run(self.trained_model(), teacher, model_num_classes(self.student))
         run.update(loss=self.args.loss, dataset=dataset_name(self.train_dataset), steps=self.state.global_step,
                    metrics=last_eval_metrics(self.state.log_history))
         return LearnedLoss.from_networks(logit, feature, **{**run, **metadata})

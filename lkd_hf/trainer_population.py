@@ -24,6 +24,11 @@ class PopulationMixin(Trainer):
         model = self.accelerator.unwrap_model(self.model)
         return model if isinstance(model, StudentPopulation) else None
 
+    def trained_model(self) -> nn.Module:
+        """The unwrapped model without the population: the trainer's model, or the population's selected student."""
+        model = self.accelerator.unwrap_model(self.model)
+        return model.members[model.selected] if isinstance(model, StudentPopulation) else model
+
     def learning_student(self, model: nn.Module) -> nn.Module:
         """The student the meta steps learn from: the unwrapped ``model``, or a population's first member.
 
@@ -47,7 +52,8 @@ class PopulationMixin(Trainer):
         """Evaluate every member on the (first) ``eval_dataset`` and keep the best by ``metric_for_best_model``
         (default: accuracy): it becomes the trainer's model and its loss the trainer's objective (what
         :meth:`learned_loss` saves). Logs ``population/*``: each member's score, the chosen member and its
-        temperature factor. Called by :meth:`train` once training ends.
+        temperature factor, and the kept student's evaluation under the plain ``eval_*`` keys. Called by :meth:`train` once
+        training ends.
 
         Returns:
             The index of the chosen member.
@@ -57,12 +63,13 @@ class PopulationMixin(Trainer):
             raise ValueError("This run trains a single student.")
         dataset = self.eval_dataset
         dataset = next(iter(dataset.values())) if isinstance(dataset, dict) else dataset
-        scores = []
+        scores, evaluations = [], []
         for k in range(len(population.members)):
             population.selected = k
             prefix = f"eval_member{k}"
-            metrics = self.evaluate(eval_dataset=dataset, metric_key_prefix=prefix)
-            scores.append(selection_score(metrics, self.args.metric_for_best_model, self.args.greater_is_better, prefix))
+            evaluations.append(self.evaluate(eval_dataset=dataset, metric_key_prefix=prefix))
+            scores.append(selection_score(evaluations[k], self.args.metric_for_best_model, self.args.greater_is_better,
+                                          prefix))
         best = max(range(len(scores)), key=scores.__getitem__)
         population.selected = best
         chosen = self.member_objectives[best]
@@ -73,5 +80,6 @@ class PopulationMixin(Trainer):
         factor = self.temperature_factors[best]
         logger.info(f"Keeping student {best} of the population (temperature factor {factor:g}).")
         self.log({"population/selected": best, "population/temperature_factor": factor,
-                  **{f"population/score_{k}": score for k, score in enumerate(scores)}})
+                  **{f"population/score_{k}": score for k, score in enumerate(scores)},
+                  **{f"eval_{key[len(f'eval_member{best}_'):]}": value for key, value in evaluations[best].items()}})
         return best

@@ -153,7 +153,8 @@ def test_the_best_member_is_kept_with_its_loss(tmp_path, make_config, make_datas
     best = logged["population/selected"]
     assert scores[best] == max(scores)
     assert trainer.model is population.members[best] and trainer.student is trainer.model
-    assert trainer.evaluate()["eval_accuracy"] == scores[best]
+    assert trainer.evaluate()["eval_accuracy"] == scores[best] == logged["eval_accuracy"]
+    assert trainer.learned_loss().config.student == "test_resnet"  # the kept student, not the population
     factor = trainer.temperature_factors[best]
     assert logged["population/temperature_factor"] == factor
     learned = trainer.member_objectives[0].distill_loss
