@@ -186,6 +186,9 @@ class AccuracyArguments:
         default=None, metadata={"help": f"Default: {DEFAULT_OUTPUT_DIR} ({DEFAULT_OUTPUT_DIR}/quick with --quick)."}
     )
     resume: bool = field(default=False, metadata={"help": "Skip the runs whose record is already in results.json."})
+    validate: bool = field(
+        default=False, metadata={"help": "Also record every run's validation top-1 (val_top1; the grids always do)."}
+    )
     threads: int | None = field(default=None, metadata={"help": "torch.set_num_threads (default: torch's)."})
     workers: int = field(
         default=1, metadata={"help": "Worker processes training runs in parallel (each with --threads threads); the "
@@ -340,7 +343,7 @@ class Benchmark:
         if method in GRIDS and seed == 0:
             return self.reuse_grid_run(pair, method)
         fields, extra = self.method_fields(pair, method, seed)
-        return self.run(pair, method, seed, fields, **extra)
+        return self.run(pair, method, seed, fields, validate=self.args.validate, **extra)
 
     def method_fields(self, pair: str, method: str, seed: int) -> tuple[dict[str, Any], dict[str, Any]]:
         """The LKDConfig fields of ``method`` on ``pair`` and the extra entries of its record. Tuned methods take
@@ -554,7 +557,7 @@ def planned_runs(bench: Benchmark, phase: int) -> list[Task]:
         runs = [(pair, m, seed) for seed in a.seeds[1:] for pair in a.pair_list for m in methods if m in GRIDS]
     for pair, m, seed in runs:
         fields, extra = bench.method_fields(pair, m, seed)
-        tasks.append((pair, m, seed, fields, False, extra))
+        tasks.append((pair, m, seed, fields, a.validate, extra))
     unique = {(t[0], t[1], t[2]): t for t in tasks}
     return [t for key, t in unique.items() if bench.results.get(*key) is None]
 

@@ -79,7 +79,7 @@ class ScaledTemperatureLoss(nn.Module):
 
     @property
     def temperature(self) -> torch.Tensor:
-        """The temperature this loss is evaluated at."""
+        """The temperature this loss is evaluated at (before the wrapped network clamps it to its range)."""
         return self.loss.temperature * self.factor
 
     @property
