@@ -123,7 +123,7 @@ def temperature_factors(args: Any, objective: DistillationObjective, has_eval_da
                  and objective.feature_loss is None and has_eval_dataset)
     if factors is None:
         return DEFAULT_TEMPERATURE_FACTORS if supported else (1.0,)
-    factors = tuple(float(f) for f in factors)
+    factors = tuple(factors)  # floats: LKDConfig checked them
     if len(factors) > 1 and not supported:
         raise ValueError(
             "population_temperature_factors needs a learned logit loss with a temperature (e.g. loss='lkd'), no "

@@ -115,7 +115,6 @@ class LKDTrainer(CheckpointMixin, HubExportMixin, PopulationMixin):
             model = StudentPopulation.of_copies(model, len(self.temperature_factors))
         self.member_objectives = member_objectives(objective, self.temperature_factors)
         self.objective, self.loss_learner = objective, None  # the Trainer's __init__ may call init_hf_repo
-        self.learns_loss = learns_loss
 
         super().__init__(
             model=model,

@@ -8,7 +8,6 @@ from torch import nn
 from transformers import Trainer
 from transformers.utils import logging
 
-from .objective import DistillationObjective
 from .population import StudentPopulation, selection_score
 
 logger = logging.get_logger(__name__)
@@ -72,10 +71,10 @@ class PopulationMixin(Trainer):
                                           prefix))
         best = max(range(len(scores)), key=scores.__getitem__)
         population.selected = best
-        chosen = self.member_objectives[best]
-        loss = chosen.distill_loss if best == 0 else chosen.distill_loss.materialize()
-        self.objective = DistillationObjective(loss, None, chosen.ce_weight, chosen.distill_weight,
-                                               chosen.feature_weight)
+        if best > 0:  # its loss at its own temperature, a plain network
+            chosen = self.member_objectives[best]
+            chosen.distill_loss = chosen.distill_loss.materialize()
+            self.objective = chosen
         self.model = self.model_wrapped = population.members[best]
         factor = self.temperature_factors[best]
         logger.info(f"Keeping student {best} of the population (temperature factor {factor:g}).")
