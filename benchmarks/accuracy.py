@@ -31,7 +31,7 @@ KD weight 9, the paper's CIFAR setting), ``ls-tuned`` (T in {1, 2, 4} x weight i
 (curriculum temperature learned adversarially, official CIFAR weights CE 0.1 + KD 0.9), ``ctkd-tuned`` (reversal
 strength in {0.5, 1, 2} x KD weight in {0.5, 1, 2}, CE 1), ``dkd`` (DKD, alpha 1, beta 8, T 4), ``kd+fitnet`` (KD +
 FitNet hint on the last stage), ``lkd`` (``LKDConfig``'s defaults: the pre-learned logit loss, kept fixed, with two
-students side by side at its temperature and twice it, the one with the better validation top-1 kept), ``lkd-meta``
+students side by side, at its temperature and weight and at twice both, the one with the better validation top-1 kept), ``lkd-meta``
 (the same, the loss learned further by meta steps), ``lkd-single`` (``lkd`` with a single student: DIST at the
 pre-learned temperature and weight), ``lkd-from-kd`` (LKD from KD(T=4), without pre-learning, meta steps on) and
 ``lkd+feat`` (not in the default list). A ``*-tuned`` method picks its grid's settings by
@@ -105,8 +105,8 @@ METHODS: dict[str, dict[str, Any]] = {  # LKDConfig fields of each method (tuned
     "kd+fitnet": dict(loss="kd+fitnet", temperature=4.0),
     # LKDConfig's defaults; the start (lkd_init="pretrained") is the loss pre-learned without this dataset
     "lkd": dict(loss="lkd"),
-    # ablations: the loss learned further by meta steps; one student (no temperature population: DIST at the
-    # pre-learned temperature and weight); LKD from KD(T=4) without pre-learning
+    # ablations: the loss learned further by meta steps; one student (no population: DIST at the pre-learned
+    # temperature and weight); LKD from KD(T=4) without pre-learning
     "lkd-meta": dict(loss="lkd", freeze_loss=False),
     "lkd-single": dict(loss="lkd", population_temperature_factors=[1.0]),
     "lkd-from-kd": dict(loss="lkd", lkd_init="kd"),
@@ -332,8 +332,8 @@ class Benchmark:
             **{k: fields[k] for k in TUNED_KEYS if k in fields}, **(extra or {}), **trainer.loss_knobs(),
         )
         kept = next((log for log in trainer.state.log_history if "population/selected" in log), None)
-        if kept is not None:  # the temperature factor of the student a population kept
-            record["population_factor"] = kept["population/temperature_factor"]
+        if kept is not None:  # the (temperature, weight) factors of the student a population kept
+            record["population_factors"] = [kept["population/temperature_factor"], kept["population/weight_factor"]]
         if trainer.learned_loss() is not None:
             trainer.save_model()  # the loss network(s) the student was trained with -> <output_dir>/lkd_loss (plots)
         return record

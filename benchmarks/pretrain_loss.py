@@ -122,7 +122,7 @@ one-step hypergradient sees a short stretch of training only). Best: T = {best["
 ## Use
 
 `LKDConfig(loss="lkd")` uses this loss as it is (`lkd_init="pretrained"`, the default); with an `eval_dataset`, two
-students train side by side at its temperature and twice it and the better is kept. `freeze_loss=False` learns it
+students train side by side, at its temperature and weight and at twice both, and the better is kept. `freeze_loss=False` learns it
 further during the run; `lkd_hf.pretrained_logit_loss()` returns it.
 """
 

@@ -105,10 +105,17 @@ class LKDConfig(TrainingArguments):
         default=None,
         metadata={"help": "Train one student per factor side by side on the same batches and teacher outputs, each "
                   "with the learned logit loss at its temperature times the factor (the first factor is 1.0: the "
-                  "loss's own), and keep the one with the best metric_for_best_model (default: accuracy) on the "
-                  "eval_dataset once training ends; the meta steps learn from the first student. Default: [1.0, 2.0] "
-                  "for a learned logit loss without a feature loss when the trainer has an eval_dataset, else a "
-                  "single student. [1.0] trains a single student."},
+                  "loss's own) and its weight times the matching population_weight_factors entry, and keep the one "
+                  "with the best metric_for_best_model (default: accuracy) on the eval_dataset once training ends; "
+                  "the meta steps learn from the first student. Default (both lists None): temperature factors "
+                  "[1.0, 2.0] with weight factors [1.0, 2.0] for a learned logit loss without a feature loss when "
+                  "the trainer has an eval_dataset, else a single student. [1.0] trains a single student."},
+    )
+    population_weight_factors: list[float] | None = field(
+        default=None,
+        metadata={"help": "The population's factors of the learned loss's weight, one per student (the first is 1.0); "
+                  "set alone, the temperature factors are 1.0, and population_temperature_factors set alone pairs "
+                  "with weight factors 1.0. Default: see population_temperature_factors."},
     )
 
     # --- the outer (meta) loop -------------------------------------------------------------------------------
@@ -274,12 +281,23 @@ class LKDConfig(TrainingArguments):
             names = {name.strip() for name in self.loss.split("+")}
             self.freeze_loss = "lkd" in names and "feat" not in names and (
                 self.lkd_init == "pretrained" or self.loss_from is not None)
-        if self.population_temperature_factors is not None:
-            factors = [float(f) for f in self.population_temperature_factors]
-            if not factors or factors[0] != 1.0 or not all(f > 0 for f in factors) or len(set(factors)) < len(factors):
-                raise ValueError("population_temperature_factors must start with 1.0 and hold distinct factors > 0, "
-                                 f"got {self.population_temperature_factors}")
-            self.population_temperature_factors = factors
+        factor_lists = {"population_temperature_factors": self.population_temperature_factors,
+                        "population_weight_factors": self.population_weight_factors}
+        for name, factors in factor_lists.items():
+            if factors is not None:
+                factors = [float(f) for f in factors]
+                if not factors or factors[0] != 1.0 or not all(f > 0 for f in factors):
+                    raise ValueError(f"{name} must start with 1.0 and hold factors > 0, got {factors}")
+                setattr(self, name, factors)
+        given = [f for f in (self.population_temperature_factors, self.population_weight_factors) if f is not None]
+        if len(given) == 2 and len(given[0]) != len(given[1]):
+            raise ValueError("population_temperature_factors and population_weight_factors must have one factor per "
+                             f"student, got {len(given[0])} and {len(given[1])}")
+        if given:
+            ones = [1.0] * len(given[0])
+            members = list(zip(self.population_temperature_factors or ones, self.population_weight_factors or ones))
+            if len(set(members)) < len(members):
+                raise ValueError(f"The population's students must differ in their factors, got {members}")
         temperatures = {
             "temperature": self.temperature,
             "dist_temperature": self.dist_temperature,

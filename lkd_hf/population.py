@@ -1,11 +1,11 @@
 """A temperature population: students trained side by side on the same batches and teacher outputs, each distilled
-with the learned logit loss at its own temperature (the loss's temperature times a factor); the trainer keeps the
-one with the best evaluation metric.
+with the learned logit loss at its own temperature and weight (the loss's own times a factor each); the trainer keeps
+the one with the best evaluation metric.
 
 The teacher's forward and the data pipeline, most of a small student's step, are shared, so a second student costs
-about its own forward and backward. The population answers a question that one run cannot: which temperature suits
-this teacher, student and dataset over a *whole* run (a meta step's one-step hypergradient sees a short stretch of
-training only and pulls the temperature down; ``docs/benchmarks.md``).
+about its own forward and backward. The population answers a question that one run cannot: which temperature and
+weight suit this teacher, student and dataset over a *whole* run (a meta step's one-step hypergradient sees a short
+stretch of training only and pulls the temperature down; ``docs/benchmarks.md``).
 """
 
 from __future__ import annotations
@@ -22,7 +22,9 @@ from torch.func import functional_call
 from .objective import DistillationObjective
 
 DEFAULT_TEMPERATURE_FACTORS = (1.0, 2.0)
-"""The factors ``population_temperature_factors=None`` resolves to when a population applies."""
+"""The temperature factors ``population_temperature_factors=None`` resolves to when a population applies."""
+DEFAULT_WEIGHT_FACTORS = (1.0, 2.0)
+"""The weight factors ``population_weight_factors=None`` resolves to when a population applies by default."""
 
 
 class StudentPopulation(nn.Module):
@@ -63,87 +65,101 @@ class StudentPopulation(nn.Module):
         return torch.stack([member(pixel_values) for member in self.members])
 
 
-class ScaledTemperatureLoss(nn.Module):
-    """A logit loss network evaluated at its temperature times ``factor``; its parameters stay the network's own.
+class ScaledLoss(nn.Module):
+    """A logit loss network evaluated at its temperature times ``temperature_factor`` and its weight times
+    ``weight_factor``; its parameters stay the network's own.
 
     Args:
-        loss: a loss with a ``log_temperature`` parameter (e.g. :class:`~lkd_hf.LogitLossNet`).
-        factor: the temperature factor (> 0).
+        loss: a loss with ``log_temperature`` and ``log_weight`` parameters (e.g. :class:`~lkd_hf.LogitLossNet`).
+        temperature_factor: the temperature factor (> 0).
+        weight_factor: the weight factor (> 0).
     """
 
-    def __init__(self, loss: nn.Module, factor: float) -> None:
+    def __init__(self, loss: nn.Module, temperature_factor: float, weight_factor: float = 1.0) -> None:
         super().__init__()
-        if not factor > 0:
-            raise ValueError(f"A temperature factor must be > 0, got {factor}.")
-        self.loss, self.factor = loss, factor
+        if not (temperature_factor > 0 and weight_factor > 0):
+            raise ValueError(f"Factors must be > 0, got temperature {temperature_factor}, weight {weight_factor}.")
+        self.loss, self.temperature_factor, self.weight_factor = loss, temperature_factor, weight_factor
 
     @property
     def temperature(self) -> torch.Tensor:
         """The temperature this loss is evaluated at (before the wrapped network clamps it to its range)."""
-        return self.loss.temperature * self.factor
+        return self.loss.temperature * self.temperature_factor
 
     @property
     def weight(self) -> torch.Tensor:
-        """The global weight of the wrapped loss."""
-        return self.loss.weight
+        """The weight this loss is evaluated at (before the wrapped network clamps it to its range)."""
+        return self.loss.weight * self.weight_factor
+
+    def _shifts(self) -> dict[str, torch.Tensor]:
+        return {"log_temperature": self.loss.log_temperature + math.log(self.temperature_factor),
+                "log_weight": self.loss.log_weight + math.log(self.weight_factor)}
 
     def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """The wrapped loss with ``log_temperature`` shifted by ``log(factor)``.
+        """The wrapped loss with ``log_temperature`` and ``log_weight`` shifted by the logs of the factors.
 
         Args:
             student_logits, teacher_logits: ``(batch, classes)``.
             labels: ``(batch,)`` class indices.
         """
-        shifted = {"log_temperature": self.loss.log_temperature + math.log(self.factor)}
-        return functional_call(self.loss, shifted, (student_logits, teacher_logits, labels), strict=False)
+        return functional_call(self.loss, self._shifts(), (student_logits, teacher_logits, labels), strict=False)
 
     def materialize(self) -> nn.Module:
-        """A copy of the wrapped loss whose own temperature is this one's (e.g. to save or reuse it)."""
+        """A copy of the wrapped loss whose own temperature and weight are this one's (e.g. to save or reuse it)."""
         loss = copy.deepcopy(self.loss)
         with torch.no_grad():
-            loss.log_temperature.add_(math.log(self.factor))
+            for name, value in self._shifts().items():
+                getattr(loss, name).copy_(value)
         return loss
 
 
-def temperature_factors(args: Any, objective: DistillationObjective, has_eval_dataset: bool) -> tuple[float, ...]:
-    """The temperature factors of a run's population (one factor: a single student).
+def population_factors(args: Any, objective: DistillationObjective,
+                       has_eval_dataset: bool) -> tuple[tuple[float, float], ...]:
+    """The members of a run's population as ``(temperature factor, weight factor)`` pairs (one pair: a single student).
 
-    A population needs a logit loss with a learnable temperature parameter (``log_temperature``, e.g. ``loss="lkd"``),
-    no feature loss, and an evaluation dataset to choose the student on. ``population_temperature_factors=None`` gives
-    :data:`DEFAULT_TEMPERATURE_FACTORS` where a population applies and a single student elsewhere; factors set by hand
-    where none applies are an error.
+    A population needs a logit loss with learnable temperature and weight parameters (``log_temperature``,
+    ``log_weight``, e.g. ``loss="lkd"``), no feature loss, and an evaluation dataset to choose the student on. With
+    ``population_temperature_factors`` and ``population_weight_factors`` both ``None``, the members are
+    :data:`DEFAULT_TEMPERATURE_FACTORS` and :data:`DEFAULT_WEIGHT_FACTORS` paired where a population applies and a
+    single student elsewhere; one list set alone pairs with factors 1.0; factors set by hand where no population
+    applies are an error.
 
     Args:
         args: an :class:`~lkd_hf.LKDConfig`.
         objective: the run's student objective.
         has_eval_dataset: whether the trainer has an ``eval_dataset``.
     """
-    factors = args.population_temperature_factors
-    supported = (isinstance(getattr(objective.distill_loss, "log_temperature", None), torch.Tensor)
+    temperatures, weights = args.population_temperature_factors, args.population_weight_factors
+    supported = (all(isinstance(getattr(objective.distill_loss, name, None), torch.Tensor)
+                     for name in ("log_temperature", "log_weight"))
                  and objective.feature_loss is None and has_eval_dataset)
-    if factors is None:
-        return DEFAULT_TEMPERATURE_FACTORS if supported else (1.0,)
-    factors = tuple(factors)  # floats: LKDConfig checked them
-    if len(factors) > 1 and not supported:
+    if temperatures is None and weights is None:
+        pairs = zip(DEFAULT_TEMPERATURE_FACTORS, DEFAULT_WEIGHT_FACTORS) if supported else [(1.0, 1.0)]
+        return tuple(pairs)
+    size = len(temperatures if temperatures is not None else weights)  # LKDConfig checked that both have one length
+    pairs = tuple(zip(temperatures or [1.0] * size, weights or [1.0] * size))
+    if len(pairs) > 1 and not supported:
         raise ValueError(
-            "population_temperature_factors needs a learned logit loss with a temperature (e.g. loss='lkd'), no "
-            "feature loss, and an eval_dataset to choose the student on; set it to [1.0] (a single student)."
+            "A population (population_temperature_factors, population_weight_factors) needs a learned logit loss with "
+            "a temperature and a weight (e.g. loss='lkd'), no feature loss, and an eval_dataset to choose the student "
+            "on; set population_temperature_factors=[1.0] (a single student)."
         )
-    return factors
+    return pairs
 
 
-def member_objectives(objective: DistillationObjective, factors: Sequence[float]) -> list[DistillationObjective]:
-    """One objective per member: ``objective`` itself for the first factor (1.0), then the same loss at the scaled
-    temperatures (sharing its parameters, so the meta steps of the first member move every member's loss).
+def member_objectives(objective: DistillationObjective,
+                      factors: Sequence[tuple[float, float]]) -> list[DistillationObjective]:
+    """One objective per member: ``objective`` itself for the first pair (1.0, 1.0), then the same loss at the scaled
+    temperatures and weights (sharing its parameters, so the meta steps of the first member move every member's loss).
 
     Args:
-        objective: the run's objective (a logit loss with ``log_temperature``, no feature loss).
-        factors: the temperature factors, the first 1.0.
+        objective: the run's objective (a logit loss with ``log_temperature`` and ``log_weight``, no feature loss).
+        factors: ``(temperature factor, weight factor)`` pairs, the first ``(1.0, 1.0)``.
     """
     return [objective] + [
-        DistillationObjective(ScaledTemperatureLoss(objective.distill_loss, f), None, objective.ce_weight,
+        DistillationObjective(ScaledLoss(objective.distill_loss, t, w), None, objective.ce_weight,
                               objective.distill_weight, objective.feature_weight)
-        for f in factors[1:]
+        for t, w in factors[1:]
     ]
 
 

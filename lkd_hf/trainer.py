@@ -33,7 +33,7 @@ from .metrics import build_compute_metrics
 from .model_info import model_num_classes
 from .objective import build_objective, pop_means
 from .nonfinite import NonFiniteGuard
-from .population import StudentPopulation, member_objectives, temperature_factors
+from .population import StudentPopulation, member_objectives, population_factors
 from .run_checks import check_datasets, check_unrolled_support, check_optimizer, checked_teacher, input_size
 from .safe_io import OutputDirLock, last_complete_checkpoint
 from .trainer_checkpoints import CheckpointMixin
@@ -110,10 +110,10 @@ class LKDTrainer(CheckpointMixin, HubExportMixin, PopulationMixin):
         if compute_metrics is None and num_classes is not None:
             compute_metrics = build_compute_metrics(num_classes)
         check_optimizer(kwargs.get("optimizers"), teacher)
-        self.temperature_factors = temperature_factors(args, objective, eval_dataset is not None)
-        if len(self.temperature_factors) > 1:  # students side by side, one per temperature factor
-            model = StudentPopulation.of_copies(model, len(self.temperature_factors))
-        self.member_objectives = member_objectives(objective, self.temperature_factors)
+        self.population_factors = population_factors(args, objective, eval_dataset is not None)
+        if len(self.population_factors) > 1:  # students side by side, one per (temperature, weight) factor pair
+            model = StudentPopulation.of_copies(model, len(self.population_factors))
+        self.member_objectives = member_objectives(objective, self.population_factors)
         self.objective, self.loss_learner = objective, None  # the Trainer's __init__ may call init_hf_repo
 
         super().__init__(

@@ -15,7 +15,7 @@ logger = logging.get_logger(__name__)
 
 class PopulationMixin(Trainer):
     """Population hooks of a distillation trainer (needs its ``objective``, ``member_objectives`` and
-    ``temperature_factors``)."""
+    ``population_factors``)."""
 
     @property
     def population(self) -> StudentPopulation | None:
@@ -51,7 +51,7 @@ class PopulationMixin(Trainer):
         """Evaluate every member on the (first) ``eval_dataset`` and keep the best by ``metric_for_best_model``
         (default: accuracy): it becomes the trainer's model and its loss the trainer's objective (what
         :meth:`learned_loss` saves). Logs ``population/*``: each member's score, the chosen member and its
-        temperature factor, and the kept student's evaluation under the plain ``eval_*`` keys. Called by :meth:`train` once
+        factors, and the kept student's evaluation under the plain ``eval_*`` keys. Called by :meth:`train` once
         training ends.
 
         Returns:
@@ -76,9 +76,11 @@ class PopulationMixin(Trainer):
             chosen.distill_loss = chosen.distill_loss.materialize()
             self.objective = chosen
         self.model = self.model_wrapped = population.members[best]
-        factor = self.temperature_factors[best]
-        logger.info(f"Keeping student {best} of the population (temperature factor {factor:g}).")
-        self.log({"population/selected": best, "population/temperature_factor": factor,
+        temperature_factor, weight_factor = self.population_factors[best]
+        logger.info(f"Keeping student {best} of the population (temperature factor {temperature_factor:g}, weight "
+                    f"factor {weight_factor:g}).")
+        self.log({"population/selected": best, "population/temperature_factor": temperature_factor,
+                  "population/weight_factor": weight_factor,
                   **{f"population/score_{k}": score for k, score in enumerate(scores)},
                   **{f"eval_{key[len(f'eval_member{best}_'):]}": value for key, value in evaluations[best].items()}})
         return best

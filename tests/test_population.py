@@ -1,5 +1,5 @@
-"""The temperature population: students side by side, each at its temperature of the learned loss, trained as they
-would be alone; the trainer keeps the best on its evaluation dataset."""
+"""The temperature population: students side by side, each at its temperature and weight of the learned loss, trained
+as they would be alone; the trainer keeps the best on its evaluation dataset."""
 
 import math
 import os
@@ -13,11 +13,12 @@ from lkd_hf import LearnedLoss, LKDConfig, LKDTrainer, LogitLossNet
 from lkd_hf.objective import build_objective
 from lkd_hf.population import (
     DEFAULT_TEMPERATURE_FACTORS,
-    ScaledTemperatureLoss,
+    DEFAULT_WEIGHT_FACTORS,
+    ScaledLoss,
     StudentPopulation,
     member_objectives,
+    population_factors,
     selection_score,
-    temperature_factors,
 )
 
 
@@ -47,30 +48,38 @@ def test_population_stacks_members_in_training_and_gives_the_selected_one_in_eva
 
 
 @pytest.mark.parametrize("base", ["kd", "dist"])
-def test_scaled_temperature_loss_is_the_network_at_the_scaled_temperature(base):
+def test_scaled_loss_is_the_network_at_the_scaled_temperature_and_weight(base):
     torch.manual_seed(0)
     net = LogitLossNet(temperature=3.0, base=base)
     for module in (net.mlp, net.class_head, net.sample_head):  # a learned-looking network (the heads start at zero)
         for p in module.parameters():
             torch.nn.init.normal_(p, std=0.3)
+    with torch.no_grad():
+        net.log_weight.fill_(0.2)
     reference = LogitLossNet(temperature=7.5, base=base)
-    reference.load_state_dict({**net.state_dict(), "log_temperature": net.log_temperature.detach() + math.log(2.5)})
-    scaled = ScaledTemperatureLoss(net, 2.5)
+    reference.load_state_dict({**net.state_dict(), "log_temperature": net.log_temperature.detach() + math.log(2.5),
+                               "log_weight": net.log_weight.detach() + math.log(1.5)})
+    scaled = ScaledLoss(net, 2.5, 1.5)
     student, teacher, labels = _logits(1).requires_grad_(), _logits(2), torch.arange(8) % 10
     value = scaled(student, teacher, labels)
     expected = reference(student, teacher, labels)
     assert torch.allclose(value, expected, rtol=1e-5)
     assert torch.allclose(torch.autograd.grad(value, student)[0], torch.autograd.grad(expected, student)[0], rtol=1e-5)
-    assert torch.allclose(scaled.temperature, reference.temperature) and torch.equal(scaled.weight, net.weight)
+    assert torch.allclose(scaled.temperature, reference.temperature)
+    assert torch.allclose(scaled.weight, reference.weight) and torch.allclose(scaled.weight, 1.5 * net.weight)
     # the parameters are the network's own: a gradient reaches them
-    grads = torch.autograd.grad(scaled(student, teacher, labels), [net.log_temperature, net.class_head.weight])
+    grads = torch.autograd.grad(scaled(student, teacher, labels),
+                                [net.log_temperature, net.log_weight, net.class_head.weight])
     assert all(g.abs().sum() > 0 for g in grads)
     materialized = scaled.materialize()
     assert isinstance(materialized, LogitLossNet) and materialized is not net
     assert torch.allclose(materialized(student, teacher, labels), expected, rtol=1e-5)
     assert torch.allclose(net.temperature, torch.tensor(3.0))  # the wrapped network is left as it was
+    assert torch.allclose(net.log_weight, torch.tensor(0.2))
     with pytest.raises(ValueError, match="> 0"):
-        ScaledTemperatureLoss(net, 0.0)
+        ScaledLoss(net, 0.0)
+    with pytest.raises(ValueError, match="> 0"):
+        ScaledLoss(net, 1.0, -1.0)
 
 
 def test_selection_score_follows_metric_for_best_model():
@@ -86,32 +95,36 @@ def test_selection_score_follows_metric_for_best_model():
 def test_which_runs_train_a_population(tmp_path, make_config):
     def factors(has_eval=True, **fields):
         args = make_config(tmp_path, **fields)
-        return temperature_factors(args, build_objective(args), has_eval)
+        return population_factors(args, build_objective(args), has_eval)
 
-    assert DEFAULT_TEMPERATURE_FACTORS[0] == 1.0 and len(DEFAULT_TEMPERATURE_FACTORS) > 1
-    assert factors(loss="lkd") == DEFAULT_TEMPERATURE_FACTORS
-    assert factors(loss="lkd", freeze_loss=True) == DEFAULT_TEMPERATURE_FACTORS
-    assert factors(False, loss="lkd") == (1.0,)  # nothing to choose on
-    assert factors(loss="kd") == (1.0,) and factors(loss="lkd+feat") == (1.0,)
-    assert factors(loss="lkd", population_temperature_factors=[1, 1.5, 3]) == (1.0, 1.5, 3.0)
-    assert factors(loss="kd", population_temperature_factors=[1.0]) == (1.0,)
-    with pytest.raises(ValueError, match="population_temperature_factors needs"):
+    default = tuple(zip(DEFAULT_TEMPERATURE_FACTORS, DEFAULT_WEIGHT_FACTORS, strict=True))
+    assert default[0] == (1.0, 1.0) and len(default) > 1
+    assert factors(loss="lkd") == default
+    assert factors(loss="lkd", freeze_loss=True) == default
+    assert factors(False, loss="lkd") == ((1.0, 1.0),)  # nothing to choose on
+    assert factors(loss="kd") == ((1.0, 1.0),) and factors(loss="lkd+feat") == ((1.0, 1.0),)
+    assert factors(loss="lkd", population_temperature_factors=[1, 1.5, 3]) == ((1.0, 1.0), (1.5, 1.0), (3.0, 1.0))
+    assert factors(loss="lkd", population_weight_factors=[1, 0.5]) == ((1.0, 1.0), (1.0, 0.5))
+    assert factors(loss="lkd", population_temperature_factors=[1, 2, 2],
+                   population_weight_factors=[1, 1, 2]) == ((1.0, 1.0), (2.0, 1.0), (2.0, 2.0))
+    assert factors(loss="kd", population_temperature_factors=[1.0]) == ((1.0, 1.0),)
+    with pytest.raises(ValueError, match="needs a learned logit loss"):
         factors(loss="kd", population_temperature_factors=[1.0, 2.0])
-    with pytest.raises(ValueError, match="population_temperature_factors needs"):
-        factors(False, loss="lkd", population_temperature_factors=[1.0, 2.0])
-    for bad in ([2.0, 1.0], [1.0, 0.0], [1.0, 2.0, 2.0], []):
-        with pytest.raises(ValueError, match="must start with 1.0"):
-            LKDConfig(output_dir=str(tmp_path), population_temperature_factors=bad)
+    with pytest.raises(ValueError, match="needs a learned logit loss"):
+        factors(False, loss="lkd", population_weight_factors=[1.0, 2.0])
 
 
-def test_member_objectives_share_the_loss_and_scale_its_temperature(tmp_path, make_config):
-    args = make_config(tmp_path, loss="lkd", ce_weight=0.5, distill_weight=2.0)
-    objective = build_objective(args)
-    members = member_objectives(objective, (1.0, 2.0))
-    assert members[0] is objective
-    assert members[1].distill_loss.loss is objective.distill_loss and members[1].distill_loss.factor == 2.0
-    assert (members[1].ce_weight, members[1].distill_weight) == (0.5, 2.0)
-    assert members[1].meta_parameters() == objective.meta_parameters()
+@pytest.mark.parametrize("fields, match", [
+    (dict(population_temperature_factors=[2.0, 1.0]), "must start with 1.0"),
+    (dict(population_weight_factors=[1.0, 0.0]), "must start with 1.0"),
+    (dict(population_temperature_factors=[]), "must start with 1.0"),
+    (dict(population_temperature_factors=[1.0, 2.0, 2.0]), "must differ"),
+    (dict(population_temperature_factors=[1.0, 2.0, 2.0], population_weight_factors=[1.0, 2.0, 2.0]), "must differ"),
+    (dict(population_temperature_factors=[1.0, 2.0], population_weight_factors=[1.0, 2.0, 3.0]), "one factor per"),
+])
+def test_config_rejects_populations_it_cannot_train(tmp_path, fields, match):
+    with pytest.raises(ValueError, match=match):
+        LKDConfig(output_dir=str(tmp_path), **fields)
 
 
 # --- in the trainer ------------------------------------------------------------------------------------------
@@ -124,24 +137,26 @@ def _trainer(tmp_path, run, make_config, make_dataset, **fields) -> LKDTrainer:
 
 
 def test_each_member_trains_as_it_would_alone(tmp_path, make_config, make_dataset):
-    """A member at factor 2 of a frozen KD(T=3) loss ends where a single student with KD(T=6) ends; the tight
-    max_grad_norm clips every step, so a clipping shared by the members would show."""
+    """A member at factors (2, 2) of a frozen KD(T=3) loss ends where a single student with KD(T=6) at twice the
+    distillation weight ends; the tight max_grad_norm clips every step, so a clipping shared by the members would
+    show."""
     population = _trainer(tmp_path, "population", make_config, make_dataset, loss="lkd", temperature=3.0,
-                          freeze_loss=True, population_temperature_factors=[1.0, 2.0])
+                          freeze_loss=True, population_temperature_factors=[1.0, 2.0],
+                          population_weight_factors=[1.0, 2.0])
     assert isinstance(population.model, StudentPopulation)
     members = population.model.members
     population.train()
     alone = {}
     for factor in (1.0, 2.0):
         single = _trainer(tmp_path, f"alone{factor}", make_config, make_dataset, loss="lkd", temperature=3.0 * factor,
-                          freeze_loss=True, population_temperature_factors=[1.0])
+                          distill_weight=factor, freeze_loss=True, population_temperature_factors=[1.0])
         assert not isinstance(single.model, StudentPopulation)
         single.train()
         alone[factor] = single.model.state_dict()
     for member, factor in zip(members, (1.0, 2.0)):
         for name, value in member.state_dict().items():
             assert torch.allclose(value, alone[factor][name], atol=1e-6), f"factor {factor}: {name}"
-    assert any(not torch.equal(v, alone[2.0][k]) for k, v in alone[1.0].items())  # the temperatures differ
+    assert any(not torch.equal(v, alone[2.0][k]) for k, v in alone[1.0].items())  # the members differ
 
 
 def test_the_best_member_is_kept_with_its_loss(tmp_path, make_config, make_dataset):
@@ -149,16 +164,19 @@ def test_the_best_member_is_kept_with_its_loss(tmp_path, make_config, make_datas
     population = trainer.model
     trainer.train()
     logged = next(log for log in trainer.state.log_history if "population/selected" in log)
-    scores = [logged[f"population/score_{k}"] for k in range(len(trainer.temperature_factors))]
+    scores = [logged[f"population/score_{k}"] for k in range(len(trainer.population_factors))]
     best = logged["population/selected"]
     assert scores[best] == max(scores)
     assert trainer.model is population.members[best] and trainer.student is trainer.model
     assert trainer.evaluate()["eval_accuracy"] == scores[best] == logged["eval_accuracy"]
     assert trainer.learned_loss().config.student == "test_resnet"  # the kept student, not the population
-    factor = trainer.temperature_factors[best]
-    assert logged["population/temperature_factor"] == factor
+    temperature_factor, weight_factor = trainer.population_factors[best]
+    assert logged["population/temperature_factor"] == temperature_factor
+    assert logged["population/weight_factor"] == weight_factor
     learned = trainer.member_objectives[0].distill_loss
-    assert math.isclose(trainer.loss_knobs()["lkd/temperature"], factor * float(learned.temperature), rel_tol=1e-5)
+    knobs = trainer.loss_knobs()
+    assert math.isclose(knobs["lkd/temperature"], temperature_factor * float(learned.temperature), rel_tol=1e-5)
+    assert math.isclose(knobs["lkd/weight"], weight_factor * float(learned.weight), rel_tol=1e-5)
     assert isinstance(trainer.distill_loss, LogitLossNet)
     # what is saved is the kept student, loadable by timm, with its loss
     trainer.save_model(str(tmp_path / "saved"))
@@ -168,6 +186,7 @@ def test_the_best_member_is_kept_with_its_loss(tmp_path, make_config, make_datas
     assert all(torch.equal(v, trainer.model.state_dict()[k]) for k, v in fresh.state_dict().items())
     saved_loss = LearnedLoss.from_pretrained(os.path.join(tmp_path, "saved", "lkd_loss")).logit
     assert torch.allclose(saved_loss.temperature, trainer.distill_loss.temperature)
+    assert torch.allclose(saved_loss.weight, trainer.distill_loss.weight)
 
 
 def test_a_population_resumes_exactly(tmp_path, make_config, make_dataset):
