@@ -51,8 +51,8 @@ bench-overhead: install
 	$(PY) benchmarks/overhead.py
 
 bench-accuracy: install
-	$(PY) benchmarks/accuracy.py --threads 1 --workers 2
-	$(PY) benchmarks/accuracy.py --dataset mnist-5k --threads 1 --workers 2
+	$(PY) benchmarks/accuracy.py --threads 1 --workers 2 --validate
+	$(PY) benchmarks/accuracy.py --dataset mnist-5k --threads 1 --workers 2 --validate
 
 clean:
 	rm -rf outputs .pytest_cache

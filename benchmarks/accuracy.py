@@ -1,7 +1,7 @@
 """Accuracy benchmark: does the default learned loss beat tuned hand-made distillation losses? (2 datasets, CPU)
 
-    HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python benchmarks/accuracy.py --threads 1 --workers 2   # animal-mnist
-    HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python benchmarks/accuracy.py --dataset mnist-5k --threads 1 --workers 2
+    HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python benchmarks/accuracy.py --threads 1 --workers 2 --validate   # animal-mnist
+    HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python benchmarks/accuracy.py --dataset mnist-5k --threads 1 --workers 2 --validate
     HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python benchmarks/accuracy.py --quick    # smoke check (~2 min)
     python benchmarks/accuracy.py --resume                      # continue an interrupted run
     python benchmarks/accuracy.py --quick --pairs "teacher->resnet8" --methods ce,kd,lkd
