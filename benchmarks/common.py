@@ -202,7 +202,7 @@ class Setting:
              callbacks: list[TrainerCallback] | None = None,
              setup: Callable[[LKDTrainer], None] | None = None) -> tuple[LKDTrainer, float]:
         """Train ``model`` on ``data["train"]`` (``data["validation"]`` is the trainer's evaluation dataset, where a
-        temperature population chooses its student); the trainer and its training seconds."""
+        population chooses its student); the trainer and its training seconds."""
         trainer = LKDTrainer(model=model, teacher=teacher, args=config, train_dataset=data["train"],
                              eval_dataset=data["validation"], callbacks=callbacks)
         trainer.remove_callback(PrinterCallback)

@@ -100,7 +100,7 @@ class LKDConfig(TrainingArguments):
         default=16, metadata={"help": "Width of the learned feature loss network's per-element MLP."}
     )
 
-    # --- the temperature population ---------------------------------------------------------------------------
+    # --- the population --------------------------------------------------------------------------------------
     population_temperature_factors: list[float] | None = field(
         default=None,
         metadata={"help": "Train one student per factor side by side on the same batches and teacher outputs, each "
@@ -286,8 +286,8 @@ class LKDConfig(TrainingArguments):
         for name, factors in factor_lists.items():
             if factors is not None:
                 factors = [float(f) for f in factors]
-                if not factors or factors[0] != 1.0 or not all(f > 0 for f in factors):
-                    raise ValueError(f"{name} must start with 1.0 and hold factors > 0, got {factors}")
+                if not factors or factors[0] != 1.0 or not all(math.isfinite(f) and f > 0 for f in factors):
+                    raise ValueError(f"{name} must start with 1.0 and hold finite factors > 0, got {factors}")
                 setattr(self, name, factors)
         given = [f for f in (self.population_temperature_factors, self.population_weight_factors) if f is not None]
         if len(given) == 2 and len(given[0]) != len(given[1]):

@@ -1,4 +1,4 @@
-"""A temperature population: students trained side by side on the same batches and teacher outputs, each distilled
+"""A population: students trained side by side on the same batches and teacher outputs, each distilled
 with the learned logit loss at its own temperature and weight (the loss's own times a factor each); the trainer keeps
 the one with the best evaluation metric.
 
@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Sequence
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -83,13 +84,13 @@ class ScaledLoss(nn.Module):
 
     @property
     def temperature(self) -> torch.Tensor:
-        """The temperature this loss is evaluated at (before the wrapped network clamps it to its range)."""
-        return self.loss.temperature * self.temperature_factor
+        """The temperature this loss is evaluated at (the wrapped network's, clamped as it clamps its own)."""
+        return type(self.loss).temperature.fget(SimpleNamespace(**self._shifts()))
 
     @property
     def weight(self) -> torch.Tensor:
-        """The weight this loss is evaluated at (before the wrapped network clamps it to its range)."""
-        return self.loss.weight * self.weight_factor
+        """The weight this loss is evaluated at (the wrapped network's, clamped as it clamps its own)."""
+        return type(self.loss).weight.fget(SimpleNamespace(**self._shifts()))
 
     def _shifts(self) -> dict[str, torch.Tensor]:
         return {"log_temperature": self.loss.log_temperature + math.log(self.temperature_factor),
@@ -134,15 +135,15 @@ def population_factors(args: Any, objective: DistillationObjective,
                      for name in ("log_temperature", "log_weight"))
                  and objective.feature_loss is None and has_eval_dataset)
     if temperatures is None and weights is None:
-        pairs = zip(DEFAULT_TEMPERATURE_FACTORS, DEFAULT_WEIGHT_FACTORS) if supported else [(1.0, 1.0)]
+        pairs = zip(DEFAULT_TEMPERATURE_FACTORS, DEFAULT_WEIGHT_FACTORS, strict=True) if supported else [(1.0, 1.0)]
         return tuple(pairs)
     size = len(temperatures if temperatures is not None else weights)  # LKDConfig checked that both have one length
-    pairs = tuple(zip(temperatures or [1.0] * size, weights or [1.0] * size))
+    pairs = tuple(zip(temperatures or [1.0] * size, weights or [1.0] * size, strict=True))
     if len(pairs) > 1 and not supported:
         raise ValueError(
             "A population (population_temperature_factors, population_weight_factors) needs a learned logit loss with "
             "a temperature and a weight (e.g. loss='lkd'), no feature loss, and an eval_dataset to choose the student "
-            "on; set population_temperature_factors=[1.0] (a single student)."
+            "on; leave population_weight_factors unset and set population_temperature_factors=[1.0] (a single student)."
         )
     return pairs
 

@@ -52,8 +52,9 @@ class LKDTrainer(CheckpointMixin, HubExportMixin, PopulationMixin):
             ``loss="ce"``.
         args: an :class:`~lkd_hf.LKDConfig`.
         train_dataset: dataset of ``{"pixel_values", "labels"}`` examples.
-        eval_dataset: the same for evaluation (one dataset or a dict of them); a temperature population
-            (``population_temperature_factors``) keeps the student that scores best on it (the first of a dict).
+        eval_dataset: the same for evaluation (one dataset or a dict of them); a population
+            (``population_temperature_factors``, ``population_weight_factors``) keeps the student that scores best on
+            it (the first of a dict).
         meta_dataset: held-out data for the meta (validation) loss, e.g. the ``"validation"`` split of
             :func:`~lkd_hf.build_datasets`. Without it, ``args.lkd_val_fraction`` of ``train_dataset`` is split off
             when set (seeded by ``args.seed``; the student trains on the rest), else the meta steps validate on the
@@ -127,8 +128,8 @@ class LKDTrainer(CheckpointMixin, HubExportMixin, PopulationMixin):
         )
         self.loss_is_scaled_for_ga = False  # compute_loss returns a per-batch mean
         if self.population is not None and (self.is_fsdp_enabled or self.is_deepspeed_enabled):
-            raise ValueError("A temperature population clips each student on its own: not under FSDP or DeepSpeed; "
-                             "set population_temperature_factors=[1.0].")
+            raise ValueError("A population clips each student on its own: not under FSDP or DeepSpeed; "
+                             "leave population_weight_factors unset and set population_temperature_factors=[1.0].")
         self.teacher = None if teacher is None else self.accelerator.prepare_model(teacher, evaluation_mode=True)
         for module in objective.loss_modules:
             module.to(self.args.device, torch.float32)
@@ -259,7 +260,7 @@ class LKDTrainer(CheckpointMixin, HubExportMixin, PopulationMixin):
                 ``ValueError`` when there is none) or ``None`` / ``False`` (start afresh).
             *args, **kwargs: as in :meth:`transformers.Trainer.train` (``trial``, ``ignore_keys_for_eval``).
 
-        A temperature population then keeps its best student (:meth:`select_member`).
+        A population then keeps its best student (:meth:`select_member`).
         """
         with OutputDirLock(self.args.output_dir, enabled=self.is_world_process_zero()):
             if resume_from_checkpoint is True:

@@ -1,4 +1,4 @@
-"""The temperature-population side of :class:`~lkd_hf.LKDTrainer` (:mod:`lkd_hf.population`): per-student gradient
+"""The population side of :class:`~lkd_hf.LKDTrainer` (:mod:`lkd_hf.population`): per-student gradient
 clipping while the students train side by side, and the choice of the student to keep once training ends."""
 
 from __future__ import annotations
@@ -71,16 +71,18 @@ class PopulationMixin(Trainer):
                                           prefix))
         best = max(range(len(scores)), key=scores.__getitem__)
         population.selected = best
-        if best > 0:  # its loss at its own temperature, a plain network
+        if best > 0:  # its loss at its own temperature and weight, a plain network
             chosen = self.member_objectives[best]
             chosen.distill_loss = chosen.distill_loss.materialize()
             self.objective = chosen
         self.model = self.model_wrapped = population.members[best]
         temperature_factor, weight_factor = self.population_factors[best]
+        kept = f"eval_member{best}_"
         logger.info(f"Keeping student {best} of the population (temperature factor {temperature_factor:g}, weight "
                     f"factor {weight_factor:g}).")
         self.log({"population/selected": best, "population/temperature_factor": temperature_factor,
                   "population/weight_factor": weight_factor,
                   **{f"population/score_{k}": score for k, score in enumerate(scores)},
-                  **{f"eval_{key[len(f'eval_member{best}_'):]}": value for key, value in evaluations[best].items()}})
+                  **{f"eval_{key[len(kept):]}": value for key, value in evaluations[best].items()
+                     if key.startswith(kept)}})
         return best

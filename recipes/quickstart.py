@@ -115,7 +115,7 @@ def main() -> None:
             teacher=None if method == "ce" else teacher,
             args=args,
             train_dataset=data["train"],
-            eval_dataset=data["validation"],  # where a temperature population chooses its student
+            eval_dataset=data["validation"],  # where a population chooses its student
         )
         print(f"Distilling {q.student_model} with loss={method!r} ...")
         start = time.perf_counter()

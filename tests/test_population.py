@@ -1,4 +1,4 @@
-"""The temperature population: students side by side, each at its temperature and weight of the learned loss, trained
+"""The population: students side by side, each at its temperature and weight of the learned loss, trained
 as they would be alone; the trainer keeps the best on its evaluation dataset."""
 
 import math
@@ -9,7 +9,7 @@ import timm
 import torch
 from safetensors.torch import load_file
 
-from lkd_hf import LearnedLoss, LKDConfig, LKDTrainer, LogitLossNet
+from lkd_hf import LearnedLoss, LKDConfig, LKDTrainer, LogitLossNet, trainer_population
 from lkd_hf.objective import build_objective
 from lkd_hf.population import (
     DEFAULT_TEMPERATURE_FACTORS,
@@ -76,6 +76,10 @@ def test_scaled_loss_is_the_network_at_the_scaled_temperature_and_weight(base):
     assert torch.allclose(materialized(student, teacher, labels), expected, rtol=1e-5)
     assert torch.allclose(net.temperature, torch.tensor(3.0))  # the wrapped network is left as it was
     assert torch.allclose(net.log_weight, torch.tensor(0.2))
+    # past the network's range the scaled loss reports the clamped value it is evaluated at, as the network does
+    hot = ScaledLoss(net, 10.0, 50.0)
+    assert torch.allclose(hot.temperature, hot.materialize().temperature)
+    assert torch.allclose(hot.weight, hot.materialize().weight) and hot.weight < 50.0 * net.weight
     with pytest.raises(ValueError, match="> 0"):
         ScaledLoss(net, 0.0)
     with pytest.raises(ValueError, match="> 0"):
@@ -117,6 +121,7 @@ def test_which_runs_train_a_population(tmp_path, make_config):
 @pytest.mark.parametrize("fields, match", [
     (dict(population_temperature_factors=[2.0, 1.0]), "must start with 1.0"),
     (dict(population_weight_factors=[1.0, 0.0]), "must start with 1.0"),
+    (dict(population_weight_factors=[1.0, float("inf")]), "must start with 1.0"),
     (dict(population_temperature_factors=[]), "must start with 1.0"),
     (dict(population_temperature_factors=[1.0, 2.0, 2.0]), "must differ"),
     (dict(population_temperature_factors=[1.0, 2.0, 2.0], population_weight_factors=[1.0, 2.0, 2.0]), "must differ"),
@@ -125,6 +130,17 @@ def test_which_runs_train_a_population(tmp_path, make_config):
 def test_config_rejects_populations_it_cannot_train(tmp_path, fields, match):
     with pytest.raises(ValueError, match=match):
         LKDConfig(output_dir=str(tmp_path), **fields)
+
+
+def test_member_objectives_share_the_loss_and_scale_its_temperature_and_weight(tmp_path, make_config):
+    args = make_config(tmp_path, loss="lkd", ce_weight=0.5, distill_weight=2.0)
+    objective = build_objective(args)
+    members = member_objectives(objective, ((1.0, 1.0), (2.0, 3.0)))
+    assert members[0] is objective
+    scaled = members[1].distill_loss
+    assert scaled.loss is objective.distill_loss and (scaled.temperature_factor, scaled.weight_factor) == (2.0, 3.0)
+    assert (members[1].ce_weight, members[1].distill_weight) == (0.5, 2.0)
+    assert members[1].meta_parameters() == objective.meta_parameters()
 
 
 # --- in the trainer ------------------------------------------------------------------------------------------
@@ -187,6 +203,29 @@ def test_the_best_member_is_kept_with_its_loss(tmp_path, make_config, make_datas
     saved_loss = LearnedLoss.from_pretrained(os.path.join(tmp_path, "saved", "lkd_loss")).logit
     assert torch.allclose(saved_loss.temperature, trainer.distill_loss.temperature)
     assert torch.allclose(saved_loss.weight, trainer.distill_loss.weight)
+
+
+def test_a_later_member_is_kept_with_its_scaled_loss(tmp_path, make_config, make_dataset, monkeypatch):
+    """The second student (twice the temperature and weight) wins the selection: it and its loss at its own
+    temperature and weight are what the trainer keeps and saves."""
+    monkeypatch.setattr(trainer_population, "selection_score",
+                        lambda metrics, metric, greater, prefix: float(prefix == "eval_member1"))
+    trainer = _trainer(tmp_path, "run", make_config, make_dataset, loss="lkd", temperature=3.0, max_grad_norm=1.0)
+    members = trainer.model.members
+    learned = trainer.objective.distill_loss
+    trainer.train()
+    logged = next(log for log in trainer.state.log_history if "population/selected" in log)
+    assert logged["population/selected"] == 1 and trainer.model is members[1]
+    assert (logged["population/temperature_factor"], logged["population/weight_factor"]) == (2.0, 2.0)
+    assert not any(key == "eval_" or key.startswith("eval_member") for key in logged)
+    assert logged["eval_accuracy"] == trainer.evaluate()["eval_accuracy"]
+    trainer.save_model(str(tmp_path / "saved"))
+    saved = LearnedLoss.from_pretrained(os.path.join(tmp_path, "saved", "lkd_loss")).logit
+    torch.testing.assert_close(saved.log_temperature, learned.log_temperature + math.log(2.0))
+    torch.testing.assert_close(saved.log_weight, learned.log_weight + math.log(2.0))
+    student, teacher, labels = _logits(1), _logits(2), torch.arange(8) % 10
+    torch.testing.assert_close(saved(student, teacher, labels), trainer.member_objectives[1].distill_loss(
+        student, teacher, labels))
 
 
 def test_a_population_resumes_exactly(tmp_path, make_config, make_dataset):
