@@ -289,15 +289,13 @@ class LKDConfig(TrainingArguments):
                 if not factors or factors[0] != 1.0 or not all(math.isfinite(f) and f > 0 for f in factors):
                     raise ValueError(f"{name} must start with 1.0 and hold finite factors > 0, got {factors}")
                 setattr(self, name, factors)
-        given = [f for f in (self.population_temperature_factors, self.population_weight_factors) if f is not None]
-        if len(given) == 2 and len(given[0]) != len(given[1]):
+        temperatures, weights = self.population_temperature_factors, self.population_weight_factors
+        if temperatures is not None and weights is not None and len(temperatures) != len(weights):
             raise ValueError("population_temperature_factors and population_weight_factors must have one factor per "
-                             f"student, got {len(given[0])} and {len(given[1])}")
-        if given:
-            ones = [1.0] * len(given[0])
-            members = list(zip(self.population_temperature_factors or ones, self.population_weight_factors or ones))
-            if len(set(members)) < len(members):
-                raise ValueError(f"The population's students must differ in their factors, got {members}")
+                             f"student, got {len(temperatures)} and {len(weights)}")
+        members = self.population_members
+        if members is not None and len(set(members)) < len(members):
+            raise ValueError(f"The population's students must differ in their factors, got {members}")
         temperatures = {
             "temperature": self.temperature,
             "dist_temperature": self.dist_temperature,
@@ -309,6 +307,16 @@ class LKDConfig(TrainingArguments):
                 raise ValueError(f"{name} must be > 0, got {value}: a temperature divides the logits.")
         if not self.ctkd_temperature_min >= 0:
             raise ValueError(f"ctkd_temperature_min must be >= 0, got {self.ctkd_temperature_min}")
+
+    @property
+    def population_members(self) -> list[tuple[float, float]] | None:
+        """The population's ``(temperature factor, weight factor)`` pairs as set (a list set alone pairs with factors
+        1.0); ``None`` when neither list is set (the trainer's default applies)."""
+        temperatures, weights = self.population_temperature_factors, self.population_weight_factors
+        if temperatures is None and weights is None:
+            return None
+        ones = [1.0] * len(temperatures if temperatures is not None else weights)
+        return list(zip(temperatures or ones, weights or ones, strict=True))
 
     @property
     def max_lookahead_steps(self) -> int:

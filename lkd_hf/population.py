@@ -130,22 +130,20 @@ def population_factors(args: Any, objective: DistillationObjective,
         objective: the run's student objective.
         has_eval_dataset: whether the trainer has an ``eval_dataset``.
     """
-    temperatures, weights = args.population_temperature_factors, args.population_weight_factors
     supported = (all(isinstance(getattr(objective.distill_loss, name, None), torch.Tensor)
                      for name in ("log_temperature", "log_weight"))
                  and objective.feature_loss is None and has_eval_dataset)
-    if temperatures is None and weights is None:
+    members = args.population_members
+    if members is None:
         pairs = zip(DEFAULT_TEMPERATURE_FACTORS, DEFAULT_WEIGHT_FACTORS, strict=True) if supported else [(1.0, 1.0)]
         return tuple(pairs)
-    size = len(temperatures if temperatures is not None else weights)  # LKDConfig checked that both have one length
-    pairs = tuple(zip(temperatures or [1.0] * size, weights or [1.0] * size, strict=True))
-    if len(pairs) > 1 and not supported:
+    if len(members) > 1 and not supported:
         raise ValueError(
             "A population (population_temperature_factors, population_weight_factors) needs a learned logit loss with "
             "a temperature and a weight (e.g. loss='lkd'), no feature loss, and an eval_dataset to choose the student "
             "on; leave population_weight_factors unset and set population_temperature_factors=[1.0] (a single student)."
         )
-    return pairs
+    return tuple(members)
 
 
 def member_objectives(objective: DistillationObjective,

@@ -23,6 +23,12 @@ class HubExportMixin(Trainer):
     """Hub hooks of a distillation trainer (needs its ``distill_loss``, ``feature_loss``, ``teacher``, ``student``,
     ``trained_model`` and ``objective``)."""
 
+    def _loss_networks(self) -> tuple[LogitLossNet | None, FeatureLossNet | None]:
+        """The run's logit and feature losses where they are loss networks (``None`` where hand-made or absent)."""
+        logit = self.distill_loss if isinstance(self.distill_loss, LogitLossNet) else None
+        feature = self.feature_loss if isinstance(self.feature_loss, FeatureLossNet) else None
+        return logit, feature
+
     def learned_loss(self, **metadata: Any) -> LearnedLoss | None:
         """This run's loss networks with its setting (teacher, student, classes, taps, dataset, steps, last evaluation)
         as one :class:`~lkd_hf.LearnedLoss`; ``None`` when its losses are not loss networks.
@@ -31,8 +37,7 @@ class HubExportMixin(Trainer):
             **metadata: overrides of config fields, e.g. ``dataset="cifar100"`` (the trainer only knows the names of
                 Hub datasets).
         """
-        logit = self.distill_loss if isinstance(self.distill_loss, LogitLossNet) else None
-        feature = self.feature_loss if isinstance(self.feature_loss, FeatureLossNet) else None
+        logit, feature = self._loss_networks()
         if logit is None and feature is None:
             return None
         teacher = None if self.teacher is None else self.accelerator.unwrap_model(self.teacher)
@@ -62,7 +67,7 @@ class HubExportMixin(Trainer):
             token, private: as in :meth:`transformers.Trainer.init_hf_repo` (``None``: the ``hub_token`` and
                 ``hub_private_repo`` of the training arguments); also used for the learned loss's repo.
         """
-        uses_networks = any(isinstance(m, (LogitLossNet, FeatureLossNet)) for m in self.objective.loss_modules)
+        uses_networks = any(net is not None for net in self._loss_networks())
         if self.args.loss_hub_model_id is not None and uses_networks and self.is_world_process_zero():
             token = token if token is not None else self.args.hub_token
             private = private if private is not None else self.args.hub_private_repo
