@@ -33,7 +33,7 @@ strength in {0.5, 1, 2} x KD weight in {0.5, 1, 2}, CE 1), ``dkd`` (DKD, alpha 1
 FitNet hint on the last stage), ``lkd`` (``LKDConfig``'s defaults: the pre-learned logit loss, kept fixed, with two
 students side by side, at its temperature and weight and at twice both, the one with the better validation top-1 kept), ``lkd-meta``
 (the same, the loss learned further by meta steps), ``lkd-single`` (``lkd`` with a single student: DIST at the
-pre-learned temperature and weight), ``lkd-from-kd`` (LKD from KD(T=4), without pre-learning, meta steps on) and
+pre-learned temperature, weight and intra-class weight), ``lkd-from-kd`` (LKD from KD(T=4), without pre-learning, meta steps on) and
 ``lkd+feat`` (not in the default list). A ``*-tuned`` method picks its grid's settings by
 validation top-1 of seed 0 per pair, then runs the other seeds; its seed-0 result is the grid run.
 
@@ -56,6 +56,8 @@ tuned methods' other seeds; every record is the same as with one worker and the 
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -68,7 +70,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import torch  # noqa: E402
-from transformers import HfArgumentParser  # noqa: E402
+from transformers import HfArgumentParser, TrainingArguments  # noqa: E402
 
 from common import (  # noqa: E402
     DATASET,
@@ -82,7 +84,7 @@ from common import (  # noqa: E402
     run_dir,
     split_list,
 )
-from lkd_hf import LOSS_DIRNAME, PRETRAINED_LOSS_DIR, LearnedLoss, plot_learned_loss  # noqa: E402
+from lkd_hf import LOSS_DIRNAME, PRETRAINED_LOSS_DIR, LearnedLoss, LKDConfig, plot_learned_loss  # noqa: E402
 
 DEFAULT_OUTPUT_DIR = "outputs/benchmark_accuracy"
 PRETRAINED_WITHOUT = {  # a loss pre-learned without the dataset (benchmarks/pretrain_loss.py): where lkd starts
@@ -106,7 +108,7 @@ METHODS: dict[str, dict[str, Any]] = {  # LKDConfig fields of each method (tuned
     # LKDConfig's defaults; the start (lkd_init="pretrained") is the loss pre-learned without this dataset
     "lkd": dict(loss="lkd"),
     # ablations: the loss learned further by meta steps; one student (no population: DIST at the pre-learned
-    # temperature and weight); LKD from KD(T=4) without pre-learning
+    # temperature, weight and intra-class weight); LKD from KD(T=4) without pre-learning
     "lkd-meta": dict(loss="lkd", freeze_loss=False),
     "lkd-single": dict(loss="lkd", population_temperature_factors=[1.0]),
     "lkd-from-kd": dict(loss="lkd", lkd_init="kd"),
@@ -233,12 +235,33 @@ class AccuracyArguments:
 # ------------------------------------------------------------------------------------------------------------
 
 
+def lkd_defaults() -> dict[str, Any]:
+    """``LKDConfig``'s own fields (not ``TrainingArguments``') and their defaults, as JSON values: the methods set
+    only some of them, so records made under other defaults are not comparable."""
+    inherited = {f.name for f in dataclasses.fields(TrainingArguments)}
+    own = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+           for f in dataclasses.fields(LKDConfig) if f.name not in inherited}
+    return json.loads(json.dumps(own))
+
+
+def folder_sha256(folder: str) -> str:
+    """SHA-256 of a learned-loss folder's ``config.json`` and weights: the pre-learned start the records used."""
+    digest = hashlib.sha256()
+    for name in ("config.json", "model.safetensors"):
+        with open(os.path.join(folder, name), "rb") as f:
+            digest.update(f.read())
+    return digest.hexdigest()
+
+
 class Results:
-    """``results.json``: the benchmark's settings, the teacher and one record per run (saved after every run)."""
+    """``results.json``: the benchmark's settings, the teacher and one record per run (saved after every run).
+    ``--resume`` continues a file only if its settings, ``LKDConfig``'s defaults and the pre-learned start are this
+    run's."""
 
     def __init__(self, args: AccuracyArguments) -> None:
         self.path = os.path.join(args.dataset_dir, "results.json")
-        self.config = {k: getattr(args, k) for k in CONFIG_KEYS}
+        self.config = {**{k: getattr(args, k) for k in CONFIG_KEYS}, "lkd_defaults": lkd_defaults(),
+                       "lkd_start_sha256": folder_sha256(args.lkd_loss_from)}
         self.data: dict[str, Any] = {"config": self.config, "teacher": None, "runs": []}
         if os.path.exists(self.path):
             if not args.resume:
@@ -246,8 +269,11 @@ class Results:
             else:
                 with open(self.path) as f:
                     data = json.load(f)
-                if data.get("config") != self.config:
-                    raise ValueError(f"--resume: {self.path} was made with {data.get('config')}, not {self.config}.")
+                made_with = data.get("config", {})
+                changed = sorted(k for k in {**made_with, **self.config} if made_with.get(k) != self.config.get(k))
+                if changed:
+                    raise ValueError(f"--resume: {self.path} was made with other {', '.join(changed)} than this run "
+                                     "(run without --resume to start over).")
                 self.data = data
                 print(f"Resuming {self.path}: {len(self.data['runs'])} runs done.")
 

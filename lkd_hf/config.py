@@ -42,8 +42,14 @@ class LKDConfig(TrainingArguments):
         default=4.0, metadata={"help": "Temperature of KD and DKD, and the initial temperature of the learned loss "
                                   "started from KD (lkd_init='kd')."}
     )
-    dist_beta: float = field(default=1.0, metadata={"help": "DIST: weight of the inter-class relation."})
-    dist_gamma: float = field(default=1.0, metadata={"help": "DIST: weight of the intra-class relation."})
+    dist_beta: float = field(
+        default=1.0, metadata={"help": "DIST: weight of the inter-class relation (a learned loss loaded from a folder, "
+                                      "the shipped one included, keeps its own)."}
+    )
+    dist_gamma: float = field(
+        default=1.0, metadata={"help": "DIST: weight of the intra-class relation (a learned loss loaded from a folder, "
+                                      "the shipped one included, keeps its own)."}
+    )
     dist_temperature: float = field(default=1.0, metadata={"help": "DIST: softmax temperature."})
     dkd_alpha: float = field(default=1.0, metadata={"help": "DKD: weight of target-class KD (TCKD)."})
     dkd_beta: float = field(default=8.0, metadata={"help": "DKD: weight of non-target-class KD (NCKD)."})

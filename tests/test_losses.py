@@ -243,21 +243,28 @@ def test_pretrained_loss_record_names_its_sources_and_matches_its_weights():
     net = pretrained_logit_loss()  # the best trial's DIST, its per-sample and per-class weights neutral
     assert net.temperature.item() == pytest.approx(best["temperature"], rel=1e-5)
     assert net.weight.item() == pytest.approx(best["weight"], rel=1e-5)
+    gamma = record["dist_gamma"]  # the intra-class weight stage, at the best trial's temperature and weight
+    assert [c for c in gamma["candidates"] if c["dist_gamma"] == 1.0][0]["runs"] == best["runs"]
+    assert all(len(c["runs"]) == len(best["runs"]) for c in gamma["candidates"])
+    assert gamma["best"] == max(gamma["candidates"], key=lambda c: c["mean_val_top1"])["dist_gamma"]
+    assert net.dist_gamma == gamma["best"] and net.dist_beta == 1.0
     assert all((p == 0).all() for head in (net.class_head, net.sample_head) for p in head.parameters())
 
 
 def test_pretrained_loss_is_rebuilt_exactly_from_its_record():
-    """``benchmarks/pretrain_loss.py`` saves a function of the best trial's temperature and weight alone (its network
-    built under seed 0), so the shipped folder can be rebuilt from ``pretraining.json``."""
+    """``benchmarks/pretrain_loss.py`` saves a function of the best trial's temperature and weight and the chosen
+    intra-class weight alone (its network built under seed 0), so the shipped folder can be rebuilt from
+    ``pretraining.json``."""
     import json
 
     from lkd_hf import PRETRAINED_LOSS_DIR, pretrained_logit_loss
 
     with open(os.path.join(PRETRAINED_LOSS_DIR, "pretraining.json")) as f:
-        best = json.load(f)["best"]
+        record = json.load(f)
+    best = record["best"]
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        rebuilt = LogitLossNet(temperature=best["temperature"], base="dist")
+        rebuilt = LogitLossNet(temperature=best["temperature"], base="dist", dist_gamma=record["dist_gamma"]["best"])
     with torch.no_grad():
         rebuilt.log_weight.fill_(math.log(best["weight"]))
     shipped = pretrained_logit_loss().state_dict()
