@@ -161,7 +161,7 @@ def main() -> None:
         else:
             record.update(study(args, datasets, pairs, work_dir, pool))
         record["dist_gamma"] = gamma_stage(record, split_list(args.dist_gammas), work_dir, pool)
-    record["seconds"] = record.pop("trials_seconds") + time.perf_counter() - start
+    record["seconds"] = record.pop("earlier_seconds", 0.0) + time.perf_counter() - start
     save(record, args.output_dir)
     print(f"saved {args.output_dir} ({record['seconds']:.0f} s)")
 
@@ -179,9 +179,8 @@ def reused_trials(path: str, datasets: list[str], pairs: list[str]) -> dict[str,
     if (earlier["datasets"], earlier["pairs"]) != (datasets, pairs):
         raise ValueError(f"--trials_from {path} was learned on {earlier['datasets']} with {earlier['pairs']}, not on "
                          f"{datasets} with {pairs}.")
-    seconds = earlier["seconds"] - sum(r["wall_s"] for c in earlier.get("dist_gamma", {}).get("candidates", [])
-                                       for r in c["runs"])
-    return dict(trials=earlier["trials"], best=earlier["best"], trials_seconds=seconds,
+    seconds = earlier["seconds"] - earlier.get("dist_gamma", {}).get("seconds", 0.0)  # the study's own
+    return dict(trials=earlier["trials"], best=earlier["best"], earlier_seconds=seconds,
                 trials_command=earlier.get("trials_command", earlier["command"]))
 
 
@@ -195,8 +194,7 @@ def _runs(pool: WorkerPool, fields: dict[str, Any], folder: str, datasets: list[
 
 def study(args: PretrainArguments, datasets: list[str], pairs: list[str], work_dir: str,
           pool: WorkerPool) -> dict[str, Any]:
-    """The optuna study of the temperature and weight: its trials, best trial and time."""
-    start = time.perf_counter()
+    """The optuna study of the temperature and weight: its trials and best trial."""
     trials: list[dict[str, Any]] = []
     sampler = optuna.samplers.TPESampler(seed=0, n_startup_trials=args.startup_trials)
     optuna_study = optuna.create_study(direction="maximize", sampler=sampler)
@@ -212,13 +210,13 @@ def study(args: PretrainArguments, datasets: list[str], pairs: list[str], work_d
 
     optuna_study.optimize(objective, n_trials=args.trials)
     best = dict(optuna_study.best_params, mean_val_top1=optuna_study.best_value)
-    return dict(trials=trials, best=best, trials_seconds=time.perf_counter() - start)
+    return dict(trials=trials, best=best)
 
 
 def gamma_stage(record: dict[str, Any], gammas: list[str], work_dir: str, pool: WorkerPool) -> dict[str, Any]:
     """DIST's intra-class weight at the best trial's temperature and weight: every candidate's runs and the best
-    (gamma 1 is the best trial itself; a tie keeps the smaller weight)."""
-    best = record["best"]
+    (gamma 1 is the best trial itself; a tie keeps the smaller weight) and the stage's time."""
+    start, best = time.perf_counter(), record["best"]
     trial = max(record["trials"], key=lambda t: t["mean_val_top1"])
     candidates = []
     for gamma in sorted(float(g) for g in gammas):
@@ -232,7 +230,7 @@ def gamma_stage(record: dict[str, Any], gammas: list[str], work_dir: str, pool: 
             print(f"gamma {gamma:g}: mean val top-1 {value:.4f}", flush=True)
         candidates.append(dict(dist_gamma=gamma, mean_val_top1=value, runs=runs))
     chosen = max(candidates, key=lambda c: c["mean_val_top1"])  # the first of equals: the smallest gamma
-    return dict(candidates=candidates, best=chosen["dist_gamma"])
+    return dict(candidates=candidates, best=chosen["dist_gamma"], seconds=time.perf_counter() - start)
 
 
 def save(record: dict[str, Any], output_dir: str) -> None:
