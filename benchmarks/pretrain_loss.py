@@ -18,7 +18,7 @@ whole training runs, which a one-step hypergradient cannot see (it asks for a lo
 an optuna TPE study (``--trials`` trials, sampler seed 0) maximises the mean validation top-1 over every (dataset,
 pair) of a student trained with DIST at ``T`` times ``w``. Then DIST's intra-class weight ``gamma`` (its inter-class
 weight stays 1) is chosen the same way among ``--dist_gammas`` at the best trial's ``T`` and ``w`` (gamma 1 is that
-trial). The best trial's loss, at that ``gamma``, (exactly that DIST: its network's
+trial). The best trial's loss at that ``gamma`` (exactly that DIST: its network's
 output layers are zero) is saved in ``--output_dir`` as a :class:`lkd_hf.LearnedLoss` that records no teacher,
 student or class count (the logit network is the same for any number of classes), with ``pretraining.json`` (every
 trial and run) and a model card. ``loss="lkd"`` then learns its network during each run.

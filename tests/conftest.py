@@ -3,7 +3,8 @@
 The factories and helpers are plain functions, handed to tests by the fixtures of the same name (``make_dataset``,
 ``make_models``, ``make_config``, ``learned_networks``, ``learned_bundle``, ``fixed_inputs``,
 ``assert_same_losses``): a test takes the fixture as a parameter and calls it like the function, e.g.
-``make_config(tmp_path, loss="kd")``. The fixture ``RUN`` gives the setting ``learned_bundle`` records.
+``make_config(tmp_path, loss="kd")``. The fixture ``RUN`` gives the setting ``learned_bundle`` records. Test modules import
+``load_script`` (a recipe or benchmark script as a module) directly.
 
 ``tests/distributed_worker.py``, a script run in subprocesses (no pytest there), imports the plain functions from
 this module: ``tests/`` is its script directory, so it is on its ``sys.path``.
@@ -12,6 +13,9 @@ this module: ``tests/`` is its script directory, so it is on its ``sys.path``.
 from __future__ import annotations
 
 import copy
+import importlib.util
+import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -117,6 +121,26 @@ def assert_same_losses(a: LearnedLoss | LKDTrainer, b: LearnedLoss | LKDTrainer)
     assert torch.equal(feature_a(x["fs"], x["ft"]), feature_b(x["fs"], x["ft"]))
 
 
+def load_script(path: str | Path, name: str):
+    """Import the script at ``path`` (a recipe or benchmark) as the module ``name`` (test modules import this helper).
+
+    Its folder is on ``sys.path`` while it loads, so its ``import common`` finds that folder's shared module; no
+    ``common`` stays in ``sys.modules`` before or after (``recipes/`` and ``benchmarks/`` each have one)."""
+    path = Path(path)
+    folder = str(path.parent)
+    sys.modules.pop("common", None)
+    sys.path.insert(0, folder)
+    try:
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses resolve field types through their module
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(folder)
+        sys.modules.pop("common", None)
+    return module
+
+
 @pytest.fixture(name="make_dataset")
 def make_dataset_fixture():
     """:func:`make_dataset`."""
@@ -164,3 +188,4 @@ def fixed_inputs_fixture():
 def assert_same_losses_fixture():
     """:func:`assert_same_losses`."""
     return assert_same_losses
+

@@ -1,12 +1,11 @@
 """The accuracy benchmark's bookkeeping (``benchmarks/accuracy.py``): what ``--resume`` may continue."""
 
 import dataclasses
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import load_script
 
 from lkd_hf import PRETRAINED_LOSS_DIR, LearnedLoss
 
@@ -15,19 +14,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 @pytest.fixture(scope="module")
 def accuracy():
-    sys.path.insert(0, str(BENCHMARKS))  # the benchmarks import their shared module as ``common``
-    other_common = sys.modules.pop("common", None)  # the recipes' shared module has the same name
-    try:
-        spec = importlib.util.spec_from_file_location("lkd_accuracy_benchmark", BENCHMARKS / "accuracy.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module  # its dataclasses look their module up there
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(BENCHMARKS))
-        sys.modules.pop("common", None)
-        if other_common is not None:
-            sys.modules["common"] = other_common
-    yield module
+    return load_script(BENCHMARKS / "accuracy.py", "lkd_accuracy_benchmark")
 
 
 def _results_file(accuracy, args, **config_changes):

@@ -7,6 +7,7 @@ import os
 import pytest
 import timm
 import torch
+from conftest import load_script
 from torch import nn
 
 from lkd_hf import LKDTrainer
@@ -267,18 +268,9 @@ def test_holding_out_part_of_the_training_set_is_asked_for(lkd_run):
 
 def test_the_recipes_start_no_more_dataloader_workers_than_cores():
     """More workers than cores make torch warn once per DataLoader (six times a run)."""
-    import importlib.util
     import pathlib
-    import sys
 
     recipes = pathlib.Path(__file__).resolve().parents[1] / "recipes"
-    sys.path.insert(0, str(recipes))
-    try:
-        for name in ("cifar", "imagenet"):
-            spec = importlib.util.spec_from_file_location(f"recipe_{name}_workers", recipes / f"{name}.py")
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[spec.name] = module
-            spec.loader.exec_module(module)
-            assert module.TRAINER_DEFAULTS["dataloader_num_workers"] <= (os.cpu_count() or 1)
-    finally:
-        sys.path.remove(str(recipes))
+    for name in ("cifar", "imagenet"):
+        module = load_script(recipes / f"{name}.py", f"recipe_{name}_workers")
+        assert module.TRAINER_DEFAULTS["dataloader_num_workers"] <= (os.cpu_count() or 1)

@@ -2,13 +2,12 @@
 (``benchmarks/flops.py``) against separately counted passes."""
 
 import dataclasses
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import load_script
 from torch import nn
 from torch.func import functional_call
 from torch.utils.flop_counter import FlopCounterMode
@@ -302,12 +301,7 @@ def test_register_hypergradient_rejects_a_duplicate_name():
 
 # --- FLOPs (benchmarks/flops.py) -------------------------------------------------------------------------------
 def _flops_module():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "flops.py"
-    spec = importlib.util.spec_from_file_location("lkd_flops_benchmark", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_script(Path(__file__).resolve().parents[1] / "benchmarks" / "flops.py", "lkd_flops_benchmark")
 
 
 def _count(fn) -> int:

@@ -1,13 +1,12 @@
 """The recipes run offline end to end on tiny settings (bundled ``digits`` data, tiny models, a few steps)."""
 
-import importlib.util
 import os
 import pathlib
-import sys
 
 import pytest
 import timm
 import torch
+from conftest import load_script
 from safetensors.torch import save_file
 
 from lkd_hf import LearnedLoss, LKDConfig, LKDTrainer, LogitLossNet, build_datasets
@@ -17,11 +16,7 @@ RECIPES = pathlib.Path(__file__).resolve().parents[1] / "recipes"
 
 
 def load_recipe(name: str):
-    spec = importlib.util.spec_from_file_location(f"recipe_{name}", RECIPES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve field types through the module
-    spec.loader.exec_module(module)
-    return module
+    return load_script(RECIPES / f"{name}.py", f"recipe_{name}")
 
 
 def test_learn_loss_recipe_learns_from_checkpoints_and_the_loss_is_reusable_frozen(tmp_path):
@@ -65,13 +60,9 @@ def test_learn_loss_recipe_needs_checkpoints(tmp_path):
 
 
 def test_recipe_help_shows_how_derived_fields_are_set(capsys):
-    sys.path.insert(0, str(RECIPES))  # the recipes import their shared module as ``common``
-    try:
-        cifar = load_recipe("cifar")
-        with pytest.raises(SystemExit):
-            cifar.parse_recipe_args(cifar.CifarArguments, cifar.TRAINER_DEFAULTS, ["--help"])
-    finally:
-        sys.path.remove(str(RECIPES))
+    cifar = load_recipe("cifar")
+    with pytest.raises(SystemExit):
+        cifar.parse_recipe_args(cifar.CifarArguments, cifar.TRAINER_DEFAULTS, ["--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "'finite_difference' for students without double backward, else 'unrolled'" in text
     assert "(default: None)" not in text.split("--hypergradient HYPERGRADIENT", 1)[1].split("--", 1)[0]
