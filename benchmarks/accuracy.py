@@ -33,8 +33,8 @@ strength in {0.5, 1, 2} x KD weight in {0.5, 1, 2}, CE 1), ``dkd`` (DKD, alpha 1
 FitNet hint on the last stage), ``lkd`` (``LKDConfig``'s defaults: the pre-learned logit loss, kept fixed, with two
 students side by side, at its temperature and weight and at twice both, the one with the better validation top-1 kept), ``lkd-meta``
 (the same, the loss learned further by meta steps), ``lkd-single`` (``lkd`` with a single student: DIST at the
-pre-learned temperature, weight and intra-class weight), ``lkd-from-kd`` (LKD from KD(T=4), without pre-learning, meta steps on) and
-``lkd+feat`` (not in the default list). A ``*-tuned`` method picks its grid's settings by
+pre-learned temperature, weight and intra-class weight), ``lkd-from-kd`` (LKD from KD(T=4), without pre-learning,
+meta steps on) and ``lkd+feat`` (not in the default list). A ``*-tuned`` method picks its grid's settings by
 validation top-1 of seed 0 per pair, then runs the other seeds; its seed-0 result is the grid run.
 
 Leave one dataset out: ``lkd``, ``lkd-meta``, ``lkd-single`` and ``lkd+feat`` start from the loss that

@@ -124,8 +124,8 @@ tags:
 
 A DIST-based `lkd_hf.LogitLossNet` with temperature {logit.temperature.item():.3f}, weight
 {logit.weight.item():.3f} and intra-class weight {logit.dist_gamma:g}, learned on {", ".join(record["datasets"])}
-with the pairs {", ".join(record["pairs"])} (training and validation splits only). Its per-sample and per-class weights are neutral (exactly DIST); a run with
-`loss="lkd", freeze_loss=False` learns them. It works for any number of classes.
+with the pairs {", ".join(record["pairs"])} (training and validation splits only). Its per-sample and per-class
+weights are neutral (exactly DIST); a run with `loss="lkd", freeze_loss=False` learns them. It works for any number of classes.
 
 ## How it was learned
 

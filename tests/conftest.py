@@ -3,8 +3,8 @@
 The factories and helpers are plain functions, handed to tests by the fixtures of the same name (``make_dataset``,
 ``make_models``, ``make_config``, ``learned_networks``, ``learned_bundle``, ``fixed_inputs``,
 ``assert_same_losses``): a test takes the fixture as a parameter and calls it like the function, e.g.
-``make_config(tmp_path, loss="kd")``. The fixture ``RUN`` gives the setting ``learned_bundle`` records. Test modules import
-``load_script`` (a recipe or benchmark script as a module) directly.
+``make_config(tmp_path, loss="kd")``. The fixture ``RUN`` gives the setting ``learned_bundle`` records. Test
+modules import ``load_script`` (a recipe or benchmark script as a module) directly.
 
 ``tests/distributed_worker.py``, a script run in subprocesses (no pytest there), imports the plain functions from
 this module: ``tests/`` is its script directory, so it is on its ``sys.path``.
