@@ -55,3 +55,14 @@ def test_the_start_fingerprint_follows_the_loss_folder(accuracy, tmp_path):
         changed.logit.log_weight.add_(0.1)
     changed.save_pretrained(tmp_path / "changed")
     assert accuracy.folder_sha256(str(tmp_path / "changed")) != start
+
+
+def test_dataset_roles_are_declared_for_every_setting_and_unknown_keys_are_refused():
+    roles = load_script(BENCHMARKS / "roles.py", "lkd_benchmark_roles")
+    assert roles.role("mnist-5k") == roles.role("animal-mnist/noise40") == "design"
+    assert roles.role("letters") == roles.role("letters/lt50") == "evaluation"
+    assert roles.parse_key("letters/weak") == ("letters", "weak")
+    with pytest.raises(ValueError, match="Unknown dataset"):
+        roles.role("cifar10")
+    with pytest.raises(ValueError, match="Unknown setting"):
+        roles.role("mnist-5k/noise30")
