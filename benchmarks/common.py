@@ -26,17 +26,17 @@ import torch
 from safetensors.torch import load_file
 from transformers import PrinterCallback, TrainerCallback
 
-from lkd_hf import LKDConfig, LKDTrainer, build_datasets
+from lkd_hf import LKDConfig, LKDTrainer
+from roles import parse_key
+from settings import IMBALANCE_RATIOS, TEACHER_DIRS, balanced_top1, build_data
+from settings import teacher_dir as committed_teacher_dir
 
 DATASET = "animal-mnist"
 NUM_CLASSES = 10
 TEACHER_MODEL = "lkd_convnet_teacher"
-# the committed teacher (96.97% test top-1), trained once with cross-entropy (10 epochs of the recipe below)
-BUNDLED_TEACHER_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "teacher")
-# the committed teacher of each dataset (mnist-5k: benchmarks/second_dataset.py, 98.0% test top-1)
-TEACHER_DIRS = {DATASET: BUNDLED_TEACHER_DIR,
-                "mnist-5k": os.path.join(os.path.dirname(os.path.abspath(__file__)), "teacher_mnist-5k"),
-                "digits": os.path.join(os.path.dirname(os.path.abspath(__file__)), "teacher_digits")}
+# the committed teacher (96.97% test top-1), trained once with cross-entropy (10 epochs of the recipe below); the
+# other datasets' teachers (TEACHER_DIRS, settings.py) come from benchmarks/second_dataset.py
+BUNDLED_TEACHER_DIR = TEACHER_DIRS[DATASET]
 # The student recipe of every run besides the epochs, batch size, learning rate and seed (the quickstart's recipe):
 # SGD (Nesterov, momentum 0.9), cosine schedule, weight decay 5e-4, CPU, no saving, no progress bars.
 RECIPE = dict(optim="sgd", optim_args="momentum=0.9,nesterov=True", weight_decay=5e-4, lr_scheduler_type="cosine",
@@ -103,10 +103,10 @@ def format_mean_std(values: list[float]) -> str:
 class Setting:
     """The accuracy benchmark's setting: data, teacher and student recipe, the same for every run.
 
-    Data: a bundled dataset (animal-mnist or mnist-5k), the fixed split of ``build_datasets(seed=split_seed)``;
-    students train on its first
-    ``train_subset`` training images with ``augment="light"``. All images are transformed for the teacher (teacher
-    and student see the same batch; every student here runs on that input).
+    Data: a dataset in a setting (a benchmark key of ``roles.py``, e.g. ``"mnist-5k"`` or ``"letters/noise40"``),
+    the fixed split of ``settings.build_data(dataset, seed=split_seed)``; students train on its first
+    ``train_subset`` training images (made long-tailed or noisy by the setting) with ``augment="light"``. All images
+    are transformed for the teacher (teacher and student see the same batch; every student here runs on that input).
 
     Args:
         epochs: student epochs of every run.
@@ -117,18 +117,21 @@ class Setting:
         teacher_dir: the cached teacher (``model.safetensors`` and ``teacher.json``); a directory without one gets a
             teacher trained there first (:meth:`load_teacher`).
         teacher_epochs: epochs of a teacher trained here.
-        dataset: the bundled dataset (a key of :data:`TEACHER_DIRS`); its committed teacher is the default.
+        dataset: a benchmark key ``<dataset>[/<setting>]``; its committed teacher (``settings.teacher_dir``) is the
+            default.
     """
 
     def __init__(self, epochs: float = 6.0, train_subset: int = 2000, batch_size: int = 64, learning_rate: float = 0.05,
                  split_seed: int = 0, teacher_dir: str | None = None, teacher_epochs: float = 10.0,
                  dataset: str = DATASET) -> None:
         self.dataset = dataset
-        teacher_dir = teacher_dir if teacher_dir is not None else TEACHER_DIRS[dataset]
+        self.dataset_name, self.setting_name = parse_key(dataset)
+        teacher_dir = teacher_dir if teacher_dir is not None else committed_teacher_dir(dataset)
         self.epochs, self.batch_size, self.learning_rate = epochs, batch_size, learning_rate
         self.split_seed, self.teacher_dir, self.teacher_epochs = split_seed, teacher_dir, teacher_epochs
         self.teacher, self.teacher_accuracy = self.load_teacher()
-        self.data = build_datasets(dataset, self.teacher, seed=split_seed, augment="light", train_subset=train_subset)
+        # setting_info: what the setting did to the training set (per-class counts, the fraction of flipped labels)
+        self.data, self.setting_info = build_data(dataset, self.teacher, split_seed, train_subset)
 
     def config(self, output_dir: str, epochs: float, seed: int, **fields: Any) -> LKDConfig:
         """The ``LKDConfig`` of a run: :data:`RECIPE` with this setting's batch size and learning rate.
@@ -155,16 +158,16 @@ class Setting:
         if os.path.exists(weights) and os.path.exists(info_file):
             with open(info_file) as f:
                 info = json.load(f)
-        if info.get("model") == TEACHER_MODEL and info.get("dataset") == self.dataset:
+        if info.get("model") == TEACHER_MODEL and info.get("dataset") == self.dataset_name:
             teacher.load_state_dict(load_file(weights))  # float16 weights are cast to the model's float32
             print(f"Reusing the cached teacher in {self.teacher_dir} (test top-1 {info['accuracy']:.4f}).")
             return teacher, info["accuracy"]
-        data = build_datasets(self.dataset, teacher, seed=self.split_seed, augment="light")
+        data, _ = build_data(self.dataset_name, teacher, self.split_seed, None)
         print(f"Training the teacher {TEACHER_MODEL} on {len(data['train'])} images into {self.teacher_dir} ...")
         config = self.config(self.teacher_dir, self.teacher_epochs, self.split_seed, loss="ce", disable_tqdm=False)
         trainer, _ = self._fit(teacher, None, data, config)
         accuracy = trainer.evaluate(eval_dataset=data["test"])["eval_accuracy"]
-        info = {"model": TEACHER_MODEL, "dataset": self.dataset, "accuracy": accuracy}
+        info = {"model": TEACHER_MODEL, "dataset": self.dataset_name, "accuracy": accuracy}
         trainer.save_model()
         with open(info_file, "w") as f:
             json.dump(info, f)
@@ -221,9 +224,20 @@ class Setting:
         """
         return trainer.evaluate(eval_dataset=self.data[split])["eval_accuracy"]
 
+    def balanced(self, trainer: LKDTrainer, split: str) -> float:
+        """The balanced top-1 (the mean over classes of each class's top-1) of the trained student on a split.
+
+        Args:
+            trainer: the run's trainer.
+            split: ``"test"`` or ``"validation"``.
+        """
+        output = trainer.predict(self.data[split])
+        return balanced_top1(output.predictions.argmax(-1), output.label_ids)
+
     def scores(self, trainer: LKDTrainer, wall: float, validate: bool = False) -> dict[str, Any]:
         """What a run's record keeps: ``test_top1``, ``wall_s``, ``steps``, ``train_images`` (LKD's held-out meta
-        images excluded) and, with ``validate``, ``val_top1``.
+        images excluded), with ``validate`` ``val_top1``, and in a long-tailed setting ``balanced_top1`` and
+        ``val_balanced_top1`` (test and validation).
 
         Args:
             trainer: the trained run's trainer.
@@ -234,6 +248,9 @@ class Setting:
                       train_images=len(trainer.train_dataset))
         if validate:
             scores["val_top1"] = self.top1(trainer, "validation")
+        if self.setting_name in IMBALANCE_RATIOS:
+            scores.update(balanced_top1=self.balanced(trainer, "test"),
+                          val_balanced_top1=self.balanced(trainer, "validation"))
         return scores
 
 

