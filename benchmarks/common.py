@@ -150,7 +150,8 @@ class Setting:
         """The cached teacher of ``teacher_dir`` and its test top-1. Without one (or with one of another model or
         dataset), a teacher is trained there first: a ``ce`` run of this recipe on the whole training split, for
         ``teacher_epochs``, seeded by ``split_seed``. The cache is ``model.safetensors`` and ``teacher.json``
-        (model, dataset, test top-1), the layout of the quickstart recipe's cached teacher."""
+        (model, dataset, test top-1), the layout of the quickstart recipe's cached teacher. The ``weak`` setting's
+        teacher is never trained here (``second_dataset.py --weak`` chooses it)."""
         teacher = timm.create_model(TEACHER_MODEL, num_classes=NUM_CLASSES)
         weights = os.path.join(self.teacher_dir, "model.safetensors")
         info_file = os.path.join(self.teacher_dir, "teacher.json")
@@ -162,6 +163,9 @@ class Setting:
             teacher.load_state_dict(load_file(weights))  # float16 weights are cast to the model's float32
             print(f"Reusing the cached teacher in {self.teacher_dir} (test top-1 {info['accuracy']:.4f}).")
             return teacher, info["accuracy"]
+        if self.setting_name == "weak":
+            raise FileNotFoundError(f"No weak teacher of {self.dataset_name} in {self.teacher_dir}: run "
+                                    f"python benchmarks/second_dataset.py --dataset {self.dataset_name} --weak")
         data, _ = build_data(self.dataset_name, teacher, self.split_seed, None)
         print(f"Training the teacher {TEACHER_MODEL} on {len(data['train'])} images into {self.teacher_dir} ...")
         config = self.config(self.teacher_dir, self.teacher_epochs, self.split_seed, loss="ce", disable_tqdm=False)

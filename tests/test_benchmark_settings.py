@@ -1,4 +1,4 @@
-"""The accuracy benchmark's settings (``benchmarks/settings.py``) and the ``letters`` arrays (``benchmarks/letters.py``)."""
+"""The accuracy benchmark's settings (``benchmarks/settings.py``) and ``letters`` arrays (``benchmarks/letters.py``)."""
 
 import shutil
 from pathlib import Path
@@ -71,6 +71,13 @@ def test_symmetric_noise_flips_exactly_the_rate_never_to_the_same_class(settings
     assert not np.array_equal(noisy, settings.symmetric_noise(labels, rate, 10, seed=4))
 
 
+def test_the_milder_noise_flips_a_subset_of_the_stronger_ones_to_the_same_classes(settings):
+    labels = np.arange(500) % 10
+    mild, strong = (settings.symmetric_noise(labels, rate, 10, seed=0) for rate in (0.2, 0.4))
+    flipped = mild != labels
+    assert np.array_equal(mild[flipped], strong[flipped])
+
+
 def test_balanced_top1_weighs_every_class_alike(settings):
     labels = np.array([0] * 8 + [1] * 2)
     predicted = np.zeros(10, dtype=np.int64)  # right on the 8 of class 0, wrong on the 2 of class 1
@@ -115,7 +122,8 @@ def test_clean_and_weak_settings_keep_the_first_training_images(settings, tiny, 
 
 def test_the_weak_setting_uses_the_weak_teacher(settings):
     assert settings.teacher_dir("letters/weak") == settings.WEAK_TEACHER_DIRS["letters"]
-    assert settings.teacher_dir("letters/noise40") == settings.teacher_dir("letters") == settings.TEACHER_DIRS["letters"]
+    strong = settings.TEACHER_DIRS["letters"]
+    assert settings.teacher_dir("letters/noise40") == settings.teacher_dir("letters/lt10") == strong
     with pytest.raises(KeyError):
         settings.teacher_dir("digits/weak")
 
@@ -146,3 +154,10 @@ def test_letters_refuses_arrays_whose_hash_is_not_the_manifests(letters, tmp_pat
         f.write(b"\0")
     with pytest.raises(ValueError, match="SHA-256"):
         letters.load_arrays(str(tmp_path))
+
+
+def test_a_missing_weak_teacher_is_refused_not_trained_as_a_strong_one(tmp_path):
+    common = load_script(BENCHMARKS / "common.py", "lkd_benchmark_common")
+    with pytest.raises(FileNotFoundError, match="--weak"):
+        common.Setting(dataset="mnist-5k/weak", teacher_dir=str(tmp_path))
+    assert not any(tmp_path.iterdir())
