@@ -447,8 +447,8 @@ def pair_table(results: Results, pair: str, methods: list[str]) -> list[str]:
         wall = statistics.fmean(r["wall_s"] for r in records)
         ratio = f"{wall / kd_mean:.2f}" if kd_mean else "-"
         label = method
-        if method in SEARCHES:
-            knobs = results.data.get("searches", {}).get(pair, {}).get(method, {}).get("pick_knobs", {})
+        knobs = results.data.get("searches", {}).get(pair, {}).get(method, {}).get("pick_knobs")
+        if knobs:
             label += " (" + ", ".join(f"{k}={v:g}" for k, v in knobs.items()) + ")"
         elif method in FROM_PRETRAINED:
             label += f" (start: {records[0]['loss_from']})"
@@ -521,8 +521,9 @@ def gap_lines(results: Results, pair: str) -> list[str]:
     for method in ("lkd", "lkd-meta", "lkd-single", "lkd-from-kd", "lkd+feat"):
         ci = paired_gap(results, pair, method, best)
         if ci is not None:
-            lines.append(f"- {method} − {best} (best tuned by validation): {ci['mean']:+.2f} points, 95% CI "
-                         f"[{ci['low']:+.2f}, {ci['high']:+.2f}] over {ci['n']} seeds: {verdict(ci)}")
+            interval = f"95% CI [{ci['low']:+.2f}, {ci['high']:+.2f}] over {ci['n']} seeds: " if ci["n"] > 1 else ""
+            lines.append(f"- {method} − {best} (best tuned by validation): {ci['mean']:+.2f} points, "
+                         f"{interval}{verdict(ci)}")
     return lines
 
 
