@@ -31,12 +31,20 @@ from lkd_hf import LKDConfig, LKDTrainer, build_datasets
 DATASET = "animal-mnist"
 NUM_CLASSES = 10
 TEACHER_MODEL = "lkd_convnet_teacher"
+REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def repository_path(*parts: str) -> str:
+    """A path inside the repository, relative to the working directory (so the records of a run from the repository
+    root hold paths relative to it, not the machine's)."""
+    return os.path.relpath(os.path.join(REPOSITORY, *parts))
+
+
 # the committed teacher (96.97% test top-1), trained once with cross-entropy (10 epochs of the recipe below)
-BUNDLED_TEACHER_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "teacher")
+BUNDLED_TEACHER_DIR = repository_path("benchmarks", "teacher")
 # the committed teacher of each dataset (mnist-5k: benchmarks/second_dataset.py, 98.0% test top-1)
-TEACHER_DIRS = {DATASET: BUNDLED_TEACHER_DIR,
-                "mnist-5k": os.path.join(os.path.dirname(os.path.abspath(__file__)), "teacher_mnist-5k"),
-                "digits": os.path.join(os.path.dirname(os.path.abspath(__file__)), "teacher_digits")}
+TEACHER_DIRS = {DATASET: BUNDLED_TEACHER_DIR, "mnist-5k": repository_path("benchmarks", "teacher_mnist-5k"),
+                "digits": repository_path("benchmarks", "teacher_digits")}
 # The student recipe of every run besides the epochs, batch size, learning rate and seed (the quickstart's recipe):
 # SGD (Nesterov, momentum 0.9), cosine schedule, weight decay 5e-4, CPU, no saving, no progress bars.
 RECIPE = dict(optim="sgd", optim_args="momentum=0.9,nesterov=True", weight_decay=5e-4, lr_scheduler_type="cosine",
