@@ -36,6 +36,7 @@ from .version import __version__
 _LAZY = {
     "LKDConfig": "config",
     "LKDTrainer": "trainer",
+    "Distiller": "distiller",
     "LossLearner": "meta.learner",
     "DistillationObjective": "objective",
     "build_objective": "objective",

@@ -40,7 +40,6 @@ from safetensors.torch import save_model
 from torch import nn
 from transformers.utils import logging
 
-from .features import StudentWithConnectors
 from .loss_networks import FeatureLossNet, LogitLossNet
 from .plots import matplotlib_available, plot_learned_loss, starting_loss, synthetic_teacher_logits
 from .safe_io import atomic_directory
@@ -258,8 +257,8 @@ class LearnedLoss(
         student_feature_shapes: list[list[int]] | None = None,
         teacher_feature_shapes: list[list[int]] | None = None,
     ) -> None:
-        """Check that this learned loss fits a run (arguments as :func:`describe_run` returns them; ``None``, here or
-        in the config: not checked).
+        """Check that this learned loss fits a run (arguments as :meth:`~lkd_hf.Distiller.describe` returns them;
+        ``None``, here or in the config: not checked).
 
         Raises ``ValueError`` saying what differs and what to do when the logit loss was learned for another number
         of classes, or the feature loss on other teacher taps or teacher feature channels. Warns (``UserWarning``)
@@ -645,41 +644,6 @@ def create_repo(repo_id: str, token: str | None = None, private: bool | None = N
         return HfApi(token=token).create_repo(repo_id, private=private, exist_ok=True).repo_id
     except Exception as error:
         raise hub_error(f"Cannot create the learned loss's Hub repo {repo_id!r}", error) from error
-
-
-def timm_name(model: nn.Module | None) -> str | None:
-    """A timm model's architecture name (e.g. ``resnet50``; not the pretrained tag, which timm sets whether or not
-    those weights were loaded); the class name for other models.
-
-    Args:
-        model: a model, or ``None`` (returns ``None``).
-    """
-    if model is None:
-        return None
-    config = getattr(model, "pretrained_cfg", None) or {}
-    return config.get("architecture") or type(model).__name__
-
-
-def describe_run(model: nn.Module, teacher: nn.Module | None, num_classes: int | None) -> dict[str, Any]:
-    """The setting a learned loss is tied to: teacher / student names, ``num_classes`` and, for a student with
-    feature connectors (:class:`~lkd_hf.StudentWithConnectors`), its taps and feature shapes. The keys are
-    :class:`LearnedLossConfig` fields (and :meth:`LearnedLoss.check_compatible` arguments).
-
-    Args:
-        model: the trained model: the student, or the student wrapped with its connectors.
-        teacher: the teacher, or ``None``.
-        num_classes: the run's number of classes, or ``None`` when unknown.
-    """
-    student = model.student if isinstance(model, StudentWithConnectors) else model
-    run: dict[str, Any] = dict(teacher=timm_name(teacher), student=timm_name(student), num_classes=num_classes)
-    if isinstance(model, StudentWithConnectors):
-        run.update(
-            student_taps=list(model.taps),
-            teacher_taps=list(model.teacher_taps or []),
-            student_feature_shapes=[list(c.in_shape) for c in model.connectors],
-            teacher_feature_shapes=[list(c.out_shape) for c in model.connectors],
-        )
-    return run
 
 
 def last_eval_metrics(log_history: list[dict[str, Any]]) -> dict[str, float]:

@@ -16,3 +16,16 @@ def model_num_classes(model: nn.Module) -> int | None:
         return num_classes
     head = model.get_classifier() if hasattr(model, "get_classifier") else None
     return getattr(head, "out_features", None)
+
+
+def timm_name(model: nn.Module | None) -> str | None:
+    """A timm model's architecture name (e.g. ``resnet50``; not the pretrained tag, which timm sets whether or not
+    those weights were loaded); the class name for other models.
+
+    Args:
+        model: a model, or ``None`` (returns ``None``).
+    """
+    if model is None:
+        return None
+    config = getattr(model, "pretrained_cfg", None) or {}
+    return config.get("architecture") or type(model).__name__

@@ -4,46 +4,49 @@ The student step minimises the :class:`~lkd_hf.objective.DistillationObjective` 
 distill_loss (+ feature_weight * feature_loss)``. When the distillation loss has trainable parameters (the learned
 ``lkd`` / ``feat`` loss networks), a :class:`~lkd_hf.meta.learner.LossLearner` updates them every ``meta_interval``
 student steps. With a learned logit loss and an evaluation dataset, students at several temperatures of that loss train
-side by side and the best is kept (:mod:`lkd_hf.population`). The trainer wires these into the Trainer's hooks (see also
-``trainer_checkpoints``, ``trainer_hub``, ``trainer_population``).
+side by side and the best is kept (:mod:`lkd_hf.population`). The student side is a :class:`~lkd_hf.Distiller`; the
+trainer wires it and the loss learner to the Trainer's hooks, saves what a resumed run needs and exports the learned
+loss with the student.
 """
 
 from __future__ import annotations
 
 import collections
+import os
+import shutil
 import time
+import types
 from typing import Any
 
 import torch
-import torch.nn.functional as F
+from safetensors.torch import save_file
 from torch import nn
 from torch.utils.data import Dataset
+from transformers import Trainer
 from transformers.utils import logging
 
-from .checkpoints import checkpoint_step, load_student_params
+from .checkpoints import checkpoint_step
 from .config import LKDConfig
+from .constants import CONNECTORS_NAME, LKD_STATE_DIRNAME, LOSS_DIRNAME
 from .data import ImageCollator
-from .features import StudentWithConnectors, forward_with_features
-from .hub import LearnedLoss, describe_run
+from .distiller import Distiller
+from .hub import LearnedLoss, create_repo, dataset_name, last_eval_metrics
 from .meta.batches import meta_validation_data
 from .meta.hypergradients import Hypergradient
 from .meta.learner import LossLearner
 from .meta.snapshots import Snapshot
 from .metrics import build_compute_metrics
 from .model_info import model_num_classes
-from .objective import build_objective, pop_means
-from .nonfinite import NonFiniteGuard
-from .population import StudentPopulation, member_objectives, population_factors
+from .objective import DistillationObjective, build_objective, pop_means
+from .nonfinite import NonFiniteGuard, check_finite
+from .population import population_factors, selection_score
 from .run_checks import check_datasets, check_unrolled_support, check_optimizer, checked_teacher, input_size
 from .safe_io import OutputDirLock, last_complete_checkpoint
-from .trainer_checkpoints import CheckpointMixin
-from .trainer_hub import HubExportMixin
-from .trainer_population import PopulationMixin
 
 logger = logging.get_logger(__name__)
 
 
-class LKDTrainer(CheckpointMixin, HubExportMixin, PopulationMixin):
+class LKDTrainer(Trainer):
     """Trainer for knowledge distillation with a learned (or hand-made) distillation loss.
 
     Args:
@@ -94,31 +97,28 @@ class LKDTrainer(CheckpointMixin, HubExportMixin, PopulationMixin):
         num_classes = model_num_classes(model)
         if objective.loss_modules:
             teacher = checked_teacher(model, teacher, num_classes)
-        if objective.feature_loss is not None:
-            model = StudentWithConnectors.build(
-                model, teacher, args.feature_taps, args.teacher_feature_taps or args.feature_taps,
-                input_size=input_size(model, train_dataset),
-            )
-            objective.taps = list(model.taps)
+        with_features = objective.feature_loss is not None
+        self.distiller = Distiller(
+            model, teacher, objective, feature_taps=args.feature_taps,
+            teacher_feature_taps=args.teacher_feature_taps or args.feature_taps,
+            input_size=input_size(model, train_dataset) if with_features else None,
+            population_factors=population_factors(args, objective, eval_dataset is not None),
+        )
         if learned is not None:  # errors on other classes / teacher feature taps, warns on another pair
-            learned.check_compatible(**describe_run(model, teacher, num_classes))
+            learned.check_compatible(**self.distiller.describe())
         learns_loss = bool(objective.meta_parameters())
         if learns_loss and args.hypergradient == "unrolled":
-            check_unrolled_support(model, input_size(model, train_dataset))
+            check_unrolled_support(self.distiller.learning_student, input_size(model, train_dataset))
         val_source, train_dataset, meta_dataset = meta_validation_data(args, train_dataset, meta_dataset, learns_loss)
         if data_collator is None:
             data_collator = ImageCollator(num_classes=num_classes)
         if compute_metrics is None and num_classes is not None:
             compute_metrics = build_compute_metrics(num_classes)
         check_optimizer(kwargs.get("optimizers"), teacher)
-        self.population_factors = population_factors(args, objective, eval_dataset is not None)
-        if len(self.population_factors) > 1:  # students side by side, one per (temperature, weight) factor pair
-            model = StudentPopulation.of_copies(model, len(self.population_factors))
-        self.member_objectives = member_objectives(objective, self.population_factors)
-        self.objective, self.loss_learner = objective, None  # the Trainer's __init__ may call init_hf_repo
+        self.loss_learner = None  # the Trainer's __init__ may call init_hf_repo
 
         super().__init__(
-            model=model,
+            model=self.distiller.trainable_module,
             args=args,
             data_collator=data_collator,
             train_dataset=train_dataset,
@@ -127,10 +127,11 @@ class LKDTrainer(CheckpointMixin, HubExportMixin, PopulationMixin):
             **kwargs,
         )
         self.loss_is_scaled_for_ga = False  # compute_loss returns a per-batch mean
-        if self.population is not None and (self.is_fsdp_enabled or self.is_deepspeed_enabled):
+        if self.distiller.num_students > 1 and (self.is_fsdp_enabled or self.is_deepspeed_enabled):
             raise ValueError("A population clips each student on its own: not under FSDP or DeepSpeed; "
                              "leave population_weight_factors unset and set population_temperature_factors=[1.0].")
-        self.teacher = None if teacher is None else self.accelerator.prepare_model(teacher, evaluation_mode=True)
+        if teacher is not None:
+            self.distiller.teacher = self.accelerator.prepare_model(teacher, evaluation_mode=True)
         for module in objective.loss_modules:
             module.to(self.args.device, torch.float32)
         self._metrics: dict[str, list[torch.Tensor]] = collections.defaultdict(list)
@@ -148,16 +149,25 @@ class LKDTrainer(CheckpointMixin, HubExportMixin, PopulationMixin):
                 rank=args.process_index,
                 world_size=args.world_size,
             )
-            connectors = isinstance(self.model, StudentWithConnectors)
             for checkpoint in args.snapshot_checkpoints:
-                self.loss_learner.snapshot_pool.add(checkpoint_step(checkpoint), load_student_params(checkpoint, connectors))
+                self.loss_learner.snapshot_pool.add(checkpoint_step(checkpoint),
+                                                    self.distiller.checkpoint_weights(checkpoint))
 
     # public views
     @property
     def student(self) -> nn.Module:
-        """The plain student model (without the feature connectors), e.g. for export."""
-        model = self.trained_model()
-        return model.student if isinstance(model, StudentWithConnectors) else model
+        """The plain student model (without the feature connectors; a population's kept student), e.g. for export."""
+        return self.distiller.student
+
+    @property
+    def teacher(self) -> nn.Module | None:
+        """The frozen teacher (``None`` for ``loss="ce"``)."""
+        return self.distiller.teacher
+
+    @property
+    def objective(self) -> DistillationObjective:
+        """The student's objective (a population's: its first student's, then the kept student's)."""
+        return self.distiller.objective
 
     @property
     def distill_loss(self) -> nn.Module | None:
@@ -191,42 +201,23 @@ class LKDTrainer(CheckpointMixin, HubExportMixin, PopulationMixin):
             return_outputs: also return ``{"logits": student_logits}``.
             num_items_in_batch: as in :meth:`transformers.Trainer.compute_loss`; unused (a per-batch mean).
         """
-        labels = inputs["labels"]
-        if model.training:
-            if self.teacher is not None and "teacher_logits" not in inputs:
-                inputs = self.with_teacher_outputs(dict(inputs))
-            with_features = self.feature_loss is not None
-            output = model(inputs["pixel_values"], **({"return_features": True} if with_features else {}))
-            logits, features = output if with_features else (output, None)
-            logits = logits if self.population is not None else logits[None]  # (members, batch, classes)
-            results = [objective(member_logits, inputs.get("teacher_logits"), labels, features,
-                                 inputs.get("teacher_features")) for objective, member_logits in
-                       zip(self.member_objectives, logits)]
-            loss, parts, logits = sum(result[0] for result in results), results[0][1], logits[0]
-            for name, value in parts.items():
-                self._metrics[name].append(value.detach())
-        else:
-            logits = model(inputs["pixel_values"])
-            loss = F.cross_entropy(logits.float(), labels)
-        return (loss, {"logits": logits}) if return_outputs else loss
+        if model.training and "teacher_logits" not in inputs:
+            inputs = self.with_teacher_outputs(dict(inputs))
+        result = self.distiller(inputs["pixel_values"], inputs["labels"], inputs, module=model)
+        for name, value in result["parts"].items():
+            self._metrics[name].append(value.detach())
+        return (result["loss"], {"logits": result["output"]}) if return_outputs else result["loss"]
 
     def with_teacher_outputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
         """A prepared batch with the teacher's outputs added (``teacher_logits``, and ``teacher_features`` for a
-        feature loss), computed once per batch and reused by the student and meta steps.
+        feature loss; :meth:`Distiller.teacher_outputs`), computed once per batch and reused by the student and meta
+        steps.
 
         Args:
             inputs: a batch on the device (e.g. from ``Trainer._prepare_inputs``).
         """
-        if self.teacher is None:
-            return inputs
-        with torch.no_grad(), self.compute_loss_context_manager():
-            if self.feature_loss is None:
-                inputs["teacher_logits"] = self.teacher(inputs["pixel_values"]).float()
-            else:
-                teacher = self.accelerator.unwrap_model(self.teacher)
-                taps = self.accelerator.unwrap_model(self.model).teacher_taps
-                logits, inputs["teacher_features"] = forward_with_features(teacher, inputs["pixel_values"], taps)
-                inputs["teacher_logits"] = logits.float()
+        with self.compute_loss_context_manager():
+            inputs.update(self.distiller.teacher_outputs(inputs["pixel_values"]))
         return inputs
 
     def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
@@ -268,7 +259,7 @@ class LKDTrainer(CheckpointMixin, HubExportMixin, PopulationMixin):
                 if resume_from_checkpoint is None:
                     raise ValueError(f"No complete checkpoint to resume from in {self.args.output_dir!r}.")
             output = super().train(resume_from_checkpoint, *args, **kwargs)
-            if self.population is not None:
+            if self.distiller.num_students > 1:
                 self.select_member()
             return output
 
@@ -285,7 +276,7 @@ class LKDTrainer(CheckpointMixin, HubExportMixin, PopulationMixin):
         start = time.perf_counter()
         inputs = self.prepare_batch(inputs)
         step = self.state.global_step
-        student = self.learning_student(model)
+        student = self.distiller.learning_student
         self.objective.set_progress(step, self.state.max_steps)
         learner, reused = self.loss_learner, False
         if learner is not None:
@@ -327,21 +318,23 @@ class LKDTrainer(CheckpointMixin, HubExportMixin, PopulationMixin):
         """One outer step (:meth:`LossLearner.step`) at the current global step.
 
         Args:
-            model: the (possibly wrapped) student.
+            model: the (possibly wrapped) model being trained; the step learns from the distiller's learning student
+                (:attr:`Distiller.learning_student`).
             snapshot: the start of the virtual steps; default: one the snapshot pool samples.
             first_step_grads: the first virtual step's training gradient, when known (:meth:`LossLearner.step`).
         """
-        self._require_learner().step(self.learning_student(model), self.state.global_step,
+        self._require_learner().step(self.distiller.learning_student, self.state.global_step,
                                      self._student_lr(), snapshot, first_step_grads=first_step_grads)
 
     def compute_hypergradient(self, model: nn.Module, snapshot: Snapshot | None = None) -> Hypergradient:
         """The hypergradient a meta step would apply (:meth:`LossLearner.compute_hypergradient`); changes no weights.
 
         Args:
-            model: the (possibly wrapped) student.
+            model: the (possibly wrapped) model being trained (:attr:`Distiller.learning_student` is differentiated).
             snapshot: the start of the virtual steps (``None``: the live weights).
         """
-        return self._require_learner().compute_hypergradient(self.learning_student(model), self._student_lr(), snapshot)
+        return self._require_learner().compute_hypergradient(self.distiller.learning_student, self._student_lr(),
+                                                             snapshot)
 
     def _student_lr(self) -> float:
         """The student's current learning rate (its initial one before training)."""
@@ -359,7 +352,7 @@ class LKDTrainer(CheckpointMixin, HubExportMixin, PopulationMixin):
             The last logged statistics.
         """
         learner = self._require_learner()
-        model = self.model.to(self.args.device).train()
+        self.model.to(self.args.device).train()
         loader = self.get_train_dataloader()
         batches = (self.prepare_batch(b) for _ in iter(int, 1) for b in loader)
 
@@ -368,7 +361,7 @@ class LKDTrainer(CheckpointMixin, HubExportMixin, PopulationMixin):
             super(LKDTrainer, self).log(logs)
 
         return learner.learn(
-            self.learning_student(model), num_steps, batches, self._student_lr(), log,
+            self.distiller.learning_student, num_steps, batches, self._student_lr(), log,
             log_every=self.args.logging_steps, progress=not self.args.disable_tqdm,
         )
 
@@ -393,3 +386,207 @@ class LKDTrainer(CheckpointMixin, HubExportMixin, PopulationMixin):
                 logs.update(self.loss_learner.pool_metrics())
                 logs.update(self.loss_learner.knobs())
         super().log(logs, start_time)
+
+    # the population
+    def _clip_grad_norm(self, model: nn.Module) -> torch.Tensor:
+        """Clip each student of a population on its own (:meth:`Distiller.clip_grad_norm_`); a single student: the
+        Trainer's clipping."""
+        if self.distiller.num_students == 1:
+            return super()._clip_grad_norm(model)
+        self.accelerator.unscale_gradients()
+        return self.distiller.clip_grad_norm_(self.args.max_grad_norm)
+
+    def select_member(self) -> int:
+        """Evaluate every student of the population on the (first) ``eval_dataset`` and keep the best by
+        ``metric_for_best_model`` (default: accuracy): it becomes the trainer's model and its loss the trainer's
+        objective (what :meth:`learned_loss` saves; :meth:`Distiller.keep`). Logs ``population/*``: each student's
+        score, the chosen one and its factors, and the kept student's evaluation under the plain ``eval_*`` keys.
+        Called by :meth:`train` once training ends.
+
+        Returns:
+            The index of the chosen student.
+        """
+        if self.distiller.num_students == 1:
+            raise ValueError("This run trains a single student.")
+        dataset = self.eval_dataset
+        dataset = next(iter(dataset.values())) if isinstance(dataset, dict) else dataset
+        scores, evaluations = [], []
+        for k in range(self.distiller.num_students):
+            self.distiller.select(k)
+            prefix = f"eval_member{k}"
+            evaluations.append(self.evaluate(eval_dataset=dataset, metric_key_prefix=prefix))
+            scores.append(selection_score(evaluations[k], self.args.metric_for_best_model, self.args.greater_is_better,
+                                          prefix))
+        best = max(range(len(scores)), key=scores.__getitem__)
+        self.model = self.model_wrapped = self.distiller.keep(best)
+        temperature_factor, weight_factor = self.distiller.factors[best]
+        kept = f"eval_member{best}_"
+        logger.info(f"Keeping student {best} of the population (temperature factor {temperature_factor:g}, weight "
+                    f"factor {weight_factor:g}).")
+        self.log({"population/selected": best, "population/temperature_factor": temperature_factor,
+                  "population/weight_factor": weight_factor,
+                  **{f"population/score_{k}": score for k, score in enumerate(scores)},
+                  **{f"eval_{key[len(kept):]}": value for key, value in evaluations[best].items()
+                     if key.startswith(kept)}})
+        return best
+
+    # checkpoints
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+        """Also restores the connectors of a feature-distillation run (saved beside the plain student)."""
+        if not self.distiller.saves_connectors:
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        self.distiller.trainable_module.load_state_dict(self.distiller.checkpoint_weights(resume_from_checkpoint))
+
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        """Beside the student's optimizer and scheduler, save the loss modules trained with the student
+        (:meth:`DistillationObjective.save_student_trained`), the loss learner and the loss statistics not yet logged
+        (:meth:`LossLearner.save_checkpoint`)."""
+        super()._save_optimizer_and_scheduler(output_dir)
+        if self.args.should_save:
+            self.objective.save_student_trained(output_dir)
+        if self.loss_learner is not None:
+            extra = {"metrics": {n: [v.detach().cpu() for v in vals] for n, vals in self._metrics.items()},
+                     "step_seconds": self._step_seconds}
+            self.loss_learner.save_checkpoint(output_dir, self.args.should_save, extra)
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        """Beside the student's optimizer and scheduler, restore the loss learner on resume
+        (:meth:`LossLearner.load_checkpoint`)."""
+        super()._load_optimizer_and_scheduler(checkpoint)
+        if checkpoint is None:
+            return
+        self.objective.load_student_trained(checkpoint)
+        if self.loss_learner is None:
+            if os.path.isdir(os.path.join(checkpoint, LKD_STATE_DIRNAME)):
+                logger.info(f"The loss of this run is not learned: ignoring the LKD state in {checkpoint}.")
+            return
+        extra = self.loss_learner.load_checkpoint(checkpoint, loss=self.args.loss)
+        if extra is not None:
+            self._metrics = collections.defaultdict(list)
+            for name, values in extra["metrics"].items():
+                self._metrics[name] = [v.to(self.args.device) for v in values]
+            self._step_seconds = float(extra["step_seconds"])
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """Save the plain student (loadable by ``timm.create_model`` + ``load_state_dict``) as ``model.safetensors``,
+        the feature connectors as ``connectors.safetensors`` and the learned loss (:meth:`learned_loss`) under
+        ``lkd_loss/`` (its card names ``<hub_model_id>/lkd_loss`` when the trainer pushes). While a temperature
+        population trains, ``model.safetensors`` holds every student (``members.<k>.*``, what a resumed run needs);
+        once one is kept, that plain student."""
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        check_finite(self.distiller.trainable_module, f"saving the student to {output_dir!r}")
+        state_dict, connectors = self.distiller.weights_to_save(state_dict)
+        super()._save(output_dir, state_dict)
+        if not self.args.should_save:
+            return
+        if connectors is not None:
+            save_file({n: t.contiguous() for n, t in connectors.items()}, os.path.join(output_dir, CONNECTORS_NAME))
+        self.save_learned_loss(output_dir)
+
+    # the Hub
+    def learned_loss(self, **metadata: Any) -> LearnedLoss | None:
+        """This run's loss networks with its setting (teacher, student, classes, taps, dataset, steps, last evaluation)
+        as one :class:`~lkd_hf.LearnedLoss`; ``None`` when its losses are not loss networks.
+
+        Args:
+            **metadata: overrides of config fields, e.g. ``dataset="cifar100"`` (the trainer only knows the names of
+                Hub datasets).
+        """
+        logit, feature = self.distiller.loss_networks()
+        if logit is None and feature is None:
+            return None
+        run = self.distiller.describe()
+        run.update(loss=self.args.loss, dataset=dataset_name(self.train_dataset), steps=self.state.global_step,
+                   metrics=last_eval_metrics(self.state.log_history))
+        return LearnedLoss.from_networks(logit, feature, **{**run, **metadata})
+
+    def save_learned_loss(self, output_dir: str) -> None:
+        """Save the run's learned loss (:meth:`learned_loss`) to ``<output_dir>/lkd_loss`` (its card names
+        ``<hub_model_id>/lkd_loss`` when the trainer pushes): the loss networks the run trained the student with, learned
+        or kept fixed (a population's at the kept student's temperature and weight); nothing for hand-made losses.
+
+        Args:
+            output_dir: the output or checkpoint folder.
+        """
+        learned = self.learned_loss()
+        if learned is not None:
+            repo_id = None if self.hub_model_id is None else f"{self.hub_model_id}/{LOSS_DIRNAME}"
+            learned.save_pretrained(os.path.join(output_dir, LOSS_DIRNAME), repo_id=repo_id)
+
+    def init_hf_repo(self, token: str | None = None, private: bool | None = None) -> None:
+        """Also create the learned loss's own repo (``loss_hub_model_id``), so that a wrong id or an unreachable Hub
+        fails before training, as it does for the student's repo.
+
+        Args:
+            token, private: as in :meth:`transformers.Trainer.init_hf_repo` (``None``: the ``hub_token`` and
+                ``hub_private_repo`` of the training arguments); also used for the learned loss's repo.
+        """
+        uses_networks = any(net is not None for net in self.distiller.loss_networks())
+        if self.args.loss_hub_model_id is not None and uses_networks and self.is_world_process_zero():
+            token = token if token is not None else self.args.hub_token
+            private = private if private is not None else self.args.hub_private_repo
+            create_repo(self.args.loss_hub_model_id, token, private)
+        super().init_hf_repo(token, private)
+
+    def push_to_hub(
+        self,
+        commit_message: str | None = "End of training",
+        blocking: bool = True,
+        token: str | None = None,
+        revision: str | None = None,
+        private: bool | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Push the student with its learned loss (in ``lkd_loss/``), then, when ``loss_hub_model_id`` is set, the
+        learned loss to that repo too (blocking).
+
+        Args:
+            commit_message, blocking, token, revision, private, **kwargs: as in
+                :meth:`transformers.Trainer.push_to_hub`; ``commit_message`` (or ``"Learned loss"`` when it is empty),
+                ``token`` and ``private`` are also used for the push of the learned loss to ``loss_hub_model_id``.
+        """
+        result = super().push_to_hub(
+            commit_message=commit_message, blocking=blocking, token=token, revision=revision, private=private, **kwargs
+        )
+        repo_id = self.args.loss_hub_model_id
+        if repo_id is not None and self.is_world_process_zero():
+            learned = self.learned_loss()
+            if learned is None:
+                logger.warning(f"loss_hub_model_id={repo_id!r}: this run uses no loss network, nothing to push.")
+            else:
+                learned.push_to_hub(
+                    repo_id,
+                    commit_message=commit_message or "Learned loss",
+                    token=token if token is not None else self.args.hub_token,
+                    private=private if private is not None else self.args.hub_private_repo,
+                )
+        return result
+
+    def create_model_card(self, **kwargs: Any) -> None:
+        """The Trainer's model card of the student. The Trainer reads the model a run fine-tuned from in the model's
+        ``config``, which timm models lack: without ``finetuned_from=`` the card says the student was trained from
+        scratch.
+
+        Args:
+            **kwargs: as in :meth:`transformers.Trainer.create_model_card` (``language``, ``license``, ``tags``,
+                ``model_name``, ``finetuned_from``, ``tasks``, ``dataset_tags``, ``dataset``, ``dataset_args``).
+        """
+        if hasattr(self.model, "config") or kwargs.get("finetuned_from") is not None:
+            return super().create_model_card(**kwargs)
+        self.model.config = types.SimpleNamespace()  # no `_name_or_path`: no base model
+        try:
+            super().create_model_card(**kwargs)
+        finally:
+            del self.model.config
+
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        """Copy the checkpoint's learned loss and feature connectors into ``output_dir`` before the Trainer pushes
+        it (the Trainer copies only the model's own files)."""
+        if self.is_world_process_zero():
+            loss_dir = os.path.join(checkpoint_folder, LOSS_DIRNAME)
+            if os.path.isdir(loss_dir):
+                shutil.copytree(loss_dir, os.path.join(self.args.output_dir, LOSS_DIRNAME), dirs_exist_ok=True)
+            connectors = os.path.join(checkpoint_folder, CONNECTORS_NAME)
+            if os.path.isfile(connectors):
+                shutil.copy(connectors, self.args.output_dir)
+        super()._push_from_checkpoint(checkpoint_folder)

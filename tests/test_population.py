@@ -9,7 +9,8 @@ import timm
 import torch
 from safetensors.torch import load_file
 
-from lkd_hf import LearnedLoss, LKDConfig, LKDTrainer, LogitLossNet, trainer_population
+from lkd_hf import LearnedLoss, LKDConfig, LKDTrainer, LogitLossNet
+from lkd_hf import trainer as trainer_module
 from lkd_hf.objective import build_objective
 from lkd_hf.population import (
     DEFAULT_TEMPERATURE_FACTORS,
@@ -180,16 +181,16 @@ def test_the_best_member_is_kept_with_its_loss(tmp_path, make_config, make_datas
     population = trainer.model
     trainer.train()
     logged = next(log for log in trainer.state.log_history if "population/selected" in log)
-    scores = [logged[f"population/score_{k}"] for k in range(len(trainer.population_factors))]
+    scores = [logged[f"population/score_{k}"] for k in range(len(trainer.distiller.factors))]
     best = logged["population/selected"]
     assert scores[best] == max(scores)
     assert trainer.model is population.members[best] and trainer.student is trainer.model
     assert trainer.evaluate()["eval_accuracy"] == scores[best] == logged["eval_accuracy"]
     assert trainer.learned_loss().config.student == "test_resnet"  # the kept student, not the population
-    temperature_factor, weight_factor = trainer.population_factors[best]
+    temperature_factor, weight_factor = trainer.distiller.factors[best]
     assert logged["population/temperature_factor"] == temperature_factor
     assert logged["population/weight_factor"] == weight_factor
-    learned = trainer.member_objectives[0].distill_loss
+    learned = trainer.distiller.objectives[0].distill_loss
     knobs = trainer.loss_knobs()
     assert math.isclose(knobs["lkd/temperature"], temperature_factor * float(learned.temperature), rel_tol=1e-5)
     assert math.isclose(knobs["lkd/weight"], weight_factor * float(learned.weight), rel_tol=1e-5)
@@ -208,7 +209,7 @@ def test_the_best_member_is_kept_with_its_loss(tmp_path, make_config, make_datas
 def test_a_later_member_is_kept_with_its_scaled_loss(tmp_path, make_config, make_dataset, monkeypatch):
     """The second student (twice the temperature and weight) wins the selection: it and its loss at its own
     temperature and weight are what the trainer keeps and saves."""
-    monkeypatch.setattr(trainer_population, "selection_score",
+    monkeypatch.setattr(trainer_module, "selection_score",
                         lambda metrics, metric, greater, prefix: float(prefix == "eval_member1"))
     trainer = _trainer(tmp_path, "run", make_config, make_dataset, loss="lkd", temperature=3.0, max_grad_norm=1.0)
     members = trainer.model.members
@@ -224,7 +225,7 @@ def test_a_later_member_is_kept_with_its_scaled_loss(tmp_path, make_config, make
     torch.testing.assert_close(saved.log_temperature, learned.log_temperature + math.log(2.0))
     torch.testing.assert_close(saved.log_weight, learned.log_weight + math.log(2.0))
     student, teacher, labels = _logits(1), _logits(2), torch.arange(8) % 10
-    torch.testing.assert_close(saved(student, teacher, labels), trainer.member_objectives[1].distill_loss(
+    torch.testing.assert_close(saved(student, teacher, labels), trainer.distiller.objectives[1].distill_loss(
         student, teacher, labels))
 
 
