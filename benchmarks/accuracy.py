@@ -96,6 +96,7 @@ from common import (  # noqa: E402
     WorkerPool,
     format_mean_std,
     mean_std,
+    repository_path,
     run_dir,
     split_list,
 )
@@ -107,7 +108,7 @@ from tuning import SEARCHES, paired_ci95  # noqa: E402
 
 DEFAULT_OUTPUT_DIR = "outputs/benchmark_accuracy"
 PRETRAINED_WITHOUT = {  # a loss pre-learned without the dataset (benchmarks/pretrain_loss.py): where lkd starts
-    "animal-mnist": os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained_losses", "mnist-5k+digits"),
+    "animal-mnist": repository_path("benchmarks", "pretrained_losses", "mnist-5k+digits"),
     "mnist-5k": PRETRAINED_LOSS_DIR,  # the loss shipped with lkd_hf (LKDConfig's default): animal-mnist and digits
     "letters": PRETRAINED_LOSS_DIR,  # the shipped loss never saw letters
 }

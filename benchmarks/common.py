@@ -34,6 +34,15 @@ from settings import teacher_dir as committed_teacher_dir
 DATASET = "animal-mnist"
 NUM_CLASSES = 10
 TEACHER_MODEL = "lkd_convnet_teacher"
+REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def repository_path(*parts: str) -> str:
+    """A path inside the repository, relative to the working directory (so the records of a run from the repository
+    root hold paths relative to it, not the machine's)."""
+    return os.path.relpath(os.path.join(REPOSITORY, *parts))
+
+
 # the committed teacher (96.97% test top-1), trained once with cross-entropy (10 epochs of the recipe below); the
 # other datasets' teachers (TEACHER_DIRS, settings.py) come from benchmarks/second_dataset.py
 BUNDLED_TEACHER_DIR = TEACHER_DIRS[DATASET]

@@ -42,11 +42,10 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 import torch  # noqa: E402
 from transformers import HfArgumentParser, TrainerCallback  # noqa: E402
 
-from common import PAIRS, Setting, WorkerPool, format_mean_std, run_dir, split_list  # noqa: E402
+from common import PAIRS, Setting, WorkerPool, format_mean_std, repository_path, run_dir, split_list  # noqa: E402
 
 DEFAULT_OUTPUT_DIR = "outputs/benchmark_outer_loop"
-DEFAULT_TUNED_FROM = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                  "docs", "benchmark_accuracy", "results.json")
+DEFAULT_TUNED_FROM = repository_path("docs", "benchmark_accuracy", "results.json")
 
 
 def lkd(k: int, source: str, lr: float, **extra: Any) -> dict[str, Any]:

@@ -457,7 +457,7 @@ def cpu_model() -> str:
 
 def environment(args: OverheadArguments) -> dict[str, Any]:
     return {
-        "command": shlex.join([sys.executable, *sys.argv]),
+        "command": shlex.join(["python", *sys.argv]),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,

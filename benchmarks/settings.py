@@ -31,7 +31,8 @@ from letters import load_letters
 from lkd_hf import image_transform, load_image_splits, resolve_data_config, with_transform
 from roles import parse_key
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+# relative to the working directory: the records of a run from the repository root hold no machine paths
+HERE = os.path.relpath(os.path.dirname(os.path.abspath(__file__)))
 TEACHER_DIRS = {
     "animal-mnist": os.path.join(HERE, "teacher"),
     "mnist-5k": os.path.join(HERE, "teacher_mnist-5k"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import torch
 from transformers import TrainingArguments
 
 from .constants import (
@@ -258,6 +259,8 @@ class LKDConfig(TrainingArguments):
         if self.label_names is None:
             self.label_names = ["labels"]
         super().__post_init__()
+        if self.use_cpu or not torch.accelerator.is_available():  # pinned memory only serves an accelerator
+            self.dataloader_pin_memory = False
         if self.lkd_val_fraction is not None and not 0.0 < self.lkd_val_fraction < 1.0:
             raise ValueError(f"lkd_val_fraction must be in (0, 1), got {self.lkd_val_fraction}")
         if self.lkd_init not in LKD_INITS:

@@ -151,8 +151,14 @@ class LogitLossNet(
         per_sample = sample_weight * t**2 * (kl + (divergence * modulation).sum(-1)).clamp_min(0)  # >= 0 up to rounding
         return self.weight * per_sample.mean()
 
+    @torch.no_grad()
+    def knobs(self) -> dict[str, float]:
+        """The current temperature and weight (and DIST's ``dist_beta`` / ``dist_gamma``) as plain floats."""
+        knobs = {"temperature": self.temperature.item(), "weight": self.weight.item()}
+        return knobs | ({"dist_beta": self.dist_beta, "dist_gamma": self.dist_gamma} if self.base == "dist" else {})
+
     def extra_repr(self) -> str:
-        return f"base={self.base}, temperature={float(self.temperature):.3f}, weight={float(self.weight):.3f}"
+        return f"base={self.base}, " + ", ".join(f"{name}={value:.3f}" for name, value in self.knobs().items())
 
 
 _FEAT_NUM_ELEMENT_INPUTS = 3  # s_n, t_n, d_n
@@ -260,5 +266,10 @@ class FeatureLossNet(
         dtype = self.log_weight.dtype
         return F.mse_loss(student_feature.to(dtype), teacher_feature.to(dtype))
 
+    @torch.no_grad()
+    def knobs(self) -> dict[str, float]:
+        """The current global weight as a plain float."""
+        return {"weight": self.weight.item()}
+
     def extra_repr(self) -> str:
-        return f"weight={float(self.weight.detach()):.3f}"
+        return f"weight={self.knobs()['weight']:.3f}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -91,7 +92,9 @@ def check_unrolled_support(model: nn.Module, input_size: tuple[int, ...]) -> Non
         grads = torch.autograd.grad(logits.float().square().mean(), list(params.values()), create_graph=True, allow_unused=True)
         second = sum(g.square().sum() for g in grads if g is not None)
         torch.autograd.grad(second, list(params.values()), allow_unused=True)
-        with torch.no_grad(), fwAD.dual_level():
+        with torch.no_grad(), fwAD.dual_level(), warnings.catch_warnings():
+            # torch's first forward-mode call scripts its decompositions with the deprecated torch.jit.script
+            warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated", FutureWarning)
             duals = {n: fwAD.make_dual(p.detach(), torch.ones_like(p)) for n, p in params.items()}
             torch.func.functional_call(model, {**duals, **buffers}, (x,))
     except (RuntimeError, NotImplementedError) as error:

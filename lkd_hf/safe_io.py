@@ -15,6 +15,7 @@ import time
 import uuid
 import warnings
 from collections.abc import Iterator
+from typing import IO
 from pathlib import Path
 
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
@@ -173,8 +174,8 @@ class OutputDirLock:
     """One run per output folder: an exclusive lock on ``<output_dir>/_lkd_run.lock``, held while the run trains.
 
     The lock is an OS file lock (``fcntl.flock``): the operating system releases it when the process ends, so a
-    crashed or killed run never leaves it stuck. A second run on the same folder fails at start with the first run's
-    host, process id and start time in the message.
+    crashed or killed run never leaves it stuck; a run that ends removes the file. A second run on the same folder
+    fails at start with the first run's host, process id and start time in the message.
 
     Args:
         output_dir: the run's output folder (created).
@@ -195,6 +196,9 @@ class OutputDirLock:
         handle = open(self.path, "a+")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if not _same_file(self.path, handle):
+                handle.close()  # a run that just ended removed the file this handle locks: lock the current one
+                return self.__enter__()
         except OSError:
             handle.seek(0)
             holder = handle.read().strip() or "another process"
@@ -213,5 +217,16 @@ class OutputDirLock:
 
     def __exit__(self, *exc: object) -> None:
         if self._file is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(self.path)  # while still locked, so that no other run holds a lock on the removed file
             self._file.close()  # closing releases the lock
             self._file = None
+
+
+def _same_file(path: str, handle: IO) -> bool:
+    """Whether ``path`` still names the file open in ``handle``."""
+    try:
+        here, opened = os.stat(path), os.fstat(handle.fileno())
+    except FileNotFoundError:
+        return False
+    return (here.st_dev, here.st_ino) == (opened.st_dev, opened.st_ino)

@@ -11,7 +11,8 @@ Presets (lkd_hf's CIFAR nets, registered in timm): ``resnet32x4-resnet8x4``, ``w
 ``<output_dir>/teacher`` (reused when the recipe runs again with the same output_dir).
 Defaults (CRD): 240 epochs, SGD momentum 0.9, LR 0.05 at batch 64 (scaled linearly to other global batches),
 weight decay 5e-4, LR x0.1 at epochs 150/180/210, batch 64, random crop 32 (padding 4) + horizontal flip.
-Data: ``uoft-cs/cifar100`` (Hub; fine labels) or an image folder. Every ``LKDConfig`` / Trainer field is accepted.
+Data: ``uoft-cs/cifar100`` (Hub; fine labels) or an image folder. Every ``LKDConfig`` / Trainer field is accepted
+(``--help_all`` lists them).
 """
 
 from __future__ import annotations
@@ -111,4 +112,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except ValueError as error:
+        raise SystemExit(f"error: {error}") from None

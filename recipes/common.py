@@ -1,7 +1,8 @@
 """Shared parts of the ImageNet and CIFAR recipes (``recipes/imagenet.py``, ``recipes/cifar.py``).
 
 * :class:`RecipeArguments` and :func:`parse_recipe_args`: the recipe's own fields plus every ``LKDConfig`` field,
-  parsed by ``transformers.HfArgumentParser``, with recipe defaults for the Trainer fields;
+  parsed by ``transformers.HfArgumentParser``, with recipe defaults for the Trainer fields; :func:`concise_help`:
+  ``--help`` for the recipe's own options and the main ``LKDConfig`` fields, ``--help_all`` for every field;
 * :func:`training_config`: the ``LKDConfig``, with the batch size split over the processes, the learning rate
   scaled to the global batch and the hypergradient estimator chosen for the student;
 * :func:`create_teacher`: a timm teacher with pretrained (Hub) or local weights, failing with a clear message;
@@ -14,6 +15,7 @@ The recipes import this module as ``common``: run them as scripts (``python reci
 
 from __future__ import annotations
 
+import argparse
 import bisect
 import dataclasses
 import os
@@ -93,6 +95,38 @@ class RecipeArguments:
     lr_decay_rate: float = field(default=0.1, metadata={"help": "Step schedule: LR factor at each decay epoch."})
 
 
+HELP_FIELDS = (
+    "output_dir", "loss", "loss_from", "freeze_loss", "num_train_epochs", "max_steps", "per_device_train_batch_size",
+    "learning_rate", "lr_scheduler_type", "hypergradient", "bf16", "seed", "resume_from_checkpoint", "push_to_hub",
+)
+"""``LKDConfig`` fields that ``--help`` lists after the recipe's own options (``--help_all`` lists every one)."""
+
+
+def concise_help(parser: HfArgumentParser, recipe_cls: type) -> HfArgumentParser:
+    """Make ``--help`` list the options of ``recipe_cls`` and the :data:`HELP_FIELDS` of ``LKDConfig``, and add
+    ``--help_all`` for every ``LKDConfig`` / ``TrainingArguments`` option. A help text that names its default
+    (``"default: ..."``) shows it once. Returns ``parser``."""
+    own = {f.name for f in dataclasses.fields(recipe_cls)}
+    hidden = {}
+    for action in parser._actions:
+        if action.help and "default:" in action.help.lower() and "%(default)" not in action.help:
+            action.help += "%(default).0s"  # the formatter adds "(default: ...)" unless the text uses %(default)
+        if action.dest not in own | set(HELP_FIELDS) | {"help"} and action.help is not argparse.SUPPRESS:
+            hidden[action], action.help = action.help, argparse.SUPPRESS
+
+    class HelpAll(argparse.Action):
+        def __call__(self, parser, namespace, values, option_string=None):
+            for action, text in hidden.items():
+                action.help = text
+            parser.print_help()
+            parser.exit()
+
+    parser.add_argument("--help_all", nargs=0, action=HelpAll, default=argparse.SUPPRESS, help="Show every option, LKDConfig's and the Trainer's "
+                        "(TrainingArguments) included, and exit.")
+    parser.epilog = "Every LKDConfig / TrainingArguments field is accepted as an option: --help_all lists them."
+    return parser
+
+
 def parse_recipe_args(
     recipe_cls: type[R], trainer_defaults: Mapping[str, Any], argv: Sequence[str] | None = None
 ) -> tuple[R, dict[str, Any]]:
@@ -103,7 +137,8 @@ def parse_recipe_args(
     parser.set_defaults(**trainer_defaults, **dict.fromkeys(AUTO_FIELDS))
     for action in parser._actions:  # --help shows how the recipe sets the derived fields, not "(default: None)"
         if action.dest in AUTO_FIELDS:
-            action.help = f"{action.help or ''} (default: {AUTO_FIELDS[action.dest]})%(default).0s"
+            action.help = f"{action.help or ''} (default: {AUTO_FIELDS[action.dest]})"
+    concise_help(parser, recipe_cls)
     namespace, unknown = parser.parse_known_args(args=argv)
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")

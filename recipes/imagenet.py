@@ -12,8 +12,8 @@ ImageNet mean/std): ``create_transform(is_training=True)`` (random resized crop,
 training, its resize + centre crop for evaluation.
 Defaults: 100 epochs, SGD momentum 0.9, LR 0.1 per 256 images (linear scaling), weight decay 1e-4, LR x0.1 at
 epochs 30/60/90 (``--lr_scheduler_type cosine`` for cosine), global batch 256. Every ``LKDConfig`` / Trainer field is
-accepted (``--loss kd``, ``--bf16 true``, ...). Top-1/top-5 on the test split (the dataset's validation split) are
-written to ``<output_dir>/eval_results.json``.
+accepted (``--loss kd``, ``--bf16 true``, ...; ``--help_all`` lists them). Top-1/top-5 on the test split (the
+dataset's validation split) are written to ``<output_dir>/eval_results.json``.
 """
 
 from __future__ import annotations
@@ -42,6 +42,9 @@ from common import (
 )
 from lkd_hf import ConvertMode, dataset_num_classes, model_num_classes, resolve_data_config
 
+FOLDER_LAYOUT = "<dir>/train/<class>/<image> and <dir>/val/<class>/<image> (or validation/)"
+"""The image-folder layout the recipe reads (``--dataset <dir>``)."""
+
 PRESETS: dict[str, tuple[str, str]] = {
     "resnet34-resnet18": ("resnet34.tv_in1k", "resnet18"),
     "resnet50-mobilenetv1": ("resnet50.tv_in1k", "mobilenetv1_100"),
@@ -67,7 +70,7 @@ class ImageNetArguments(RecipeArguments):
     )
     dataset: str = field(
         default="ILSVRC/imagenet-1k",
-        metadata={"help": "Hub dataset id or image folder (train/ and val/ or validation/ with <class>/<image>)."},
+        metadata={"help": f"Hub dataset id or image folder: {FOLDER_LAYOUT}."},
     )
     test_split: str | None = field(
         default="validation", metadata={"help": "Source split evaluated (imagenet-1k's 'test' split is unlabelled)."}
@@ -85,6 +88,24 @@ class ImageNetArguments(RecipeArguments):
         default_factory=lambda: [30.0, 60.0, 90.0],
         metadata={"help": "Step schedule: LR x lr_decay_rate at these epochs (ignored with --lr_scheduler_type)."},
     )
+
+
+def check_dataset(dataset: str) -> None:
+    """Check that ``--dataset`` is an image folder of :data:`FOLDER_LAYOUT` or looks like a Hub dataset id.
+
+    Raises:
+        ValueError: a missing folder, or a folder without ``train/`` and ``val/`` (or ``validation/``); the
+            message names :data:`FOLDER_LAYOUT`.
+    """
+    if os.path.isdir(dataset):
+        splits = {entry.name for entry in os.scandir(dataset) if entry.is_dir()}
+        if "train" not in splits or not splits & {"val", "validation"}:
+            raise ValueError(
+                f"The image folder {dataset!r} holds {sorted(splits) or 'no folders'}: --dataset takes a Hub dataset "
+                f"id or an image folder {FOLDER_LAYOUT}."
+            )
+    elif dataset.startswith((os.sep, ".", "~")) or dataset.count("/") > 1:
+        raise ValueError(f"No folder {dataset!r}: --dataset takes a Hub dataset id or an image folder {FOLDER_LAYOUT}.")
 
 
 def data_config(teacher_name: str, image_size: int | None) -> dict:
@@ -107,6 +128,7 @@ def transforms(config: dict, color_jitter: float = 0.0) -> tuple[T.Compose, T.Co
 def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     """Run the recipe; returns the test metrics (``eval_accuracy`` is top-1)."""
     run, values = parse_recipe_args(ImageNetArguments, TRAINER_DEFAULTS, argv)
+    check_dataset(run.dataset)
     teacher_name, student_name = resolve_pair(run, PRESETS)
     distill = uses_teacher(values["loss"])
     hub_teacher = distill and run.teacher_pretrained and run.teacher_checkpoint is None
@@ -132,5 +154,5 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
 if __name__ == "__main__":
     try:
         main()
-    except TeacherWeightsError as error:
+    except (TeacherWeightsError, ValueError) as error:
         raise SystemExit(f"error: {error}") from None

@@ -3,12 +3,18 @@
     python recipes/quickstart.py                       # or: make demo
     python recipes/quickstart.py --methods ce,kd,dist,dkd,kd+fitnet,lkd,lkd+feat --student_epochs 30
 
-1. Trains a 6-conv teacher on the 7000 training images (cached in ``<output_dir>/teacher``; reused next time).
+1. Loads the teacher committed in ``benchmarks/teacher`` (a 6-conv ``lkd_convnet_teacher``, 96.97% test top-1; run
+   from the repository root). ``--train_teacher`` trains one on the 7000 training images instead (cross-entropy,
+   ``--teacher_epochs``), cached in ``<output_dir>/teacher`` and reused next time.
 2. Trains the student (``lkd_convnet_s4``, ~1.7k parameters) on a fixed 2000-image subset with each method, the
-   same optimizer, schedule, augmentation and steps. LKD's meta (validation) images come out of those 2000.
-   ``lkd+feat`` adds the learned feature loss on the last stage (``feature_taps=[-1]``).
-3. Prints test top-1 and wall time per method, and saves the learned loss (``<output_dir>/lkd/lkd_loss``, a
-   :class:`lkd_hf.LearnedLoss`), reusable with ``LKDConfig(loss_from=..., freeze_loss=True)``.
+   same optimizer, schedule, augmentation and steps; the validation split chooses among a population's students.
+   ``lkd+feat`` adds the learned feature loss on the last stage (``feature_taps=[-1]``); its meta (validation)
+   images come out of those 2000.
+3. Prints test top-1 and wall time per method and saves each student (``<output_dir>/<method>/model.safetensors``)
+   and each learned loss (``<output_dir>/<method>/lkd_loss``, a :class:`lkd_hf.LearnedLoss`, for ``lkd`` and
+   ``lkd+feat``), reusable with ``LKDConfig(loss_from=..., freeze_loss=True)``. ``--save_steps N`` also keeps a
+   Trainer checkpoint every N steps (``<output_dir>/<method>/checkpoint-<step>``), which ``recipes/learn_loss.py``
+   learns a loss from.
 """
 
 from __future__ import annotations
@@ -34,7 +40,13 @@ class QuickstartArguments:
     methods: str = field(
         default="ce,kd,lkd,lkd+feat", metadata={"help": "Comma-separated loss specs (registered names joined by '+')."}
     )
-    teacher_epochs: float = field(default=10.0, metadata={"help": "Teacher training epochs (on all train images)."})
+    teacher_dir: str = field(
+        default="benchmarks/teacher", metadata={"help": "Folder of the teacher's model.safetensors and teacher.json."}
+    )
+    train_teacher: bool = field(
+        default=False, metadata={"help": "Train the teacher (cached in <output_dir>/teacher) instead of loading it."}
+    )
+    teacher_epochs: float = field(default=10.0, metadata={"help": "Teacher training epochs (--train_teacher)."})
     student_epochs: float = field(default=20.0, metadata={"help": "Student training epochs (on the subset)."})
     train_subset: int = field(default=2000, metadata={"help": "Training images the students see."})
     batch_size: int = field(default=64, metadata={"help": "Training batch size."})
@@ -42,6 +54,7 @@ class QuickstartArguments:
     lkd_meta_interval: int = field(default=5, metadata={"help": "LKD: a meta step every N student steps."})
     lkd_lookahead_steps: int = field(default=1, metadata={"help": "LKD: virtual steps K of each meta step."})
     lkd_snapshot_strategy: str = field(default="uniform", metadata={"help": "LKD: student a meta step starts from."})
+    save_steps: int = field(default=0, metadata={"help": "Keep a Trainer checkpoint every N student steps (0: none)."})
     output_dir: str = field(default="outputs/quickstart", metadata={"help": "Where models and the table go."})
     seed: int = field(default=0, metadata={"help": "Seed of the split and of the training runs."})
 
@@ -69,18 +82,42 @@ def training_config(q: QuickstartArguments, output_dir: str, epochs: float, **fi
     return LKDConfig(**{**recipe, **fields})
 
 
-def get_teacher(q: QuickstartArguments, num_classes: int) -> tuple[torch.nn.Module, float]:
-    """Load the cached teacher, or train it with plain cross-entropy (``loss="ce"``) and cache it."""
-    teacher_dir = os.path.join(q.output_dir, "teacher")
-    teacher = timm.create_model(q.teacher_model, num_classes=num_classes)
+def load_teacher(q: QuickstartArguments, teacher_dir: str, num_classes: int) -> tuple[torch.nn.Module, float] | None:
+    """The teacher saved in ``teacher_dir`` (``model.safetensors`` and ``teacher.json``) and its test top-1, or
+    ``None`` when there is none of ``q.teacher_model`` trained on ``q.dataset``."""
     weights, info = os.path.join(teacher_dir, "model.safetensors"), os.path.join(teacher_dir, "teacher.json")
-    if os.path.exists(weights) and os.path.exists(info):
-        teacher.load_state_dict(load_file(weights))
-        with open(info) as f:
-            cached = json.load(f)
-        if cached.get("model") == q.teacher_model and cached.get("dataset") == q.dataset:
-            print(f"Reusing the cached teacher in {teacher_dir} (test top-1 {cached['accuracy']:.4f}).")
-            return teacher, cached["accuracy"]
+    if not (os.path.exists(weights) and os.path.exists(info)):
+        return None
+    with open(info) as f:
+        saved = json.load(f)
+    if saved.get("model") != q.teacher_model or saved.get("dataset") != q.dataset:
+        return None
+    teacher = timm.create_model(q.teacher_model, num_classes=num_classes)
+    teacher.load_state_dict(load_file(weights))
+    print(f"Loaded the teacher in {teacher_dir} (test top-1 {saved['accuracy']:.4f}).")
+    return teacher, saved["accuracy"]
+
+
+def get_teacher(q: QuickstartArguments, num_classes: int) -> tuple[torch.nn.Module, float]:
+    """The teacher of ``--teacher_dir``; with ``--train_teacher``, the one cached in ``<output_dir>/teacher``, else
+    one trained with plain cross-entropy (``loss="ce"``) and cached there.
+
+    Raises:
+        ValueError: ``--teacher_dir`` holds no teacher of ``--teacher_model`` trained on ``--dataset``.
+    """
+    if not q.train_teacher:
+        loaded = load_teacher(q, q.teacher_dir, num_classes)
+        if loaded is None:
+            raise ValueError(
+                f"No {q.teacher_model!r} teacher trained on {q.dataset!r} in {q.teacher_dir!r} (model.safetensors and "
+                "teacher.json): run from the repository root, give --teacher_dir, or pass --train_teacher."
+            )
+        return loaded
+    teacher_dir = os.path.join(q.output_dir, "teacher")
+    loaded = load_teacher(q, teacher_dir, num_classes)
+    if loaded is not None:
+        return loaded
+    teacher = timm.create_model(q.teacher_model, num_classes=num_classes)
     data = build_datasets(q.dataset, teacher, seed=q.seed, augment="light")
     args = training_config(q, teacher_dir, q.teacher_epochs, loss="ce")
     trainer = LKDTrainer(model=teacher, args=args, train_dataset=data["train"], eval_dataset=data["test"])
@@ -88,13 +125,13 @@ def get_teacher(q: QuickstartArguments, num_classes: int) -> tuple[torch.nn.Modu
     trainer.train()
     accuracy = trainer.evaluate()["eval_accuracy"]
     trainer.save_model()
-    with open(info, "w") as f:
+    with open(os.path.join(teacher_dir, "teacher.json"), "w") as f:
         json.dump({"model": q.teacher_model, "dataset": q.dataset, "accuracy": accuracy}, f)
     return teacher, accuracy
 
 
-def main() -> None:
-    (q,) = HfArgumentParser(QuickstartArguments).parse_args_into_dataclasses()
+def main(argv: list[str] | None = None) -> None:
+    (q,) = HfArgumentParser(QuickstartArguments).parse_args_into_dataclasses(args=argv)
     probe = timm.create_model(q.student_model)
     data = build_datasets(q.dataset, probe, seed=q.seed, augment="light", train_subset=q.train_subset)
     num_classes = data["train"].features["label"].num_classes
@@ -109,7 +146,10 @@ def main() -> None:
     for method in [m.strip() for m in q.methods.split(",") if m.strip()]:
         torch.manual_seed(q.seed)
         student = timm.create_model(q.student_model, num_classes=num_classes)
-        args = training_config(q, os.path.join(q.output_dir, method), q.student_epochs, loss=method, **lkd_fields)
+        saving = dict(save_strategy="steps", save_steps=q.save_steps) if q.save_steps else {}
+        args = training_config(
+            q, os.path.join(q.output_dir, method), q.student_epochs, loss=method, **lkd_fields, **saving
+        )
         trainer = LKDTrainer(
             model=student,
             teacher=None if method == "ce" else teacher,
@@ -122,13 +162,16 @@ def main() -> None:
         trainer.train()
         seconds = time.perf_counter() - start
         accuracy = trainer.evaluate(eval_dataset=data["test"])["eval_accuracy"]
-        if trainer.loss_params:
-            trainer.save_model()
-            print(f"Saved the learned loss network to {os.path.join(args.output_dir, LOSS_DIRNAME)}")
+        trainer.save_model()
+        saved = [os.path.join(args.output_dir, "model.safetensors")]
+        if os.path.isdir(os.path.join(args.output_dir, LOSS_DIRNAME)):
+            saved.append(os.path.join(args.output_dir, LOSS_DIRNAME))
+        print(f"Saved {' and '.join(saved)}")
         rows.append((method, accuracy, seconds))
 
     print(f"\nTeacher {q.teacher_model}: test top-1 {teacher_accuracy:.4f}")
-    print(f"Students {q.student_model} on {q.train_subset} {q.dataset} images, {q.student_epochs:g} epochs, seed {q.seed}:")
+    print(f"Students {q.student_model} on {q.train_subset} {q.dataset} images, {q.student_epochs:g} epochs, "
+          f"seed {q.seed}:")
     print(f"| {'method':<8} | {'test top-1':>10} | {'wall time (s)':>13} |")
     print(f"|{'-' * 10}|{'-' * 12}|{'-' * 15}|")
     for method, accuracy, seconds in rows:
@@ -138,4 +181,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except ValueError as error:
+        raise SystemExit(f"error: {error}") from None

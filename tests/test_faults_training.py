@@ -164,6 +164,17 @@ def test_a_lock_left_by_a_crashed_run_does_not_block(lkd_run):
         f.write("host gone, pid 999999")  # the file of a dead process holds no OS lock
     trainer.train()
     assert trainer.state.global_step == 1
+    assert not os.path.exists(os.path.join(trainer.args.output_dir, LOCK_NAME))  # the run removes it when it ends
+
+
+def test_the_next_run_locks_the_folder_anew_and_removes_its_file_too(tmp_path):
+    with OutputDirLock(str(tmp_path)) as first:
+        assert os.path.exists(first.path)
+    assert not os.path.exists(first.path)
+    with OutputDirLock(str(tmp_path)):
+        with pytest.raises(RuntimeError, match="in use by another run"):
+            OutputDirLock(str(tmp_path)).__enter__()
+    assert not os.path.exists(first.path)
 
 
 # --- interrupted saves and damaged state -------------------------------------------------------------------------
