@@ -20,45 +20,11 @@ def _build_ce() -> None:
     return None
 
 
-@register_loss("kd", config_fields={"temperature": "temperature"})
-def _build_kd(temperature: float = 4.0) -> KDLoss:
-    return KDLoss(temperature=temperature)
-
-
-@register_loss("dist")
-def _build_dist(beta: float = 1.0, gamma: float = 1.0, temperature: float = 1.0) -> DISTLoss:
-    return DISTLoss(beta=beta, gamma=gamma, temperature=temperature)
-
-
-@register_loss("dkd", config_fields={"temperature": "temperature"})
-def _build_dkd(
-    alpha: float = 1.0,
-    beta: float = 8.0,
-    temperature: float = 4.0,
-    logit_stand: bool = False,
-    warmup_fraction: float = 0.0,
-) -> DKDLoss:
-    return DKDLoss(alpha=alpha, beta=beta, temperature=temperature, logit_stand=logit_stand,
-                   warmup_fraction=warmup_fraction)
-
-
-@register_loss("ls")
-def _build_ls(temperature: float = 2.0) -> LSKDLoss:
-    """KD on per-sample z-scored logits (logit standardization) at the base ``temperature``."""
-    return LSKDLoss(temperature=temperature)
-
-
-@register_loss("ctkd")
-def _build_ctkd(
-    temperature_min: float = 1.0,
-    temperature_range: float = 20.0,
-    lambda_min: float = 0.0,
-    lambda_max: float = 1.0,
-    curriculum_fraction: float = 10 / 240,
-) -> CTKDLoss:
-    """KD at a learned global temperature (curriculum temperature); its parameter trains with the student."""
-    return CTKDLoss(temperature_min=temperature_min, temperature_range=temperature_range, lambda_min=lambda_min,
-                    lambda_max=lambda_max, curriculum_fraction=curriculum_fraction)
+register_loss("kd", config_fields={"temperature": "temperature"})(KDLoss)
+register_loss("dist")(DISTLoss)
+register_loss("dkd", config_fields={"temperature": "temperature"})(DKDLoss)
+register_loss("ls")(LSKDLoss)  # KD on per-sample z-scored logits (logit standardization)
+register_loss("ctkd")(CTKDLoss)  # KD at a learned global temperature; its parameter trains with the student
 
 
 @register_loss("la")
@@ -71,16 +37,8 @@ def _build_la(class_prior: list[float] | None = None, tau: float = 1.0) -> Logit
     return LogitAdjustedLoss(class_prior, tau=tau)
 
 
-@register_loss("fitnet", kind="feature")
-def _build_fitnet() -> FitNetLoss:
-    """FitNet hint loss: MSE between the connector-mapped student feature and the teacher feature."""
-    return FitNetLoss()
-
-
-@register_loss("at", kind="feature")
-def _build_at() -> ATLoss:
-    """Attention transfer (p = 2)."""
-    return ATLoss()
+register_loss("fitnet", kind="feature")(FitNetLoss)  # FitNet hints: MSE to the teacher feature
+register_loss("at", kind="feature")(ATLoss)  # attention transfer
 
 
 __all__ = [
