@@ -151,7 +151,7 @@ def test_gaussian_horizon_draws_varied_k_within_bounds(make_learner):
 
 def test_fixed_horizon_is_the_lookahead_steps(make_learner):
     learner = make_learner(lookahead_steps=3).learner
-    assert {learner.sample_horizon() for _ in range(50)} == {3} == {learner.args.max_lookahead_steps}
+    assert {learner.sample_horizon() for _ in range(50)} == {3} == {learner.config.max_lookahead_steps}
 
 
 # --- the meta step ---------------------------------------------------------------------------------------------
