@@ -13,7 +13,7 @@ the CPU, with randomly initialised models.
   ``MetaProblem`` built as ``LKDTrainer.compute_hypergradient`` builds it: the student's forward a
   ``torch.func.functional_call`` with cloned buffers, the training loss ``CE + LogitLossNet`` (the learned loss,
   default size) on teacher logits computed beforehand (the trainer reuses the student step's), the validation loss
-  the calibrated CE of :mod:`lkd_hf.meta.objectives`, every virtual step clipped to ``max_grad_norm=1``. The
+  the calibrated CE of :mod:`lkd_hf.meta.outer_objectives`, every virtual step clipped to ``max_grad_norm=1``. The
   trainer's no-grad ``meta/val_loss_before`` forward (once per logging window) is not included.
 * ``.../first_step_grads``: with ``MetaProblem.first_step_grads`` given: the first virtual step's gradient is free,
   as it is when the real student step supplies it.
@@ -53,7 +53,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from lkd_hf import KDLoss, LogitLossNet  # importing lkd_hf registers its timm models
 from lkd_hf.meta.hypergradients import MetaProblem, get_hypergradient
-from lkd_hf.meta.objectives import calibrated_cross_entropy
+from lkd_hf.meta.outer_objectives import calibrated_cross_entropy
 
 Params = dict[str, torch.Tensor]
 

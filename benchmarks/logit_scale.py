@@ -6,7 +6,7 @@ For each loss of ``LOSSES`` a student of each ``--pairs`` pair is trained with t
 (``benchmarks/accuracy.py``: 2000 images, 6 epochs, SGD, ``max_grad_norm=1``), seed ``--seed``. Reported: the
 median and range of the Trainer's logged ``grad_norm`` (the student's gradient norm *before* clipping to 1), and on
 the 1000-image validation split: top-1, plain cross-entropy, the cross-entropy after temperature scaling
-(``lkd_hf.meta.objectives.calibrated_cross_entropy``, the ``calibrated_ce`` outer objective), the fitted logit scale
+(``lkd_hf.meta.outer_objectives.calibrated_cross_entropy``, the ``calibrated_ce`` outer objective), the fitted logit scale
 and the standard deviation of the logits. It measures two facts behind the meta step's design (docs/benchmarks.md):
 LKD's virtual steps must clip like the real ones, and plain CE ranks these students by their logit scale, not by
 what they predict (hence the ``calibrated_ce`` outer objective).
@@ -27,7 +27,7 @@ import torch.nn.functional as F  # noqa: E402
 from transformers import HfArgumentParser  # noqa: E402
 
 from common import Setting, split_list  # noqa: E402
-from lkd_hf.meta.objectives import calibrated_cross_entropy, fit_logit_scale  # noqa: E402
+from lkd_hf.meta.outer_objectives import calibrated_cross_entropy, fit_logit_scale  # noqa: E402
 
 LOSSES = {
     "ce": dict(loss="ce"),

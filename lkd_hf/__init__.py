@@ -17,8 +17,8 @@ from typing import Any
 from . import models  # noqa: F401  (registers lkd_hf's small models in timm)
 from .constants import LOSS_DIRNAME
 from .hub import LearnedLoss, LearnedLossConfig
-from .loss_builders import PRETRAINED_LOSS_DIR, pretrained_logit_loss
-from .loss_networks import FeatureLossNet, LogitLossNet
+from .losses.learned import PRETRAINED_LOSS_DIR, pretrained_logit_loss
+from .losses.networks import FeatureLossNet, LogitLossNet
 from .losses import (
     ATLoss,
     DISTLoss,
@@ -55,7 +55,7 @@ _LAZY = {
     "forward_with_features": "features",
     "build_compute_metrics": "metrics",
     "plot_learned_loss": "plots",
-    "checkpoint_step": "checkpoints",
+    "checkpoint_step": "resume",
     "model_num_classes": "model_info",
 }
 

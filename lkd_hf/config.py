@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import math
+import warnings
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from transformers import TrainingArguments
@@ -20,36 +23,185 @@ from .constants import (
 
 @dataclass
 class LKDConfig(TrainingArguments):
-    """Training arguments for :class:`~lkd_hf.LKDTrainer`.
-
-    Inherits every :class:`transformers.TrainingArguments` field. Its own fields define the student objective
-    ``ce_weight * CE + distill_weight * distill_loss`` and, when the distillation loss is learned (``loss="lkd"``),
-    the bi-level (meta) optimisation of the loss network against the student's validation cross-entropy.
+    """Training arguments for :class:`~lkd_hf.LKDTrainer`: every :class:`transformers.TrainingArguments` field plus
+    the fields of Learnable Knowledge Distillation below. The student minimises ``ce_weight * CE + distill_weight *
+    distill_loss (+ feature_weight * feature_loss)``; a learned loss is trained against the student's validation loss
+    by the outer (meta) loop. Why the defaults are what they are: ``docs/method.md`` and ``docs/benchmarks.md``.
 
     Defaults differing from ``TrainingArguments``: ``remove_unused_columns=False`` and ``label_names=["labels"]``
-    (needed for timm models fed ``{"pixel_values", "labels"}`` batches).
+    (timm models are fed ``{"pixel_values", "labels"}`` batches).
+
+    Args:
+        > Student objective
+
+        loss (`str`, defaults to `"lkd"`):
+            The distillation loss by registered name, a logit and / or a feature loss joined by ``+`` (e.g.
+            ``"lkd+feat"``, ``"kd+fitnet"``; ``"ce"``: no teacher). See :func:`~lkd_hf.available_losses`.
+        ce_weight (`float`, defaults to `1.0`):
+            Weight of the cross-entropy on the labels.
+        distill_weight (`float`, defaults to `1.0`):
+            Weight of the logit distillation term.
+        feature_weight (`float`, defaults to `1.0`):
+            Weight of the feature distillation term (summed over the taps).
+        temperature (`float`, defaults to `4.0`):
+            Temperature of KD and DKD, and the start of a learned loss started from KD (``lkd_init="kd"``).
+        feature_taps (`list[str]`, defaults to `["-1"]`):
+            Student stages whose features a feature loss distills: ``feature_info`` indices or module names.
+        teacher_feature_taps (`list[str]` or `None`, defaults to `None`):
+            Teacher stages paired with ``feature_taps`` (default: the same).
+        loss_kwargs (`dict` or `None`, defaults to `None`):
+            Options of single losses by loss name, e.g. ``{"dist": {"beta": 2.0}}``; each loss takes only its own
+            (``docs/method.md`` lists them).
+
+        > Options of single hand-made losses (deprecated: set them in ``loss_kwargs``)
+
+        dist_beta, dist_gamma (`float`, default to `1.0`):
+            DIST: weights of the inter-class and the intra-class relation (also the start of ``lkd_init="dist"``).
+        dist_temperature (`float`, defaults to `1.0`):
+            DIST: softmax temperature.
+        dkd_alpha, dkd_beta (`float`, default to `1.0`, `8.0`):
+            DKD: weights of target-class and non-target-class KD.
+        dkd_logit_stand (`bool`, defaults to `False`):
+            DKD: z-score each sample's logits first.
+        dkd_warmup_fraction (`float`, defaults to `0.0`):
+            DKD: share of the training steps over which the loss's factor rises linearly from 0 to 1.
+        la_tau (`float`, defaults to `1.0`):
+            ``"la"`` (logit-adjusted cross-entropy, no teacher): scale of the log class prior added to the logits.
+        la_class_prior (`list[float]` or `None`, defaults to `None`):
+            ``"la"``: each class's fraction of the training labels (required; ``lkd_hf.losses.class_prior``).
+        ls_temperature (`float`, defaults to `2.0`):
+            ``"ls"`` (KD with logit standardization): temperature on the z-scored logits.
+        ctkd_temperature_min, ctkd_temperature_range (`float`, default to `1.0`, `20.0`):
+            CTKD: the learned temperature is ``min + range * sigmoid(raw)``.
+        ctkd_lambda_min, ctkd_lambda_max (`float`, default to `0.0`, `1.0`):
+            CTKD: gradient-reversal strength at the start and once the curriculum is over.
+        ctkd_curriculum_fraction (`float`, defaults to `10 / 240`):
+            CTKD: share of the training steps over which the reversal strength rises (a cosine).
+
+        > Learned loss
+
+        lkd_init (`str`, defaults to `"pretrained"`):
+            Start of the learned logit loss: ``"pretrained"`` (the loss shipped with lkd_hf), ``"kd"`` or ``"dist"``
+            (the hand-made loss, reproduced exactly). ``loss_from``, when set, is the start instead.
+        loss_from (`str` or `None`, defaults to `None`):
+            A learned loss (:class:`~lkd_hf.LearnedLoss`) to start from: a folder, a Hub repo id or a folder in a
+            repo. It must fit the run's classes and teacher feature taps.
+        freeze_loss (`bool` or `None`, defaults to `None`):
+            Keep the learned loss fixed (no meta steps). Default: fixed when every learned loss starts from one learned
+            beforehand (``lkd_init="pretrained"`` or ``loss_from``), else learned.
+        lkd_learn_knobs (`bool`, defaults to `True`):
+            Whether the outer loop may change the learned logit loss's temperature and weight.
+        loss_hidden_dim (`int`, defaults to `32`):
+            Width of the learned logit loss network's MLP.
+        feature_loss_hidden_dim (`int`, defaults to `16`):
+            Width of the learned feature loss network's per-element MLP.
+        loss_hub_model_id (`str` or `None`, defaults to `None`):
+            Also push the learned loss to this Hub repo of its own (the student's repo holds it under ``lkd_loss/``).
+
+        > Population
+
+        population_temperature_factors (`list[float]` or `None`, defaults to `None`):
+            One student per factor, trained side by side, each with the learned logit loss at its temperature times
+            the factor (the first is 1.0); the best on the eval_dataset is kept. Default: ``[1.0, 2.0]`` for a learned
+            logit loss alone with an eval_dataset, else one student.
+        population_weight_factors (`list[float]` or `None`, defaults to `None`):
+            The population's factors of the learned loss's weight, one per student (the first is 1.0).
+
+        > Outer (meta) loop
+
+        meta_interval (`int`, defaults to `5`):
+            Update the learned loss every N student steps.
+        meta_warmup_steps (`int`, defaults to `0`):
+            Student steps before the first meta update (overrides ``meta_warmup_ratio`` when > 0).
+        meta_warmup_ratio (`float`, defaults to `0.0`):
+            Share of the training steps before the first meta update.
+        meta_learning_rate (`float`, defaults to `1e-3`):
+            Learning rate of the loss networks.
+        meta_optimizer (`str`, defaults to `"adam"`):
+            Optimizer of the loss networks: ``"adam"`` or ``"sgd"``.
+        meta_weight_decay (`float`, defaults to `0.0`):
+            Weight decay of the loss networks.
+        meta_max_grad_norm (`float`, defaults to `1.0`):
+            Clip the hypergradient to this norm (<= 0: no clipping).
+        meta_batch_size (`int` or `None`, defaults to `None`):
+            Validation batch size of a held-out meta step (default: ``per_device_train_batch_size``).
+        meta_val_loss (`str`, defaults to `"calibrated_ce"`):
+            Outer objective: ``"calibrated_ce"`` (the validation cross-entropy after temperature scaling) or
+            ``"ce"``.
+        meta_val_source (`str` or `None`, defaults to `None`):
+            Validation batch: ``"heldout"`` (the meta set) or ``"train_batch"`` (the current training batch).
+            Default: ``"heldout"`` when there is a meta set, else ``"train_batch"``.
+        lkd_val_fraction (`float` or `None`, defaults to `None`):
+            Hold this fraction of the training set out as the meta set when the trainer gets no ``meta_dataset``.
+        meta_precision (`str`, defaults to `"auto"`):
+            Precision of the meta step's validation pass: ``"fp32"``, ``"bf16"``, or ``"auto"`` (``"bf16"`` when the
+            run trains in bf16); the training-loss passes stay in fp32.
+        hypergradient (`str`, defaults to `"unrolled"`):
+            Hypergradient estimator: ``"unrolled"`` (exact, second order), ``"finite_difference"`` or
+            ``"implicit"`` (no double backward).
+        fd_epsilon (`float`, defaults to `0.01`):
+            ``finite_difference``: perturbation size, relative to the weights' gradient norm.
+        lookahead_steps (`int`, defaults to `1`):
+            Virtual student steps K before the validation loss (the horizon).
+        lookahead_steps_std (`float`, defaults to `0.0`):
+            If > 0, each meta step draws K from a normal of this standard deviation around ``lookahead_steps``.
+        lookahead_lr (`float` or `None`, defaults to `None`):
+            Step size of the virtual steps (default: the student's current learning rate).
+        snapshot_strategy (`str`, defaults to `"uniform"`):
+            Student a meta step starts from: ``"current"``, ``"uniform"`` (over recorded snapshots and the live
+            weights), ``"gaussian"`` or ``"fixed"`` (by step distance).
+        snapshot_interval (`int`, defaults to `50`):
+            Record a student snapshot every N steps.
+        snapshot_pool_size (`int`, defaults to `16`):
+            At most this many snapshots (thinned evenly over the run when full).
+        snapshot_distance (`int`, defaults to `200`):
+            Step distance of ``"fixed"``, standard deviation of ``"gaussian"``.
+        snapshot_checkpoints (`list[str]`, defaults to `[]`):
+            Trainer checkpoints of the same student architecture that seed the snapshot pool.
+        snapshot_storage_dir (`str` or `None`, defaults to `None`):
+            Keep the snapshots as files in this folder instead of CPU memory.
+
+        > Safety
+
+        max_nonfinite_steps (`int`, defaults to `10`):
+            Stop with an error after this many consecutive student steps skipped for a non-finite loss or gradient.
     """
 
-    # --- the student objective -------------------------------------------------------------------------------
+    # --- student objective -----------------------------------------------------------------------------------
     loss: str = field(
         default="lkd",
         metadata={"help": "Distillation loss by registered name: a logit loss ('lkd' (learned), 'kd', 'dist', 'dkd', "
-                  "'ce' (no teacher)) and/or a feature loss ('feat' (learned), 'fitnet', 'at'), joined by '+', e.g. "
-                  "'lkd+feat' or 'kd+fitnet'. See lkd_hf.available_losses()."},
+                  "'ls', 'ctkd', 'ce' (no teacher)) and/or a feature loss ('feat' (learned), 'fitnet', 'at'), joined "
+                  "by '+', e.g. 'lkd+feat'. See lkd_hf.available_losses()."},
     )
     ce_weight: float = field(default=1.0, metadata={"help": "Weight of the cross-entropy on the labels."})
     distill_weight: float = field(default=1.0, metadata={"help": "Weight of the distillation term."})
+    feature_weight: float = field(default=1.0, metadata={"help": "Weight of the feature distillation term."})
     temperature: float = field(
         default=4.0, metadata={"help": "Temperature of KD and DKD, and the initial temperature of the learned loss "
                                   "started from KD (lkd_init='kd')."}
     )
+    feature_taps: list[str] = field(
+        default_factory=lambda: ["-1"],
+        metadata={"help": "Student stages whose features a feature loss distills: indices into the model's "
+                  "feature_info (e.g. -1, or 1 2 3) or module names (forward hooks)."},
+    )
+    teacher_feature_taps: list[str] | None = field(
+        default=None,
+        metadata={"help": "Teacher stages paired with feature_taps, in the same order (default: the same indices)."},
+    )
+    loss_kwargs: dict[str, Any] | str | None = field(
+        default=None,
+        metadata={"help": "Options of single losses by loss name, e.g. {\"dist\": {\"beta\": 2.0}} (a JSON string on "
+                  "the command line). Each loss's options: docs/method.md."},
+    )
+
+    # --- options of single hand-made losses (deprecated: use loss_kwargs) ------------------------------------
     dist_beta: float = field(
-        default=1.0, metadata={"help": "DIST: weight of the inter-class relation (a learned loss loaded from a folder, "
-                                      "the shipped one included, keeps its own)."}
+        default=1.0, metadata={"help": "DIST: weight of the inter-class relation (a loaded learned loss keeps its own)."}
     )
     dist_gamma: float = field(
-        default=1.0, metadata={"help": "DIST: weight of the intra-class relation (a learned loss loaded from a folder, "
-                                      "the shipped one included, keeps its own)."}
+        default=1.0, metadata={"help": "DIST: weight of the intra-class relation (a loaded learned loss keeps its own)."}
     )
     dist_temperature: float = field(default=1.0, metadata={"help": "DIST: softmax temperature."})
     dkd_alpha: float = field(default=1.0, metadata={"help": "DKD: weight of target-class KD (TCKD)."})
@@ -74,16 +226,15 @@ class LKDConfig(TrainingArguments):
     )
     ls_temperature: float = field(
         default=2.0,
-        metadata={"help": "'ls' (KD with logit standardization): base temperature on the z-scored logits (the "
-                  "paper's CIFAR-100 setting 2, with a distillation weight of 9)."},
+        metadata={"help": "'ls' (KD with logit standardization): base temperature on the z-scored logits."},
     )
     ctkd_temperature_min: float = field(
         default=1.0, metadata={"help": "CTKD: lower end of the learned temperature (the reference code's t_start)."}
     )
     ctkd_temperature_range: float = field(
         default=20.0,
-        metadata={"help": "CTKD: width of the learned temperature's range (the reference code's t_end): temperature "
-                  "= ctkd_temperature_min + ctkd_temperature_range * sigmoid(raw), raw starting at 1."},
+        metadata={"help": "CTKD: width of the learned temperature's range (the reference code's t_end); temperature "
+                  "= ctkd_temperature_min + ctkd_temperature_range * sigmoid(raw)."},
     )
     ctkd_lambda_min: float = field(default=0.0, metadata={"help": "CTKD: gradient-reversal strength at the start."})
     ctkd_lambda_max: float = field(
@@ -91,56 +242,57 @@ class LKDConfig(TrainingArguments):
     )
     ctkd_curriculum_fraction: float = field(
         default=10 / 240,
-        metadata={"help": "CTKD: fraction of the training steps over which the reversal strength rises from "
-                  "ctkd_lambda_min to ctkd_lambda_max along a cosine (10 of 240 epochs in the paper's CIFAR-100 "
-                  "setting)."},
+        metadata={"help": "CTKD: share of the training steps over which the reversal strength rises from "
+                  "ctkd_lambda_min to ctkd_lambda_max along a cosine."},
     )
-    loss_hidden_dim: int = field(default=32, metadata={"help": "Width of the learned loss network's MLP."})
+
+    # --- learned loss ----------------------------------------------------------------------------------------
     lkd_init: str = field(
         default="pretrained",
-        metadata={"help": "Start of the learned logit loss: 'pretrained' (the loss shipped with lkd_hf, learned "
-                  "beforehand over several teacher -> student pairs; see docs/method.md), or the hand-made loss it "
-                  "reproduces exactly: 'kd' (Hinton KD at `temperature`) or 'dist' (DIST with dist_beta, dist_gamma "
-                  "at dist_temperature). loss_from, when set, is the start instead."},
+        metadata={"help": "Start of the learned logit loss: 'pretrained' (the loss shipped with lkd_hf), or the "
+                  "hand-made loss it reproduces exactly, 'kd' (at temperature) or 'dist' (at dist_temperature). "
+                  "loss_from, when set, is the start instead."},
+    )
+    loss_from: str | None = field(
+        default=None,
+        metadata={"help": "Load a learned loss (lkd_hf.LearnedLoss) from a folder, a Hub repo id or a folder in a Hub "
+                  "repo ('user/student/lkd_loss'). It must fit this run's classes and teacher feature taps."},
+    )
+    freeze_loss: bool | None = field(
+        default=None,
+        metadata={"help": "Keep the learned loss fixed: no meta steps (about the cost of KD). Default: fixed when "
+                  "every learned loss starts from one learned beforehand (lkd_init='pretrained' or loss_from), else "
+                  "learned."},
     )
     lkd_learn_knobs: bool = field(
         default=True,
-        metadata={"help": "Whether the outer loop may change the learned logit loss's global knobs (temperature and "
-                  "weight); False keeps them at their start and learns only the per-class / per-sample weights."},
+        metadata={"help": "Whether the outer loop may change the learned logit loss's temperature and weight; False "
+                  "learns only its per-class and per-sample weights."},
     )
-    feature_weight: float = field(default=1.0, metadata={"help": "Weight of the feature distillation term."})
-    feature_taps: list[str] = field(
-        default_factory=lambda: ["-1"],
-        metadata={"help": "Student stages whose features are distilled (used when the loss names a feature loss): "
-                  "indices into the model's feature_info (e.g. -1, or 1 2 3), or module names (forward hooks)."},
-    )
-    teacher_feature_taps: list[str] | None = field(
-        default=None,
-        metadata={"help": "Teacher stages paired with feature_taps, in the same order (default: the same indices)."},
-    )
+    loss_hidden_dim: int = field(default=32, metadata={"help": "Width of the learned loss network's MLP."})
     feature_loss_hidden_dim: int = field(
         default=16, metadata={"help": "Width of the learned feature loss network's per-element MLP."}
     )
+    loss_hub_model_id: str | None = field(
+        default=None,
+        metadata={"help": "When the trainer pushes to the Hub, also push the learned loss to this repo of its own. "
+                  "The student's repo gets it under lkd_loss/ in any case."},
+    )
 
-    # --- the population --------------------------------------------------------------------------------------
+    # --- population ------------------------------------------------------------------------------------------
     population_temperature_factors: list[float] | None = field(
         default=None,
-        metadata={"help": "Train one student per factor side by side on the same batches and teacher outputs, each "
-                  "with the learned logit loss at its temperature times the factor (the first factor is 1.0: the "
-                  "loss's own) and its weight times the matching population_weight_factors entry, and keep the one "
-                  "with the best metric_for_best_model (default: accuracy) on the eval_dataset once training ends; "
-                  "the meta steps learn from the first student. Default (both lists None): temperature factors "
-                  "[1.0, 2.0] with weight factors [1.0, 2.0] for a learned logit loss without a feature loss when "
-                  "the trainer has an eval_dataset, else a single student. [1.0] trains a single student."},
+        metadata={"help": "One student per factor, trained side by side with the learned logit loss at its "
+                  "temperature times the factor (the first is 1.0); the best on the eval_dataset is kept. Default: "
+                  "[1.0, 2.0] for a learned logit loss alone with an eval_dataset, else one student ([1.0])."},
     )
     population_weight_factors: list[float] | None = field(
         default=None,
-        metadata={"help": "The population's factors of the learned loss's weight, one per student (the first is 1.0); "
-                  "set alone, the temperature factors are 1.0, and population_temperature_factors set alone pairs "
-                  "with weight factors 1.0. Default: see population_temperature_factors."},
+        metadata={"help": "The population's factors of the learned loss's weight, one per student (the first is 1.0). "
+                  "Default: [1.0, 2.0] with the default temperature factors, else 1.0 each."},
     )
 
-    # --- the outer (meta) loop -------------------------------------------------------------------------------
+    # --- outer (meta) loop -----------------------------------------------------------------------------------
     meta_interval: int = field(default=5, metadata={"help": "Update the learned loss every N student steps."})
     meta_warmup_steps: int = field(
         default=0, metadata={"help": "Student steps before the first meta update (overrides meta_warmup_ratio when > 0)."}
@@ -148,11 +300,6 @@ class LKDConfig(TrainingArguments):
     meta_warmup_ratio: float = field(
         default=0.0,
         metadata={"help": "Share of the run's training steps before the first meta update (like warmup_ratio)."},
-    )
-    max_nonfinite_steps: int = field(
-        default=10,
-        metadata={"help": "Stop training with an error after this many consecutive student steps skipped because the "
-                  "loss or the gradient was not finite (a skipped step leaves the student unchanged)."},
     )
     meta_learning_rate: float = field(default=1e-3, metadata={"help": "Learning rate of the loss network."})
     meta_optimizer: str = field(default="adam", metadata={"help": "Loss network optimizer: 'adam' or 'sgd'."})
@@ -162,18 +309,35 @@ class LKDConfig(TrainingArguments):
     )
     meta_batch_size: int | None = field(
         default=None,
-        metadata={"help": "Validation batch size of a held-out meta step (default: per_device_train_batch_size; "
-                  "chosen by measurement, docs/benchmark_meta_batch_size)."},
+        metadata={"help": "Validation batch size of a held-out meta step (default: per_device_train_batch_size)."},
+    )
+    meta_val_loss: str = field(
+        default="calibrated_ce",
+        metadata={"help": "Outer objective of a meta step: 'calibrated_ce' (the validation cross-entropy after "
+                  "temperature scaling, blind to the logits' scale) or 'ce' (the plain validation cross-entropy)."},
+    )
+    meta_val_source: str | None = field(
+        default=None,
+        metadata={"help": "Validation batch of a meta step: 'heldout' (a batch of the meta set) or 'train_batch' (the "
+                  "current training batch). Default: 'heldout' when there is a meta set, else 'train_batch'."},
+    )
+    lkd_val_fraction: float | None = field(
+        default=None,
+        metadata={"help": "Hold this fraction of the training set out as the meta set when the trainer gets no "
+                  "meta_dataset (default: hold nothing out)."},
+    )
+    meta_precision: str = field(
+        default="auto",
+        metadata={"help": "Precision of the meta step's validation pass: 'fp32', 'bf16', or 'auto' ('bf16' when the "
+                  "run trains in bf16, else 'fp32'). The training-loss passes stay in fp32."},
     )
     hypergradient: str = field(
         default="unrolled",
         metadata={"help": "Hypergradient estimator: 'unrolled' (exact, second order), 'finite_difference' (no double "
-                  "backward; works for every timm model) or 'implicit' (Neumann-series implicit differentiation at "
-                  "the current weights, no trajectory; no double backward)."},
+                  "backward; works for every timm model) or 'implicit' (Neumann series at the current weights)."},
     )
-    lookahead_lr: float | None = field(
-        default=None,
-        metadata={"help": "Step size of the virtual student step(s); default: the student's current learning rate."},
+    fd_epsilon: float = field(
+        default=0.01, metadata={"help": "finite_difference: perturbation size, relative to the weights' gradient norm."}
     )
     lookahead_steps: int = field(
         default=1, metadata={"help": "Virtual student steps K before the validation loss (the meta horizon)."}
@@ -181,27 +345,11 @@ class LKDConfig(TrainingArguments):
     lookahead_steps_std: float = field(
         default=0.0,
         metadata={"help": "If > 0, each meta step draws its horizon K ~ round(N(lookahead_steps, std)), clipped to "
-                  "[1, lookahead_steps + 2 std] ('Gaussian sampling'); 0 keeps K fixed."},
+                  "[1, lookahead_steps + 2 std]; 0 keeps K fixed."},
     )
-    meta_val_loss: str = field(
-        default="calibrated_ce",
-        metadata={"help": "Outer objective of a meta step: 'calibrated_ce' (the validation cross-entropy after "
-                  "temperature scaling, blind to the logits' scale; see lkd_hf.meta.objectives) or 'ce' (the plain "
-                  "validation cross-entropy)."},
-    )
-    meta_val_source: str | None = field(
+    lookahead_lr: float | None = field(
         default=None,
-        metadata={"help": "Validation batch of a meta step: 'heldout' (a fresh batch of the meta set: the trainer's "
-                  "meta_dataset, or lkd_val_fraction of the training set) or 'train_batch' (the current training "
-                  "batch: no image held out). Default: 'heldout' when the trainer gets a meta_dataset or "
-                  "lkd_val_fraction is set, else 'train_batch'."},
-    )
-    meta_precision: str = field(
-        default="auto",
-        metadata={"help": "Precision of the meta step: 'fp32', or 'bf16' (the validation pass under bf16 autocast, "
-                  "the training-loss passes in fp32 and exact forward-mode mixed products; cosine >= 0.99 to an fp64 "
-                  "hypergradient in tests/test_meta_precision.py). 'auto': 'bf16' when the run trains in bf16, else "
-                  "'fp32' (fp16 gradients would need loss scaling)."},
+        metadata={"help": "Step size of the virtual student step(s); default: the student's current learning rate."},
     )
     snapshot_strategy: str = field(
         default="uniform",
@@ -223,31 +371,12 @@ class LKDConfig(TrainingArguments):
         default=None,
         metadata={"help": "Keep snapshots as safetensors files in this directory instead of CPU memory (large models)."},
     )
-    loss_from: str | None = field(
-        default=None,
-        metadata={"help": "Load a learned loss (lkd_hf.LearnedLoss) from a folder, a Hub repo id or a folder in a Hub "
-                  "repo ('user/student/lkd_loss'); it must fit this run's classes and teacher feature taps."},
-    )
-    freeze_loss: bool | None = field(
-        default=None,
-        metadata={"help": "Keep the learned loss fixed: no meta steps (costs about as much as KD). Default: fixed when "
-                  "every learned loss of the run starts from a loss learned beforehand (loss='lkd' from the shipped "
-                  "loss, lkd_init='pretrained', or from loss_from; its temperature and weight were learned over whole "
-                  "runs, and meta steps on top added nothing measurable, docs/benchmarks.md), else learned (a start "
-                  "from KD or DIST, or a feature loss network). False learns a loaded loss further."},
-    )
-    loss_hub_model_id: str | None = field(
-        default=None,
-        metadata={"help": "When the trainer pushes to the Hub, also push the learned loss (config, weights, model "
-                  "card) to this repo of its own; the student's repo gets it under lkd_loss/ in any case."},
-    )
-    fd_epsilon: float = field(
-        default=0.01, metadata={"help": "finite_difference: perturbation size, relative to the weights' gradient norm."}
-    )
-    lkd_val_fraction: float | None = field(
-        default=None,
-        metadata={"help": "Hold this fraction of the training set out for the meta (validation) loss when no "
-                  "meta_dataset is given to the trainer (default: hold nothing out)."},
+
+    # --- safety ----------------------------------------------------------------------------------------------
+    max_nonfinite_steps: int = field(
+        default=10,
+        metadata={"help": "Stop training with an error after this many consecutive student steps skipped because the "
+                  "loss or the gradient was not finite. A skipped step leaves the student unchanged."},
     )
 
     # --- TrainingArguments defaults that timm models need ---------------------------------------------------
@@ -261,6 +390,7 @@ class LKDConfig(TrainingArguments):
         super().__post_init__()
         if self.use_cpu or not torch.accelerator.is_available():  # pinned memory only serves an accelerator
             self.dataloader_pin_memory = False
+        self.loss_kwargs = _loss_kwargs_with_deprecated_fields(self)
         if self.lkd_val_fraction is not None and not 0.0 < self.lkd_val_fraction < 1.0:
             raise ValueError(f"lkd_val_fraction must be in (0, 1), got {self.lkd_val_fraction}")
         if self.lkd_init not in LKD_INITS:
@@ -351,3 +481,42 @@ class LKDConfig(TrainingArguments):
 def _parse_taps(taps: list) -> list[int | str]:
     """Tap indices given as strings on the command line ('-1') become ints; module names stay strings."""
     return [int(t) if isinstance(t, str) and t.lstrip("-").isdigit() else t for t in taps]
+
+
+# The per-loss fields kept for compatibility, by field: its default and the (loss, option) pairs it sets.
+DEPRECATED_LOSS_FIELDS: dict[str, tuple[Any, tuple[tuple[str, str], ...]]] = {
+    "dist_beta": (1.0, (("dist", "beta"), ("lkd", "dist_beta"))),
+    "dist_gamma": (1.0, (("dist", "gamma"), ("lkd", "dist_gamma"))),
+    "dist_temperature": (1.0, (("dist", "temperature"), ("lkd", "dist_temperature"))),
+    "dkd_alpha": (1.0, (("dkd", "alpha"),)),
+    "dkd_beta": (8.0, (("dkd", "beta"),)),
+    "dkd_logit_stand": (False, (("dkd", "logit_stand"),)),
+    "dkd_warmup_fraction": (0.0, (("dkd", "warmup_fraction"),)),
+    "la_tau": (1.0, (("la", "tau"),)),
+    "la_class_prior": (None, (("la", "class_prior"),)),
+    "ls_temperature": (2.0, (("ls", "temperature"),)),
+    "ctkd_temperature_min": (1.0, (("ctkd", "temperature_min"),)),
+    "ctkd_temperature_range": (20.0, (("ctkd", "temperature_range"),)),
+    "ctkd_lambda_min": (0.0, (("ctkd", "lambda_min"),)),
+    "ctkd_lambda_max": (1.0, (("ctkd", "lambda_max"),)),
+    "ctkd_curriculum_fraction": (10 / 240, (("ctkd", "curriculum_fraction"),)),
+}
+
+
+def _loss_kwargs_with_deprecated_fields(config: LKDConfig) -> dict[str, dict[str, Any]]:
+    """``config.loss_kwargs`` (parsed from JSON when a string) with the deprecated per-loss fields set away from
+    their defaults added (a ``FutureWarning`` each; an option set in ``loss_kwargs`` too keeps that value)."""
+    raw = config.loss_kwargs
+    loss_kwargs = json.loads(raw) if isinstance(raw, str) else dict(raw or {})
+    if not isinstance(loss_kwargs, dict) or not all(isinstance(v, dict) for v in loss_kwargs.values()):
+        raise ValueError(f"loss_kwargs must map loss names to dicts of options, got {raw!r}")
+    loss_kwargs = {name: dict(options) for name, options in loss_kwargs.items()}
+    for name, (default, targets) in DEPRECATED_LOSS_FIELDS.items():
+        value = getattr(config, name)
+        if value == default:
+            continue
+        warnings.warn(f"LKDConfig.{name} is deprecated: set loss_kwargs={{{targets[0][0]!r}: {{{targets[0][1]!r}: "
+                      f"{value!r}}}}} instead.", FutureWarning, stacklevel=4)
+        for loss, option in targets:
+            loss_kwargs.setdefault(loss, {}).setdefault(option, value)
+    return loss_kwargs

@@ -25,12 +25,12 @@ from accelerate.utils import extract_model_from_parallel
 from timm.task import TrainingTask
 from torch import nn
 
-from .checkpoints import load_student_params
-from .features import Tap, StudentWithConnectors, forward_with_features
-from .loss_networks import FeatureLossNet, LogitLossNet
+from .features import StudentWithConnectors, Tap, forward_with_features
+from .losses.networks import FeatureLossNet, LogitLossNet
 from .model_info import model_num_classes, timm_name
 from .objective import DistillationObjective
 from .population import StudentPopulation, member_objectives
+from .resume import load_student_params
 
 
 class Distiller(TrainingTask):
@@ -224,7 +224,8 @@ class Distiller(TrainingTask):
         """
         population = self.population
         students = population.members if population is not None else [self.trainable_module]
-        return [torch.nn.utils.clip_grad_norm_(s.parameters(), max_norm) for s in students][0]
+        norms = [torch.nn.utils.clip_grad_norm_(student.parameters(), max_norm) for student in students]
+        return norms[0]
 
     # weights on disk
     def weights_to_save(self, state_dict: dict[str, torch.Tensor] | None = None) -> tuple[dict | None, dict | None]:
@@ -269,8 +270,8 @@ class Distiller(TrainingTask):
         connectors, the taps and feature shapes. The keys are :class:`~lkd_hf.LearnedLossConfig` fields (and
         :meth:`~lkd_hf.LearnedLoss.check_compatible` arguments)."""
         teacher = None if self.teacher is None else extract_model_from_parallel(self.teacher)
-        run: dict[str, Any] = dict(teacher=timm_name(teacher), student=timm_name(self.student),
-                                   num_classes=model_num_classes(self.student))
+        run: dict[str, Any] = {"teacher": timm_name(teacher), "student": timm_name(self.student),
+                               "num_classes": model_num_classes(self.student)}
         if self.connected is not None:
             connected = self.connected
             run.update(

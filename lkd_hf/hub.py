@@ -25,72 +25,38 @@ with the student), ``LKDConfig(loss_hub_model_id=...)`` also pushes it to a repo
 """
 
 import inspect
-import json
 import os
 import warnings
-from collections.abc import Callable
-from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import torch
-from huggingface_hub import HfApi, ModelCard, ModelCardData, PyTorchModelHubMixin, is_offline_mode, snapshot_download
+from huggingface_hub import HfApi, ModelCard, PyTorchModelHubMixin, is_offline_mode, snapshot_download
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_model
 from torch import nn
 from transformers.utils import logging
 
-from .loss_networks import FeatureLossNet, LogitLossNet
-from .plots import matplotlib_available, plot_learned_loss, starting_loss, synthetic_teacher_logits
+from .learned_loss_config import (
+    CONFIG_NAME,
+    LEGACY_FEATURE_SUBDIR,
+    LearnedLossConfig,
+    config_from_json,
+    differ,
+    feature_channels,
+    invalid_file,
+    read_json,
+)
+from .losses.networks import FeatureLossNet, LogitLossNet
+from .model_card import METHOD_URL, PLOT_NAME, TAGS, model_card_text
+from .plots import matplotlib_available, plot_learned_loss, synthetic_teacher_logits
 from .safe_io import atomic_directory
 from .version import __version__
 
 logger = logging.get_logger(__name__)
 
-FORMAT_VERSION = 1
-CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 CARD_NAME = "README.md"
-PLOT_NAME = "learned_loss.png"
-LEGACY_FEATURE_SUBDIR = "feature"  # the layout before bundles: LogitLossNet in the folder, FeatureLossNet in feature/
-TAGS = ["knowledge-distillation", "lkd", "timm", "loss-network"]
-METHOD_URL = "https://doi.org/10.1371/journal.pone.0325599"
-
-
-@dataclass
-class LearnedLossConfig:
-    """What a :class:`LearnedLoss` holds and how it was learned (its ``config.json``). ``None``: not known.
-
-    Attributes:
-        logit_net / feature_net: constructor arguments of the :class:`~lkd_hf.LogitLossNet` (``base``, initial
-            ``temperature``, ...) / :class:`~lkd_hf.FeatureLossNet`; ``None`` when the bundle has no such network.
-        loss: the run's ``LKDConfig.loss`` (pass it again with ``loss_from``), e.g. ``"lkd"``, ``"lkd+feat"``.
-        teacher / student: timm architecture names.
-        num_classes: classes of the teacher and student.
-        student_taps / teacher_taps: the resolved feature taps (stage indices or module names) of the feature loss.
-        student_feature_shapes / teacher_feature_shapes: ``[C, H, W]`` per tap; the feature loss saw teacher-shaped
-            maps (the student's went through connectors).
-        dataset: the training dataset, when known.
-        steps: the trainer's ``global_step`` when saved (meta steps for ``LKDTrainer.learn_loss``).
-        metrics: the student's last evaluation metrics (``eval_accuracy``, ...) and their ``step``.
-        lkd_hf_version / format_version: the writing ``lkd_hf`` and the bundle format.
-    """
-
-    logit_net: dict[str, Any] | None = None
-    feature_net: dict[str, Any] | None = None
-    loss: str | None = None
-    teacher: str | None = None
-    student: str | None = None
-    num_classes: int | None = None
-    student_taps: list[int | str] | None = None
-    teacher_taps: list[int | str] | None = None
-    student_feature_shapes: list[list[int]] | None = None
-    teacher_feature_shapes: list[list[int]] | None = None
-    dataset: str | None = None
-    steps: int | None = None
-    metrics: dict[str, float] = field(default_factory=dict)
-    lkd_hf_version: str | None = None
-    format_version: int = FORMAT_VERSION
 
 
 class LearnedLoss(
@@ -193,7 +159,7 @@ class LearnedLoss(
             local_files_only=local_files_only, token=token,
         )
         config_path = os.path.join(directory, CONFIG_NAME)
-        raw = _read_json(config_path, source) if os.path.isfile(config_path) else None
+        raw = read_json(config_path, source) if os.path.isfile(config_path) else None
         legacy = _legacy_arguments(directory, raw, source)
         if legacy is not None:
             bundle = cls._from_legacy_layout(directory, source, *legacy, map_location=map_location)
@@ -205,11 +171,11 @@ class LearnedLoss(
                 "<output_dir>/lkd_loss), or the Hub repo id (or repo folder) it was pushed to."
             )
         else:
-            config = _config_from_json(raw, config_path, source)
+            config = config_from_json(raw, config_path, source)
             try:
                 bundle = cls(config)
             except ValueError as error:
-                raise _invalid_file(source, config_path, str(error)) from error
+                raise invalid_file(source, config_path, str(error)) from error
             _load_weights(bundle, os.path.join(directory, WEIGHTS_NAME), source, map_location)
         bundle.source = source
         return bundle.eval()
@@ -236,7 +202,7 @@ class LearnedLoss(
                 try:
                     network = _build_network(kind, arguments, "the arguments")
                 except ValueError as error:
-                    raise _invalid_file(source, config_path, str(error)) from error
+                    raise invalid_file(source, config_path, str(error)) from error
                 _load_weights(network, os.path.join(folder, WEIGHTS_NAME), source, map_location)
             networks.append(network)
         logger.warning(
@@ -277,30 +243,30 @@ class LearnedLoss(
         """
         c, name = self.config, repr(self.source) if self.source else "this learned loss"
         errors, notes = [], []
-        if self.logit is not None and _differ(c.num_classes, num_classes):
+        if self.logit is not None and differ(c.num_classes, num_classes):
             errors.append(
                 f"its logit loss was learned for {c.num_classes} classes, this run has {num_classes}: a learned "
                 f"logit loss is specific to its label space. Load one learned with {num_classes} classes, or learn "
                 "one for this task (loss='lkd' without loss_from)."
             )
         if self.feature is not None:
-            learned_channels, run_channels = _channels(c.teacher_feature_shapes), _channels(teacher_feature_shapes)
-            if _differ(c.teacher_taps, teacher_taps) or _differ(learned_channels, run_channels):
+            learned_channels, run_channels = feature_channels(c.teacher_feature_shapes), feature_channels(teacher_feature_shapes)
+            if differ(c.teacher_taps, teacher_taps) or differ(learned_channels, run_channels):
                 errors.append(
                     f"its feature loss was learned on teacher taps {c.teacher_taps} with {learned_channels} channels, "
                     f"this run taps the teacher at {teacher_taps} with {run_channels} channels. Set "
                     f"teacher_feature_taps={c.teacher_taps} (and one student tap each in feature_taps) with the same "
                     "teacher, or learn a new feature loss (loss='lkd+feat' without loss_from)."
                 )
-            if _differ(c.student_taps, student_taps) or _differ(
-                _channels(c.student_feature_shapes), _channels(student_feature_shapes)
+            if differ(c.student_taps, student_taps) or differ(
+                feature_channels(c.student_feature_shapes), feature_channels(student_feature_shapes)
             ):
                 notes.append(
-                    f"student taps {student_taps} with {_channels(student_feature_shapes)} channels (learned with "
-                    f"{c.student_taps}, {_channels(c.student_feature_shapes)} channels; connectors map them)"
+                    f"student taps {student_taps} with {feature_channels(student_feature_shapes)} channels (learned with "
+                    f"{c.student_taps}, {feature_channels(c.student_feature_shapes)} channels; connectors map them)"
                 )
         for role, learned, run in (("teacher", c.teacher, teacher), ("student", c.student, student)):
-            if _differ(learned, run):
+            if differ(learned, run):
                 notes.append(f"{role} {run!r} (learned with {learned!r})")
         if errors:
             raise ValueError(f"The learned loss {name} does not fit this run:\n- " + "\n- ".join(errors))
@@ -444,120 +410,6 @@ def hub_error(what: str, error: Exception) -> OSError:
     return OSError(f"{what}: {reason} ({type(error).__name__}: {error}).")
 
 
-# --- loading: validation -----------------------------------------------------------------------------------------
-_LOAD_ADVICE = (
-    "Save the learned loss again with LearnedLoss.save_pretrained (the trainer writes <output_dir>/lkd_loss), or "
-    "load an intact copy; a hand-edited file must keep the fields and types that lkd_hf writes."
-)
-
-
-def _invalid_file(source: str, path: str, problem: str, advice: str = _LOAD_ADVICE) -> ValueError:
-    """``ValueError("Cannot load the learned loss <source>: <path>: <problem>. <advice>")``."""
-    return ValueError(f"Cannot load the learned loss {source!r}: {path}: {problem.rstrip('.')}. {advice}")
-
-
-def _read_json(path: str, source: str) -> Any:
-    """The JSON content of ``path``; ``ValueError`` naming the file when it is not valid JSON."""
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise _invalid_file(source, path, f"not valid JSON ({error})") from error
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_tap_list(value: Any) -> bool:
-    return isinstance(value, list) and all(_is_int(t) or isinstance(t, str) for t in value)
-
-
-def _is_shape_list(value: Any) -> bool:
-    return isinstance(value, list) and all(
-        isinstance(shape, list) and len(shape) == 3 and all(_is_int(d) and d > 0 for d in shape) for shape in value
-    )
-
-
-def _is_metrics(value: Any) -> bool:
-    return isinstance(value, dict) and all(
-        isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool) for k, v in value.items()
-    )
-
-
-_TAPS = (_is_tap_list, "a list of stage indices (integers) or module names (strings), or null")
-_SHAPES = (_is_shape_list, "a list of [C, H, W] lists of positive integers, or null")
-_OPTIONAL_STRING = (lambda v: isinstance(v, str), "a string or null")
-# Each LearnedLossConfig field but format_version: (check of a non-null value, what it must be). Only ``metrics``
-# may not be null.
-_FIELD_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "logit_net": (lambda v: isinstance(v, dict), "an object of LogitLossNet arguments, or null"),
-    "feature_net": (lambda v: isinstance(v, dict), "an object of FeatureLossNet arguments, or null"),
-    "loss": _OPTIONAL_STRING,
-    "teacher": _OPTIONAL_STRING,
-    "student": _OPTIONAL_STRING,
-    "num_classes": (lambda v: _is_int(v) and v > 0, "a positive integer or null"),
-    "student_taps": _TAPS,
-    "teacher_taps": _TAPS,
-    "student_feature_shapes": _SHAPES,
-    "teacher_feature_shapes": _SHAPES,
-    "dataset": _OPTIONAL_STRING,
-    "steps": (lambda v: _is_int(v) and v >= 0, "a non-negative integer or null"),
-    "metrics": (_is_metrics, "an object of metric names to numbers"),
-    "lkd_hf_version": _OPTIONAL_STRING,
-}
-
-
-def _config_from_json(raw: Any, path: str, source: str) -> LearnedLossConfig:
-    """The :class:`LearnedLossConfig` of a bundle's ``config.json`` content ``raw`` (read from ``path``), validated.
-
-    ``format_version`` must be an integer from 1 to :data:`FORMAT_VERSION`; every field of that format must be
-    present, of its type (:data:`_FIELD_CHECKS`), with at least one of ``logit_net`` / ``feature_net`` set. Keys
-    that are not fields are ignored.
-
-    Args:
-        raw: the parsed JSON.
-        path: the file it was read from (for messages).
-        source: what the caller asked to load (for messages).
-
-    Raises:
-        ValueError: naming ``path``, the field and what to do.
-    """
-    if not isinstance(raw, dict):
-        raise _invalid_file(source, path, f"expected a JSON object, got {type(raw).__name__}")
-    if "format_version" not in raw:
-        raise _invalid_file(
-            source, path, "`format_version` is missing (every config.json of a LearnedLoss has one), and the folder "
-            "is not in the layout before bundles either (a LogitLossNet's config.json and model.safetensors, and / or "
-            f"a FeatureLossNet's in {LEGACY_FEATURE_SUBDIR}/)",
-        )
-    version = raw["format_version"]
-    if not _is_int(version):
-        raise _invalid_file(
-            source, path, f"`format_version` must be an integer, got {version!r} ({type(version).__name__})"
-        )
-    if version > FORMAT_VERSION:
-        raise _invalid_file(
-            source, path, f"the learned loss has format version {version}; this lkd_hf ({__version__}) reads up to "
-            f"{FORMAT_VERSION}", advice="Upgrade lkd_hf to load it (pip install -U lkd_hf).",
-        )
-    if version < 1:
-        raise _invalid_file(
-            source, path, f"`format_version` {version} is not a LearnedLoss format (1 to {FORMAT_VERSION})"
-        )
-    missing = [name for name in _FIELD_CHECKS if name not in raw]
-    if missing:
-        raise _invalid_file(source, path, f"missing field(s) {', '.join(f'`{name}`' for name in missing)}")
-    for name, (check, expected) in _FIELD_CHECKS.items():
-        value = raw[name]
-        if value is None and name != "metrics":
-            continue
-        if value is None or not check(value):
-            raise _invalid_file(source, path, f"`{name}` must be {expected}, got {value!r} ({type(value).__name__})")
-    if raw["logit_net"] is None and raw["feature_net"] is None:
-        raise _invalid_file(source, path, "`logit_net` and `feature_net` are both null: it holds no loss network")
-    return LearnedLossConfig(**{f.name: raw[f.name] for f in fields(LearnedLossConfig)})
-
-
 def _build_network(kind: type[nn.Module], arguments: dict[str, Any] | None, name: str) -> nn.Module | None:
     """``kind(**arguments)`` (``None`` for ``None``); ``ValueError`` naming ``name`` when the arguments do not fit."""
     if arguments is None:
@@ -594,7 +446,7 @@ def _legacy_arguments(
         return None  # a config.json that is not a LogitLossNet's: a bundle's (validated as one)
     feature_dir = os.path.join(directory, LEGACY_FEATURE_SUBDIR)
     feature_config = os.path.join(feature_dir, CONFIG_NAME)
-    feature_raw = _read_json(feature_config, source) if os.path.isfile(feature_config) else None
+    feature_raw = read_json(feature_config, source) if os.path.isfile(feature_config) else None
     feature = arguments(feature_dir, feature_raw, FeatureLossNet)
     return None if logit is None and feature is None else (logit, feature)
 
@@ -616,10 +468,10 @@ def _load_weights(module: nn.Module, path: str, source: str, map_location: str) 
         with safe_open(path, framework="pt", device=map_location) as weights:
             tensors = {name: weights.get_tensor(name) for name in weights.keys()}
     except SafetensorError as error:
-        raise _invalid_file(source, path, f"not a readable safetensors file ({error})") from error
+        raise invalid_file(source, path, f"not a readable safetensors file ({error})") from error
     for name, tensor in tensors.items():
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-            raise _invalid_file(
+            raise invalid_file(
                 source, path, f"tensor {name!r} holds non-finite values (NaN or inf)",
                 advice="The run that saved it diverged: load an earlier save of it (e.g. the lkd_loss folder of an "
                 "earlier checkpoint) or learn the loss again.",
@@ -628,7 +480,7 @@ def _load_weights(module: nn.Module, path: str, source: str, map_location: str) 
         module.load_state_dict(tensors, strict=True)
     except RuntimeError as error:
         problem = f"its weights do not fit the networks of its config.json ({error})"
-        raise _invalid_file(source, path, problem) from error
+        raise invalid_file(source, path, problem) from error
 
 
 # --- saving: replace a folder as a whole ------------------------------------------------------------------------
@@ -646,116 +498,3 @@ def create_repo(repo_id: str, token: str | None = None, private: bool | None = N
         raise hub_error(f"Cannot create the learned loss's Hub repo {repo_id!r}", error) from error
 
 
-def last_eval_metrics(log_history: list[dict[str, Any]]) -> dict[str, float]:
-    """The last evaluation's metrics in a Trainer's ``state.log_history`` (``eval_*`` without timings, and its
-    ``step``); ``{}`` when there was none.
-
-    Args:
-        log_history: the Trainer's ``state.log_history``.
-    """
-    for entry in reversed(log_history):
-        metrics = {
-            k: float(v) for k, v in entry.items()
-            if k.startswith("eval_") and not k.endswith(("_runtime", "_per_second")) and isinstance(v, (int, float))
-        }
-        if metrics:
-            return {**metrics, "step": int(entry.get("step", 0))}
-    return {}
-
-
-def dataset_name(dataset: Any) -> str | None:
-    """The name a ``datasets.Dataset`` knows itself by (Hub datasets, loading scripts), else ``None``.
-
-    Args:
-        dataset: the training dataset (any object; one without ``info`` gives ``None``).
-    """
-    info = getattr(dataset, "info", None)
-    return getattr(info, "dataset_name", None) or getattr(info, "builder_name", None)
-
-
-def _differ(learned: Any, run: Any) -> bool:
-    """Both known and different."""
-    return learned is not None and run is not None and learned != run
-
-
-def _channels(shapes: list[list[int]] | None) -> list[int] | None:
-    return None if shapes is None else [int(shape[0]) for shape in shapes]
-
-
-def model_card_text(loss: LearnedLoss, repo_id: str | None, with_plot: bool) -> str:
-    """The model card (YAML metadata and Markdown body) of a learned loss.
-
-    Args:
-        loss: the learned loss bundle.
-        repo_id: the repo id (or folder) the reuse code loads from (``None``: a placeholder).
-        with_plot: embed the plot ``learned_loss.png``.
-    """
-    c = loss.config
-    tags = TAGS + (["feature-distillation"] if loss.feature is not None else [])
-    data = ModelCardData(library_name="lkd_hf", tags=tags)
-    where = repo_id or "<this repo id or folder>"
-    pair = f"`{c.teacher}` → `{c.student}`" if c.teacher and c.student else "an unrecorded teacher → student pair"
-    parts = []
-    if loss.logit is not None:
-        parts.append(
-            f"- **logit loss** (`LogitLossNet`): started from {starting_loss(loss.logit)[1]}; learned temperature "
-            f"{loss.logit.temperature.item():.3f}, weight {loss.logit.weight.item():.3f}."
-        )
-    if loss.feature is not None:
-        parts.append(
-            f"- **feature loss** (`FeatureLossNet`): started from MSE (FitNet); learned weight "
-            f"{loss.feature.weight.item():.3f}; teacher taps {c.teacher_taps} with "
-            f"{_channels(c.teacher_feature_shapes)} channels (student taps {c.student_taps})."
-        )
-    accuracy = c.metrics.get("eval_accuracy")
-    rows = [
-        ("teacher", c.teacher), ("student", c.student), ("dataset", c.dataset), ("classes", c.num_classes),
-        ("loss (`LKDConfig.loss`)", c.loss), ("trainer steps", c.steps),
-        ("student top-1 accuracy", None if accuracy is None else f"{100 * accuracy:.2f}% (last evaluation, step "
-                                                                  f"{c.metrics.get('step')})"),
-        ("lkd_hf version", c.lkd_hf_version),
-    ]
-    table = "\n".join(f"| {k} | {'unknown' if v is None else v} |" for k, v in rows)
-    arguments = f"loss={json.dumps(c.loss or 'lkd')}, loss_from={json.dumps(where)}, freeze_loss=True"
-    if loss.feature is not None and c.teacher_taps is not None:
-        arguments += f", feature_taps={json.dumps(c.student_taps)}, teacher_feature_taps={json.dumps(c.teacher_taps)}"
-    networks = "\n".join(parts)
-    plot = (
-        f"\n## The learned loss against its starting point\n\n![learned loss vs. the hand-made loss it started "
-        f"from]({PLOT_NAME})\n"
-        if with_plot else ""
-    )
-    return f"""---
-{data.to_yaml()}
----
-
-# Learned distillation loss: {pair}
-
-A distillation loss learned with [Learnable Knowledge Distillation]({METHOD_URL}) (bi-level optimisation against
-the student's validation loss) by [`lkd_hf`](https://github.com/lkd-hf/lkd_hf) while distilling {pair}.
-
-{networks}
-
-## How it was learned
-
-| | |
-|---|---|
-{table}
-{plot}
-## Reuse
-
-Distill another student with this loss, frozen (no meta steps: about the cost of KD):
-
-```python
-from lkd_hf import LKDConfig, LKDTrainer
-
-args = LKDConfig(output_dir="out", {arguments})
-trainer = LKDTrainer(model=student, teacher=teacher, args=args, train_dataset=train, eval_dataset=test)
-trainer.train()
-```
-
-or load it with `lkd_hf.LearnedLoss.from_pretrained({json.dumps(where)})` (`.logit`, `.feature`). Loading
-checks that the run fits: the same number of classes ({c.num_classes}) for the logit loss, the same teacher taps and
-teacher feature channels for the feature loss (a `ValueError` says what differs); another teacher or student name
-only warns.
-"""

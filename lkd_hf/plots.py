@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.utils import logging
 
-from .loss_networks import FeatureLossNet, LogitLossNet
+from .losses.networks import FeatureLossNet, LogitLossNet
 from .losses.logit import DISTLoss, KDLoss, kd_loss
 
 logger = logging.get_logger(__name__)

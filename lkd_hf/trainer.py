@@ -22,25 +22,28 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 from torch.utils.data import Dataset
-from transformers import Trainer
+from transformers import Trainer, TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
 
-from .checkpoints import checkpoint_step
 from .config import LKDConfig
-from .constants import CONNECTORS_NAME, LKD_STATE_DIRNAME, LOSS_DIRNAME
+from .constants import CONNECTORS_NAME, LOSS_DIRNAME
 from .data import ImageCollator
 from .distiller import Distiller
-from .hub import LearnedLoss, create_repo, dataset_name, last_eval_metrics
+from .hub import LearnedLoss, create_repo
 from .meta.batches import meta_validation_data
 from .meta.hypergradients import Hypergradient
 from .meta.learner import LossLearner
+from .meta.settings import MetaConfig
 from .meta.snapshots import Snapshot
 from .metrics import build_compute_metrics
+from .model_card import dataset_name, last_eval_metrics
 from .model_info import model_num_classes
-from .objective import DistillationObjective, build_objective, pop_means
 from .nonfinite import NonFiniteGuard, check_finite
+from .objective import DistillationObjective, build_objective, pop_means
 from .population import population_factors, selection_score
-from .run_checks import check_datasets, check_unrolled_support, check_optimizer, checked_teacher, input_size
+from .resume import checkpoint_step, is_checkpoint_of_step, load_run_state, save_run_state
+from .run_checks import check_datasets, check_optimizer, check_unrolled_support, checked_teacher, input_size
 from .safe_io import OutputDirLock, last_complete_checkpoint
 
 logger = logging.get_logger(__name__)
@@ -127,6 +130,7 @@ class LKDTrainer(Trainer):
             **kwargs,
         )
         self.loss_is_scaled_for_ga = False  # compute_loss returns a per-batch mean
+        self.add_callback(CheckpointPushFiles())
         if self.distiller.num_students > 1 and (self.is_fsdp_enabled or self.is_deepspeed_enabled):
             raise ValueError("A population clips each student on its own: not under FSDP or DeepSpeed; "
                              "leave population_weight_factors unset and set population_temperature_factors=[1.0].")
@@ -140,7 +144,7 @@ class LKDTrainer(Trainer):
         if learns_loss:
             self.loss_learner = LossLearner(
                 objective,
-                args,
+                MetaConfig.from_config(args),
                 meta_dataset=meta_dataset,
                 val_source=val_source,
                 collate_fn=self.data_collator,
@@ -251,13 +255,21 @@ class LKDTrainer(Trainer):
                 ``ValueError`` when there is none) or ``None`` / ``False`` (start afresh).
             *args, **kwargs: as in :meth:`transformers.Trainer.train` (``trial``, ``ignore_keys_for_eval``).
 
-        A population then keeps its best student (:meth:`select_member`).
+        Resuming restores the run state beside the Trainer's own first (the loss learner, the loss modules trained
+        with the student, the statistics not yet logged; :func:`~lkd_hf.resume.load_run_state`). A population then
+        keeps its best student (:meth:`select_member`).
         """
         with OutputDirLock(self.args.output_dir, enabled=self.is_world_process_zero()):
             if resume_from_checkpoint is True:
                 resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir)
                 if resume_from_checkpoint is None:
                     raise ValueError(f"No complete checkpoint to resume from in {self.args.output_dir!r}.")
+            if resume_from_checkpoint:  # the run state beside the Trainer's, which the Trainer then restores
+                restored = load_run_state(resume_from_checkpoint, self.objective, self.loss_learner, self.args.loss,
+                                          self.args.device)
+                if restored is not None:
+                    self._metrics = collections.defaultdict(list, restored[0])
+                    self._step_seconds = restored[1]
             output = super().train(resume_from_checkpoint, *args, **kwargs)
             if self.distiller.num_students > 1:
                 self.select_member()
@@ -437,46 +449,21 @@ class LKDTrainer(Trainer):
             return super()._load_from_checkpoint(resume_from_checkpoint, model)
         self.distiller.trainable_module.load_state_dict(self.distiller.checkpoint_weights(resume_from_checkpoint))
 
-    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
-        """Beside the student's optimizer and scheduler, save the loss modules trained with the student
-        (:meth:`DistillationObjective.save_student_trained`), the loss learner and the loss statistics not yet logged
-        (:meth:`LossLearner.save_checkpoint`)."""
-        super()._save_optimizer_and_scheduler(output_dir)
-        if self.args.should_save:
-            self.objective.save_student_trained(output_dir)
-        if self.loss_learner is not None:
-            extra = {"metrics": {n: [v.detach().cpu() for v in vals] for n, vals in self._metrics.items()},
-                     "step_seconds": self._step_seconds}
-            self.loss_learner.save_checkpoint(output_dir, self.args.should_save, extra)
-
-    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
-        """Beside the student's optimizer and scheduler, restore the loss learner on resume
-        (:meth:`LossLearner.load_checkpoint`)."""
-        super()._load_optimizer_and_scheduler(checkpoint)
-        if checkpoint is None:
-            return
-        self.objective.load_student_trained(checkpoint)
-        if self.loss_learner is None:
-            if os.path.isdir(os.path.join(checkpoint, LKD_STATE_DIRNAME)):
-                logger.info(f"The loss of this run is not learned: ignoring the LKD state in {checkpoint}.")
-            return
-        extra = self.loss_learner.load_checkpoint(checkpoint, loss=self.args.loss)
-        if extra is not None:
-            self._metrics = collections.defaultdict(list)
-            for name, values in extra["metrics"].items():
-                self._metrics[name] = [v.to(self.args.device) for v in values]
-            self._step_seconds = float(extra["step_seconds"])
-
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         """Save the plain student (loadable by ``timm.create_model`` + ``load_state_dict``) as ``model.safetensors``,
         the feature connectors as ``connectors.safetensors`` and the learned loss (:meth:`learned_loss`) under
         ``lkd_loss/`` (its card names ``<hub_model_id>/lkd_loss`` when the trainer pushes). While a temperature
         population trains, ``model.safetensors`` holds every student (``members.<k>.*``, what a resumed run needs);
-        once one is kept, that plain student."""
+        once one is kept, that plain student. Into the checkpoint folder of the current step (and unless
+        ``save_only_model``) also the run state a resumed run needs (:func:`~lkd_hf.resume.save_run_state`), before
+        the Trainer writes ``trainer_state.json``, which marks the checkpoint complete."""
         output_dir = output_dir if output_dir is not None else self.args.output_dir
         check_finite(self.distiller.trainable_module, f"saving the student to {output_dir!r}")
         state_dict, connectors = self.distiller.weights_to_save(state_dict)
         super()._save(output_dir, state_dict)
+        if is_checkpoint_of_step(output_dir, self.state.global_step) and not self.args.save_only_model:
+            save_run_state(output_dir, self.objective, self.loss_learner, self._metrics, self._step_seconds,
+                           self.args.should_save)
         if not self.args.should_save:
             return
         if connectors is not None:
@@ -579,14 +566,28 @@ class LKDTrainer(Trainer):
         finally:
             del self.model.config
 
-    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
-        """Copy the checkpoint's learned loss and feature connectors into ``output_dir`` before the Trainer pushes
-        it (the Trainer copies only the model's own files)."""
-        if self.is_world_process_zero():
-            loss_dir = os.path.join(checkpoint_folder, LOSS_DIRNAME)
-            if os.path.isdir(loss_dir):
-                shutil.copytree(loss_dir, os.path.join(self.args.output_dir, LOSS_DIRNAME), dirs_exist_ok=True)
-            connectors = os.path.join(checkpoint_folder, CONNECTORS_NAME)
-            if os.path.isfile(connectors):
-                shutil.copy(connectors, self.args.output_dir)
-        super()._push_from_checkpoint(checkpoint_folder)
+
+class CheckpointPushFiles(TrainerCallback):
+    """Copies a checkpoint's learned loss (``lkd_loss/``) and feature connectors into ``output_dir`` when the Trainer
+    pushes that checkpoint during training (``on_push_begin``; the Trainer copies only the model's own files)."""
+
+    def __init__(self) -> None:
+        self.training = False
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.training = True
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.training = False
+
+    def on_push_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """During training a push is the Trainer's push of the checkpoint just saved (on the main process)."""
+        checkpoint = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+        if not self.training or not os.path.isdir(checkpoint):
+            return
+        loss_dir = os.path.join(checkpoint, LOSS_DIRNAME)
+        if os.path.isdir(loss_dir):
+            shutil.copytree(loss_dir, os.path.join(args.output_dir, LOSS_DIRNAME), dirs_exist_ok=True)
+        connectors = os.path.join(checkpoint, CONNECTORS_NAME)
+        if os.path.isfile(connectors):
+            shutil.copy(connectors, args.output_dir)

@@ -8,7 +8,7 @@ import timm
 import torch
 import torch.nn.functional as F
 
-from lkd_hf import Distiller, DistillationObjective, FeatureLossNet, KDLoss, LogitLossNet, pretrained_logit_loss
+from lkd_hf import DistillationObjective, Distiller, FeatureLossNet, KDLoss, LogitLossNet, pretrained_logit_loss
 
 
 def _batch(n: int = 8, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -13,7 +13,8 @@ from safetensors.torch import load_file, save_file
 
 import lkd_hf.hub
 from lkd_hf import LearnedLoss
-from lkd_hf.hub import CARD_NAME, CONFIG_NAME, FORMAT_VERSION, WEIGHTS_NAME
+from lkd_hf.hub import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME
+from lkd_hf.learned_loss_config import FORMAT_VERSION
 
 ADVICE = "save_pretrained"  # every load error says how to get a good folder
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lkd_hf.loss_networks import FeatureLossNet, LogitLossNet
+from lkd_hf.losses.networks import FeatureLossNet, LogitLossNet
 from lkd_hf.losses import ATLoss, FitNetLoss, KDLoss, available_losses, build_loss
 from lkd_hf.losses.registry import parse_loss_spec
 

@@ -18,7 +18,7 @@ from lkd_hf.meta.hypergradients import (
     get_hypergradient,
     register_hypergradient,
 )
-from lkd_hf.loss_networks import LogitLossNet
+from lkd_hf.losses.networks import LogitLossNet
 
 NUM_CLASSES = 4
 

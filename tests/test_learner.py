@@ -151,7 +151,7 @@ def test_gaussian_horizon_draws_varied_k_within_bounds(make_learner):
 
 def test_fixed_horizon_is_the_lookahead_steps(make_learner):
     learner = make_learner(lookahead_steps=3).learner
-    assert {learner.sample_horizon() for _ in range(50)} == {3} == {learner.args.max_lookahead_steps}
+    assert {learner.sample_horizon() for _ in range(50)} == {3} == {learner.config.max_lookahead_steps}
 
 
 # --- the meta step ---------------------------------------------------------------------------------------------
@@ -385,3 +385,18 @@ def test_state_of_a_newer_format_is_refused(make_learner, tmp_path, monkeypatch)
     monkeypatch.setattr(lkd_hf.meta.learner, "STATE_FORMAT_VERSION", lkd_hf.meta.learner.STATE_FORMAT_VERSION - 1)
     with pytest.raises(ValueError, match="Upgrade lkd_hf"):  # an older lkd_hf reading it
         learner.load(str(tmp_path / "state"))
+
+
+def test_the_learner_reads_only_the_meta_settings_of_the_config(tmp_path, make_config):
+    from lkd_hf.meta.settings import MetaConfig
+
+    args = make_config(tmp_path, loss="lkd", lkd_init="kd", meta_learning_rate=0.02, bf16=False,
+                       meta_precision="bf16", lookahead_steps=2, lookahead_steps_std=0.4)
+    settings = MetaConfig.from_config(args)
+    assert (settings.meta_learning_rate, settings.lookahead_steps, settings.max_lookahead_steps) == (0.02, 2, 3)
+    assert settings.bf16_validation and not settings.mixed_precision  # meta_precision resolved
+    assert not hasattr(settings, "output_dir")  # no TrainingArguments inside
+    objective = DistillationObjective(LogitLossNet())
+    learner = LossLearner(objective, settings)
+    assert learner.config is settings and learner.optimizer.param_groups[0]["lr"] == 0.02
+    assert LossLearner(DistillationObjective(LogitLossNet()), args).config == settings

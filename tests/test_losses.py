@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from lkd_hf.loss_networks import LogitLossNet
+from lkd_hf.losses.networks import LogitLossNet
 from lkd_hf.losses import DISTLoss, DKDLoss, KDLoss, available_losses, build_loss, register_loss
 from lkd_hf.plots import starting_loss
 
@@ -270,3 +270,26 @@ def test_pretrained_loss_is_rebuilt_exactly_from_its_record():
     shipped = pretrained_logit_loss().state_dict()
     for name, value in rebuilt.state_dict().items():
         torch.testing.assert_close(shipped[name], value, rtol=0, atol=0)
+
+
+def test_each_loss_gets_only_its_own_options(tmp_path):
+    from lkd_hf import LKDConfig
+
+    config = LKDConfig(output_dir=str(tmp_path), report_to="none", temperature=3.0,
+                       loss_kwargs='{"dist": {"beta": 2.0}, "kd": {"temperature": 5.0}}')  # a JSON string as on the CLI
+    dist, kd, dkd = build_loss("dist", config), build_loss("kd", config), build_loss("dkd", config)
+    assert (dist.beta, dist.gamma) == (2.0, 1.0)
+    assert kd.temperature == 5.0 and dkd.temperature == 3.0  # loss_kwargs over the shared field
+    assert build_loss("kd", config, temperature=6.0).temperature == 6.0
+    with pytest.raises(ValueError, match=r"'dist' takes no option\(s\) bta.*beta, gamma, temperature"):
+        build_loss("dist", LKDConfig(output_dir=str(tmp_path), report_to="none", loss_kwargs={"dist": {"bta": 1.0}}))
+
+
+def test_the_per_loss_fields_still_work_with_a_deprecation_warning(tmp_path):
+    from lkd_hf import LKDConfig
+
+    with pytest.warns(FutureWarning, match=r"dkd_beta is deprecated: set loss_kwargs=\{'dkd': \{'beta': 4.0\}\}"):
+        config = LKDConfig(output_dir=str(tmp_path), report_to="none", dkd_beta=4.0, dist_gamma=2.0,
+                           loss_kwargs={"dist": {"gamma": 3.0}})
+    assert config.loss_kwargs == {"dkd": {"beta": 4.0}, "dist": {"gamma": 3.0}, "lkd": {"dist_gamma": 2.0}}
+    assert build_loss("dkd", config).beta == 4.0 and build_loss("dist", config).gamma == 3.0  # loss_kwargs first

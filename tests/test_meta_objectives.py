@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lkd_hf.meta.objectives import META_VAL_LOSSES, calibrated_cross_entropy, fit_logit_scale
+from lkd_hf.meta.outer_objectives import META_VAL_LOSSES, calibrated_cross_entropy, fit_logit_scale
 
 
 def _logits(scale: float, seed: int = 0):

@@ -26,7 +26,7 @@ from torch.func import functional_call
 
 from lkd_hf import LogitLossNet
 from lkd_hf.meta.hypergradients import MetaProblem, get_hypergradient
-from lkd_hf.meta.objectives import calibrated_cross_entropy
+from lkd_hf.meta.outer_objectives import calibrated_cross_entropy
 
 NUM_CLASSES = 10
 BF16 = torch.bfloat16

@@ -1,5 +1,6 @@
 """The package's shape: no import cycles (every import statement counts), a config that depends on constants only,
-and an ``import lkd_hf`` that leaves the Trainer stack unimported until a trainer-side name is used."""
+an ``import lkd_hf`` that leaves the Trainer stack unimported until a trainer-side name is used, only the Distiller
+telling the student wrappers apart, hub modules free of the trainer side, and no module over 600 lines."""
 
 import ast
 import os
@@ -122,3 +123,72 @@ def test_file_names_kept_outside_the_trainer_stack_match_transformers():
     from lkd_hf import safe_io
 
     assert safe_io.TRAINER_STATE_NAME == transformers.trainer.TRAINER_STATE_NAME
+
+
+WRAPPER_TYPES = {"StudentPopulation", "StudentWithConnectors"}
+HUB_MODULES = ("lkd_hf.hub", "lkd_hf.learned_loss_config", "lkd_hf.model_card")
+TRAINER_SIDE = ("lkd_hf.trainer", "lkd_hf.distiller", "lkd_hf.features", "lkd_hf.population", "lkd_hf.resume",
+                "lkd_hf.objective", "lkd_hf.meta")
+
+
+def _wrapper_type_tests(path: str) -> list[int]:
+    """Lines of ``isinstance`` calls on a student wrapper type (the population, the student with connectors)."""
+    lines = []
+    with open(path) as f:
+        tree = ast.parse(f.read())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "isinstance" and len(node.args) == 2:
+            names = {n.id for n in ast.walk(node.args[1]) if isinstance(n, ast.Name)}
+            names |= {n.attr for n in ast.walk(node.args[1]) if isinstance(n, ast.Attribute)}
+            if names & WRAPPER_TYPES:
+                lines.append(node.lineno)
+    return lines
+
+
+def test_the_layout_rules_see_what_they_look_for(tmp_path):
+    module = tmp_path / "module.py"
+    module.write_text("isinstance(model, StudentPopulation)\nisinstance(model, (int, features.StudentWithConnectors))\n"
+                      "isinstance(model, nn.Module)\n")
+    assert _wrapper_type_tests(str(module)) == [1, 2]
+
+
+def test_only_the_distiller_tells_the_student_wrappers_apart():
+    found = {name: lines for name, path in _modules().items() if name != "lkd_hf.distiller"
+             if (lines := _wrapper_type_tests(path))}
+    assert found == {}
+
+
+def test_the_hub_modules_import_nothing_of_the_trainer_side():
+    graph = _import_graph()
+    for module in HUB_MODULES:
+        reached, todo = set(), [module]
+        while todo:
+            for target in graph[todo.pop()] - reached:
+                reached.add(target)
+                todo.append(target)
+        assert not {m for m in reached if m.startswith(TRAINER_SIDE)}, module
+
+
+def test_no_module_is_over_600_lines():
+    lengths = {}
+    for name, path in _modules().items():
+        with open(path) as f:
+            lengths[name] = sum(1 for _ in f)
+    assert "lkd_hf.trainer" in lengths and {name: n for name, n in lengths.items() if n > 600} == {}
+
+
+def test_the_config_lists_every_field_of_its_own_and_keeps_help_short():
+    import dataclasses
+    import re
+
+    from transformers import TrainingArguments
+
+    from lkd_hf import LKDConfig
+
+    inherited = {f.name for f in dataclasses.fields(TrainingArguments)}
+    own = [f for f in dataclasses.fields(LKDConfig) if f.name not in inherited]
+    documented = LKDConfig.__doc__.split("Args:")[1]
+    assert len(own) > 50 and [f.name for f in own if not re.search(rf"\b{f.name}\b", documented)] == []
+    sentences = {f.name: len(re.findall(r"[a-z0-9)'\]][.!?](?:\s|$)", f.metadata["help"].replace("e.g.", "eg")))
+                 for f in own}
+    assert {name: n for name, n in sentences.items() if n > 2} == {}

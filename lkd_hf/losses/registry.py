@@ -1,7 +1,9 @@
 """Distillation losses registered by name, so that a config string selects them (torchdistill style).
 
-A registry entry is a *factory*: a callable taking the run's :class:`~lkd_hf.LKDConfig` and returning an
-``nn.Module``. Two kinds of losses:
+A registry entry is a *factory*: a callable taking its loss's own keyword arguments and returning an ``nn.Module``.
+:func:`build_loss` gives it the options of the run's :class:`~lkd_hf.LKDConfig` for that loss: its entry of
+``loss_kwargs`` (e.g. ``loss_kwargs={"dist": {"beta": 2.0}}``) and the shared config fields it was registered with
+(``config_fields``, e.g. ``temperature`` for KD). Two kinds of losses:
 
 * ``"logit"``: ``forward(student_logits, teacher_logits, labels)`` returns the (unweighted) scalar distillation
   term; the factory may return ``None`` for losses that need no teacher (``"ce"``).
@@ -13,34 +15,38 @@ A loss spec joins at most one logit loss and one feature loss with ``+``, e.g. `
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, NamedTuple
+import inspect
+import warnings
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 from torch import nn
 
-if TYPE_CHECKING:
-    from ..config import LKDConfig
-
-LossFactory = Callable[["LKDConfig"], "nn.Module | None"]
+LossFactory = Callable[..., "nn.Module | None"]
 LOSS_KINDS = ("logit", "feature")
 
-_LOSSES: dict[str, tuple[str, LossFactory]] = {}
+_LOSSES: dict[str, tuple[str, LossFactory, dict[str, str]]] = {}
 
 
 def register_loss(
-    name: str, *, kind: str = "logit", overwrite: bool = False
+    name: str, *, kind: str = "logit", overwrite: bool = False, config_fields: dict[str, str] | None = None
 ) -> Callable[[LossFactory], LossFactory]:
     """Register a distillation loss factory under ``name`` (``kind`` is ``"logit"`` or ``"feature"``).
 
     Example::
 
-        @register_loss("my_kd")
-        def build_my_kd(config):
-            return MyKD(temperature=config.temperature)
+        @register_loss("my_kd", config_fields={"temperature": "temperature"})
+        def build_my_kd(temperature: float = 4.0, margin: float = 0.0):
+            return MyKD(temperature=temperature, margin=margin)
+
+        LKDConfig(loss="my_kd", loss_kwargs={"my_kd": {"margin": 0.5}})
 
     Args:
         name: the loss's name in loss specs (no ``+``).
         kind: ``"logit"`` or ``"feature"`` (what the built module's ``forward`` takes, see the module docstring).
         overwrite: replace a loss already registered under ``name`` instead of raising ``ValueError``.
+        config_fields: keyword arguments of the factory taken from shared config fields, ``{keyword: field}``;
+            ``loss_kwargs`` overrides them.
 
     Returns:
         A decorator that registers the factory and returns it unchanged.
@@ -53,7 +59,7 @@ def register_loss(
     def decorator(factory: LossFactory) -> LossFactory:
         if name in _LOSSES and not overwrite:
             raise ValueError(f"A loss named {name!r} is already registered; pass overwrite=True to replace it.")
-        _LOSSES[name] = (kind, factory)
+        _LOSSES[name] = (kind, factory, dict(config_fields or {}))
         return factory
 
     return decorator
@@ -65,19 +71,51 @@ def available_losses(kind: str | None = None) -> list[str]:
     Args:
         kind: ``"logit"``, ``"feature"`` or ``None`` (all).
     """
-    return sorted(n for n, (k, _) in _LOSSES.items() if kind is None or k == kind)
+    return sorted(n for n, (k, _, _) in _LOSSES.items() if kind is None or k == kind)
 
 
-def build_loss(name: str, config: "LKDConfig") -> nn.Module | None:
-    """Build the registered loss ``name`` for ``config``; unknown names list the known ones.
+def loss_options(name: str, config: Any) -> dict[str, Any]:
+    """The keyword arguments a run's config gives the registered loss ``name``: its ``config_fields`` (those the
+    config has), overridden by ``config.loss_kwargs[name]``.
+
+    Args:
+        name: a registered loss name.
+        config: the run's :class:`~lkd_hf.LKDConfig` (or any object with such attributes), or ``None``.
+    """
+    if config is None:
+        return {}
+    options = {keyword: getattr(config, f) for keyword, f in _entry(name)[2].items() if hasattr(config, f)}
+    options.update((getattr(config, "loss_kwargs", None) or {}).get(name, {}))
+    return options
+
+
+def build_loss(name: str, config: Any = None, **options: Any) -> nn.Module | None:
+    """Build the registered loss ``name`` with the options ``config`` gives it (:func:`loss_options`) and
+    ``options``; unknown names list the known ones, unknown options the loss's own.
 
     Args:
         name: a registered loss name (one part of a loss spec).
-        config: the run's config, passed to the loss's factory.
+        config: the run's config (``None``: the factory's defaults).
+        **options: keyword arguments of the loss's factory, over the config's.
     """
+    _, factory, _ = _entry(name)
+    parameters = inspect.signature(factory).parameters
+    if list(parameters) == ["config"]:  # a factory of the whole config (before per-loss options)
+        warnings.warn(f"The factory of loss {name!r} takes the whole config; give it keyword arguments of its own "
+                      "(lkd_hf.register_loss).", FutureWarning, stacklevel=2)
+        return factory(config)
+    options = {**loss_options(name, config), **options}
+    unknown = sorted(set(options) - set(parameters))
+    if unknown and not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        raise ValueError(f"Loss {name!r} takes no option(s) {', '.join(unknown)} (loss_kwargs); its options: "
+                         f"{', '.join(parameters) or 'none'}.")
+    return factory(**options)
+
+
+def _entry(name: str) -> tuple[str, LossFactory, dict[str, str]]:
     if name not in _LOSSES:
         raise ValueError(f"Unknown loss {name!r}. Known losses: {', '.join(available_losses())}.")
-    return _LOSSES[name][1](config)
+    return _LOSSES[name]
 
 
 class LossSpec(NamedTuple):

@@ -1,7 +1,7 @@
 """``LossLearner``: the outer (meta) loop of LKD, which learns the loss networks' parameters by bi-level optimisation.
 
 Every ``meta_interval`` student steps a meta step updates the loss parameters along the hypergradient of the student's
-validation loss (``meta_val_loss``; temperature-scaled by default, see :mod:`lkd_hf.meta.objectives`) after ``K``
+validation loss (``meta_val_loss``; temperature-scaled by default, see :mod:`lkd_hf.meta.outer_objectives`) after ``K``
 virtual student steps that clip their gradient like the real ones (see :mod:`lkd_hf.meta.hypergradients`), started
 from a student snapshot (:mod:`lkd_hf.meta.snapshots`) over the last ``K`` training batches.
 
@@ -41,7 +41,8 @@ from .hypergradients import (
     get_hypergradient,
     unrolled_unsupported,
 )
-from .objectives import META_VAL_LOSSES
+from .outer_objectives import META_VAL_LOSSES
+from .settings import MetaConfig
 from .snapshots import Snapshot, SnapshotPool
 
 if TYPE_CHECKING:
@@ -83,8 +84,8 @@ class LossLearner:
 
     Args:
         objective: the student objective; the trainable parameters of its loss networks are learned.
-        args: the run's :class:`~lkd_hf.LKDConfig` (its ``meta_*``, ``lookahead_*``, ``snapshot_*``,
-            ``hypergradient``, ``fd_epsilon``, ``max_grad_norm`` and ``seed`` fields).
+        config: the outer loop's settings, a :class:`~lkd_hf.meta.settings.MetaConfig` (an
+            :class:`~lkd_hf.LKDConfig` is turned into one, :meth:`MetaConfig.from_config`).
         meta_dataset: the validation data of the meta steps (unused with ``val_source="train_batch"``). Without it
             a ``"heldout"`` learner takes no step.
         val_source: ``"heldout"`` (batches of ``meta_dataset``) or ``"train_batch"`` (the current training batch
@@ -99,7 +100,7 @@ class LossLearner:
     def __init__(
         self,
         objective: DistillationObjective,
-        args: "LKDConfig",
+        config: MetaConfig | LKDConfig,
         meta_dataset: Dataset | None = None,
         val_source: str | None = None,
         collate_fn: Callable[[list[Any]], dict[str, Any]] | None = None,
@@ -108,11 +109,12 @@ class LossLearner:
         rank: int = 0,
         world_size: int = 1,
     ) -> None:
+        args = config if isinstance(config, MetaConfig) else MetaConfig.from_config(config)
         if args.hypergradient not in available_hypergradients():
             raise ValueError(
                 f"Unknown hypergradient {args.hypergradient!r}. Known: {', '.join(available_hypergradients())}."
             )
-        self.objective, self.args = objective, args
+        self.objective, self.config = objective, args
         self.val_source = val_source or default_val_source(args, meta_dataset)
         self.params = objective.meta_parameters()
         if not self.params:
@@ -150,12 +152,12 @@ class LossLearner:
         )
         self.recent_batches: collections.deque = collections.deque(maxlen=args.max_lookahead_steps)
         self.horizon_rng = random.Random(args.seed)
-        self.bf16 = args.meta_precision == "bf16" or (args.meta_precision == "auto" and args.bf16)
+        self.bf16 = args.bf16_validation
         # The real step's gradient is the first virtual step's when the look-ahead starts from the live weights on
         # the current batch (K = 1) and that gradient is this process's, unscaled and in full precision.
         self.reuses_step_gradient = (
             args.snapshot_strategy == "current" and args.lookahead_steps == 1 and args.lookahead_steps_std <= 0
-            and args.gradient_accumulation_steps == 1 and world_size == 1 and not (args.fp16 or args.bf16)
+            and args.gradient_accumulation_steps == 1 and world_size == 1 and not args.mixed_precision
         )
         self.last_step = -1
         self.warmup_steps = args.meta_warmup_steps
@@ -169,7 +171,7 @@ class LossLearner:
         return None if self.meta_batches is None else self.meta_batches.dataset
 
     def _create_optimizer(self) -> torch.optim.Optimizer:
-        args = self.args
+        args = self.config
         if args.meta_optimizer == "sgd":
             return torch.optim.SGD(self.params, lr=args.meta_learning_rate, momentum=0.9, weight_decay=args.meta_weight_decay)
         return torch.optim.Adam(self.params, lr=args.meta_learning_rate, weight_decay=args.meta_weight_decay)
@@ -200,7 +202,7 @@ class LossLearner:
         Args:
             total_steps: the run's number of optimizer steps.
         """
-        args = self.args
+        args = self.config
         self.warmup_steps = args.meta_warmup_steps if args.meta_warmup_steps > 0 else math.ceil(args.meta_warmup_ratio * total_steps)
 
     def is_due(self, step: int) -> bool:
@@ -209,7 +211,7 @@ class LossLearner:
         Args:
             step: the student's global step.
         """
-        args = self.args
+        args = self.config
         return (
             step >= self.warmup_steps
             and step % args.meta_interval == 0
@@ -219,9 +221,9 @@ class LossLearner:
 
     def sample_horizon(self) -> int:
         """The meta horizon K: fixed, or drawn from a Gaussian (``lookahead_steps_std > 0``)."""
-        std = self.args.lookahead_steps_std
-        k = self.args.lookahead_steps if std <= 0 else round(self.horizon_rng.gauss(self.args.lookahead_steps, std))
-        return int(min(max(k, 1), self.args.max_lookahead_steps))
+        std = self.config.lookahead_steps_std
+        k = self.config.lookahead_steps if std <= 0 else round(self.horizon_rng.gauss(self.config.lookahead_steps, std))
+        return int(min(max(k, 1), self.config.max_lookahead_steps))
 
     # ----------------------------------------------------------------------------------------------------------
     # the meta step
@@ -262,7 +264,7 @@ class LossLearner:
             return
         for p, g in zip(self.params, result.grads):
             p.grad = g.to(p.dtype)
-        max_norm = self.args.meta_max_grad_norm if self.args.meta_max_grad_norm > 0 else float("inf")
+        max_norm = self.config.meta_max_grad_norm if self.config.meta_max_grad_norm > 0 else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -316,9 +318,9 @@ class LossLearner:
 
         def val_loss(output: Any, batch: dict[str, Any]) -> torch.Tensor:
             logits = output[0] if isinstance(output, tuple) else output
-            return META_VAL_LOSSES[self.args.meta_val_loss](logits.float(), batch["labels"])
+            return META_VAL_LOSSES[self.config.meta_val_loss](logits.float(), batch["labels"])
 
-        student_max_norm = self.args.max_grad_norm
+        student_max_norm = self.config.max_grad_norm
         problem = MetaProblem(
             forward=forward,
             train_loss=train_loss,
@@ -326,8 +328,8 @@ class LossLearner:
             loss_params=self.params,
             train_batches=list(self.recent_batches)[-(horizon or self.sample_horizon()):],
             val_batch=self.recent_batches[-1] if self.meta_batches is None else self.prepare_batch(next(self.meta_batches)),
-            lr=self.args.lookahead_lr if self.args.lookahead_lr is not None else lr,
-            fd_epsilon=self.args.fd_epsilon,
+            lr=self.config.lookahead_lr if self.config.lookahead_lr is not None else lr,
+            fd_epsilon=self.config.fd_epsilon,
             # the virtual steps clip their gradient like the real ones: unclipped, a loss with a large gradient (e.g.
             # DIST at T=8, norm ~200 where the real step is clipped to 1) looks ahead with a far larger step than the
             # student takes, and the hypergradient then turns the loss down whatever it does.
@@ -341,13 +343,13 @@ class LossLearner:
                 self.metrics["meta/val_loss_before"].append(
                     problem.val_loss(forward(params, problem.val_batch), problem.val_batch)
                 )
-        estimator = get_hypergradient(self.args.hypergradient)
+        estimator = get_hypergradient(self.config.hypergradient)
         for p in self.params:
             p.requires_grad_(True)
         try:
             result = estimator(problem, params)
         except (RuntimeError, NotImplementedError) as error:
-            if self.args.hypergradient == "unrolled" and ("derivative for" in str(error) or "forward AD" in str(error)):
+            if self.config.hypergradient == "unrolled" and ("derivative for" in str(error) or "forward AD" in str(error)):
                 raise RuntimeError(unrolled_unsupported(student, error)) from error
             raise
         finally:

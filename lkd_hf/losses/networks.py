@@ -48,8 +48,8 @@ from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .constants import LOGIT_LOSS_BASES
-from .losses.logit import pearson_rows
+from ..constants import LOGIT_LOSS_BASES
+from .logit import pearson_rows
 
 _NUM_INPUTS = 6
 _MIN_TEMPERATURE, _MAX_TEMPERATURE = 0.5, 20.0
