@@ -138,18 +138,32 @@ METHODS: dict[str, dict[str, Any]] = {  # LKDConfig fields of each method (tuned
     "lkd-single": dict(loss="lkd", population_temperature_factors=[1.0]),
     "lkd-from-kd": dict(loss="lkd", lkd_init="kd"),
     "lkd+feat": dict(loss="lkd+feat"),
+    # the loss learned further by meta steps against the validation split (META_ON_VALIDATION), without and with
+    # the learned per-sample weight of the labels' cross-entropy
+    "lkd-meta-val": dict(loss="lkd", freeze_loss=False),
+    "lkd-trust": dict(loss="lkd", freeze_loss=False, lkd_label_trust=True),
+    "lkd-trust-heads": dict(loss="lkd", freeze_loss=False, lkd_label_trust=True, lkd_learn_knobs=False),
+    "lkd-meta-heads": dict(loss="lkd", freeze_loss=False, lkd_learn_knobs=False),
+    # a third student at a third of the temperature and a sixteenth of the weight (a teacher not to lean on)
+    "lkd-pop3": dict(loss="lkd", population_temperature_factors=[1.0, 2.0, 1 / 3],
+                     population_weight_factors=[1.0, 2.0, 1 / 16]),
 }
-FROM_PRETRAINED = ("lkd", "lkd-meta", "lkd-single", "lkd+feat")  # start from the leave-one-dataset-out pre-learned loss
-LEARNED = ("lkd-meta", "lkd-from-kd", "lkd+feat")  # loss networks meta-trained
+# start from the leave-one-dataset-out pre-learned loss
+FROM_PRETRAINED = ("lkd", "lkd-meta", "lkd-single", "lkd+feat", "lkd-meta-val", "lkd-trust", "lkd-trust-heads", "lkd-meta-heads", "lkd-pop3")
+LEARNED = ("lkd-meta", "lkd-from-kd", "lkd+feat", "lkd-meta-val", "lkd-trust", "lkd-trust-heads", "lkd-meta-heads")  # loss networks meta-trained
+META_ON_VALIDATION = ("lkd-meta-val", "lkd-trust", "lkd-trust-heads", "lkd-meta-heads")  # meta set: the validation split (where the tuned methods pick)
 LONG_TAILED_ONLY = ("la-tuned",)  # in the default method list of long-tailed settings only
 TUNED_KEYS = ("temperature", "dist_temperature", "dist_beta", "dist_gamma", "distill_weight", "ce_weight", "dkd_alpha",
               "dkd_beta", "dkd_warmup_fraction", "la_tau", "lkd_init", "meta_learning_rate", "meta_val_source",
+              "lkd_label_trust",
               "lookahead_steps", "meta_warmup_steps", "meta_val_loss", "ls_temperature", "ctkd_lambda_max")
 QUICK = dict(pairs="teacher->s4", methods="ce,kd,kd-tuned,lkd,lkd-single", num_seeds=1, epochs=2.0)
-FULL = dict(pairs=",".join(PAIRS), methods=",".join(m for m in METHODS if m not in ("lkd+feat", *LONG_TAILED_ONLY)),
+FULL = dict(pairs=",".join(PAIRS), methods=",".join(m for m in METHODS if m not in ("lkd+feat", *LONG_TAILED_ONLY,
+                                                                                   *META_ON_VALIDATION)),
             num_seeds=5, epochs=6.0)
-FULL_LONG_TAILED = dict(FULL, methods=",".join(m for m in METHODS if m != "lkd+feat"))
+FULL_LONG_TAILED = dict(FULL, methods=",".join(m for m in METHODS if m not in ("lkd+feat", *META_ON_VALIDATION)))
 CONFIG_KEYS = ("epochs", "train_subset", "batch_size", "learning_rate", "split_seed", "lkd_meta_interval",
+               "lkd_meta_learning_rate",
                "lkd_lookahead_steps", "lkd_snapshot_strategy", "lkd_val_fraction", "lkd_meta_batch_size", "dataset",
                "teacher_dir")  # --resume: equal
 
@@ -171,6 +185,9 @@ class AccuracyArguments:
     split_seed: int = field(default=0, metadata={"help": "Seed of the train/validation/test split (fixed)."})
     lkd_meta_interval: int = field(default=5, metadata={"help": "LKD: a meta step every N student steps."})
     lkd_lookahead_steps: int = field(default=1, metadata={"help": "LKD: virtual steps K of each meta step."})
+    lkd_meta_learning_rate: float | None = field(
+        default=None, metadata={"help": "LKD: learning rate of the loss networks (default: LKDConfig's)."}
+    )
     lkd_snapshot_strategy: str = field(default="uniform", metadata={"help": "LKD: student a meta step starts from."})
     lkd_val_fraction: float | None = field(
         default=None,
@@ -348,15 +365,19 @@ class Benchmark:
         a = self.args
         return dict(meta_interval=a.lkd_meta_interval, lookahead_steps=a.lkd_lookahead_steps,
                     snapshot_strategy=a.lkd_snapshot_strategy, lkd_val_fraction=a.lkd_val_fraction,
-                    meta_batch_size=a.lkd_meta_batch_size, hypergradient=PAIRS[pair].hypergradient)
+                    meta_batch_size=a.lkd_meta_batch_size, hypergradient=PAIRS[pair].hypergradient,
+                    **({} if a.lkd_meta_learning_rate is None else {"meta_learning_rate": a.lkd_meta_learning_rate}))
 
     def train_record(self, pair: str, method: str, seed: int, fields: dict[str, Any], validate: bool = False,
                      extra: dict[str, Any] | None = None) -> dict[str, Any]:
         """Train one student of ``pair`` with the LKDConfig ``fields`` and return its record (``extra`` added)."""
         spec = PAIRS[pair]
-        trainer, wall = self.setting.train_student(pair, seed, self.run_dir(pair, method, seed), fields)
+        trainer, wall = self.setting.train_student(pair, seed, self.run_dir(pair, method, seed), fields,
+                                                   meta_on_validation=method in META_ON_VALIDATION)
         learner = trainer.loss_learner
         meta_images = len(learner.meta_dataset) if learner is not None and learner.meta_dataset is not None else 0
+        if method in META_ON_VALIDATION:  # no training image held out: the meta set is the validation split
+            meta_images, extra = 0, {**(extra or {}), "meta_set": "validation"}
         record = dict(
             pair=pair, method=method, seed=seed, student=spec.student,
             student_params=sum(p.numel() for p in trainer.student.parameters()), loss=fields["loss"],
@@ -425,7 +446,7 @@ class Benchmark:
 def format_record(r: dict[str, Any]) -> str:
     knobs = ", ".join(f"{k}={r[k]:.3f}" for k in r if k.startswith("lkd/"))
     meta = f", {r['meta_images']} of {r['train_images'] + r['meta_images']} images held out for meta steps" \
-        if r["meta_images"] else ""
+        if r["meta_images"] else ", meta set: the validation split" if r.get("meta_set") == "validation" else ""
     val = f", val top-1 {r['val_top1']:.4f}" if "val_top1" in r else ""
     return (f"[{r['pair']}] {r['method']:<18} seed {r['seed']}: test top-1 {r['test_top1']:.4f}{val}, "
             f"{r['wall_s']:.1f} s, {r['steps']} steps{meta}{', ' + knobs if knobs else ''}")

@@ -194,6 +194,7 @@ class Setting:
         fields: dict[str, Any],
         callbacks: list[TrainerCallback] | None = None,
         setup: Callable[[LKDTrainer], None] | None = None,
+        meta_on_validation: bool = False,
     ) -> tuple[LKDTrainer, float]:
         """Train a fresh student of ``pair``, seeded, for ``epochs``; return the trainer and the wall seconds of
         ``trainer.train()``.
@@ -205,22 +206,27 @@ class Setting:
             fields: the method's ``LKDConfig`` fields (``loss`` required; the teacher is left out for ``"ce"``).
             callbacks: Trainer callbacks.
             setup: called with the trainer before training.
+            meta_on_validation: the validation split is the learned loss's meta set (the split where the tuned
+                methods pick their knobs and a population its student).
         """
         spec = PAIRS[pair]
         torch.manual_seed(seed)
         student = timm.create_model(spec.student, num_classes=NUM_CLASSES, **spec.student_kwargs)
         config = self.config(output_dir, self.epochs, seed, **fields)
         teacher = None if fields["loss"] == "ce" else self.teacher
-        return self._fit(student, teacher, self.data, config, callbacks, setup)
+        return self._fit(student, teacher, self.data, config, callbacks, setup, meta_on_validation)
 
     @staticmethod
     def _fit(model: torch.nn.Module, teacher: torch.nn.Module | None, data: Any, config: LKDConfig,
              callbacks: list[TrainerCallback] | None = None,
-             setup: Callable[[LKDTrainer], None] | None = None) -> tuple[LKDTrainer, float]:
+             setup: Callable[[LKDTrainer], None] | None = None,
+             meta_on_validation: bool = False) -> tuple[LKDTrainer, float]:
         """Train ``model`` on ``data["train"]`` (``data["validation"]`` is the trainer's evaluation dataset, where a
-        population chooses its student); the trainer and its training seconds."""
+        population chooses its student, and with ``meta_on_validation`` its meta set); the trainer and its training
+        seconds."""
         trainer = LKDTrainer(model=model, teacher=teacher, args=config, train_dataset=data["train"],
-                             eval_dataset=data["validation"], callbacks=callbacks)
+                             eval_dataset=data["validation"], callbacks=callbacks,
+                             meta_dataset=data["validation"] if meta_on_validation else None)
         trainer.remove_callback(PrinterCallback)
         if setup is not None:
             setup(trainer)

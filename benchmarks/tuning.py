@@ -116,10 +116,10 @@ class SearchSpace:
 
 
 def _weight(label: str, field_name: str, values: tuple[float, ...]) -> Knob:
-    """A loss weight: extended down by halving to 1/4 of the lowest value, then 0 (its bound), up by doubling twice
+    """A loss weight: extended down by halving to 1/32 of the lowest value, then 0 (its bound), up by doubling twice
     (the cap)."""
     low, high = values[0], values[-1]
-    return Knob(field_name, label, values, below=(low / 2, low / 4, 0.0), above=(high * 2, high * 4))
+    return Knob(field_name, label, values, below=(*(low / 2**k for k in range(1, 6)), 0.0), above=(high * 2, high * 4))
 
 
 def _temperature(values: tuple[float, ...]) -> tuple[tuple[float, ...], tuple[float, ...]]:

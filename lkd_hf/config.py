@@ -91,6 +91,9 @@ class LKDConfig(TrainingArguments):
             beforehand (``lkd_init="pretrained"`` or ``loss_from``), else learned.
         lkd_learn_knobs (`bool`, defaults to `True`):
             Whether the outer loop may change the learned logit loss's temperature and weight.
+        lkd_label_trust (`bool`, defaults to `False`):
+            Give the learned logit loss a learned per-sample weight of the labels' cross-entropy (zero at the start,
+            learned by the outer loop; for noisy labels or a weak teacher, with a clean ``meta_dataset``).
         loss_hidden_dim (`int`, defaults to `32`):
             Width of the learned logit loss network's MLP.
         feature_loss_hidden_dim (`int`, defaults to `16`):
@@ -268,6 +271,11 @@ class LKDConfig(TrainingArguments):
         default=True,
         metadata={"help": "Whether the outer loop may change the learned logit loss's temperature and weight; False "
                   "learns only its per-class and per-sample weights."},
+    )
+    lkd_label_trust: bool = field(
+        default=False,
+        metadata={"help": "Give the learned logit loss a learned per-sample weight of the labels' cross-entropy (zero "
+                  "at the start, learned by the outer loop; for noisy labels or a weak teacher)."},
     )
     loss_hidden_dim: int = field(default=32, metadata={"help": "Width of the learned loss network's MLP."})
     feature_loss_hidden_dim: int = field(

@@ -31,6 +31,8 @@ from .constants import CONNECTORS_NAME, LOSS_DIRNAME
 from .data import ImageCollator
 from .distiller import Distiller
 from .hub import LearnedLoss, create_repo
+from .losses.learned import with_label_trust
+from .losses.networks import LogitLossNet
 from .meta.batches import meta_validation_data
 from .meta.hypergradients import Hypergradient
 from .meta.learner import LossLearner
@@ -96,6 +98,12 @@ class LKDTrainer(Trainer):
         if learned is not None:  # networks passed in are kept
             loss_network = loss_network if loss_network is not None else learned.logit
             feature_loss_network = feature_loss_network if feature_loss_network is not None else learned.feature
+        if isinstance(loss_network, LogitLossNet):
+            if args.lkd_label_trust:
+                loss_network = with_label_trust(loss_network)
+            if not args.lkd_learn_knobs:
+                loss_network.log_temperature.requires_grad_(False)
+                loss_network.log_weight.requires_grad_(False)
         objective = build_objective(args, loss_network, feature_loss_network)
         num_classes = model_num_classes(model)
         if objective.loss_modules:

@@ -112,7 +112,7 @@ def _run_search(space, score):
 
 
 def test_a_pick_on_an_edge_is_extended_until_it_is_inside_or_at_the_bound(tuning):
-    space = tuning.SEARCHES["kd-tuned"]  # T 1..8 (then 16, 32), w 0.5..4 (below 0.25, 0.125, 0)
+    space = tuning.SEARCHES["kd-tuned"]  # T 1..8 (then 16, 32), w 0.5..4 (below 0.25, 0.125, ..., 1/64, 0)
     inside, rounds = _run_search(space, lambda p: -abs(p["temperature"] - 4) - abs(p["distill_weight"] - 2))
     assert rounds == [] and space.pick(inside) == {"temperature": 4.0, "distill_weight": 2.0}
 
@@ -125,7 +125,7 @@ def test_a_pick_on_an_edge_is_extended_until_it_is_inside_or_at_the_bound(tuning
     # a weight that helps less and less: extended down to its bound 0, where it stops; two knobs on edges at once
     trials, rounds = _run_search(space, lambda p: -p["distill_weight"] - abs(p["temperature"] - 2))
     assert [[(p["temperature"], p["distill_weight"]) for p in r] for r in rounds] == [
-        [(2.0, 0.25)], [(2.0, 0.125)], [(2.0, 0.0)]]
+        [(2.0, 0.25)], [(2.0, 0.125)], [(2.0, 0.0625)], [(2.0, 0.03125)], [(2.0, 0.015625)], [(2.0, 0.0)]]
     assert space.pick(trials)["distill_weight"] == 0.0
     trials, rounds = _run_search(space, lambda p: p["temperature"] + p["distill_weight"])
     assert rounds[0] == [{"temperature": 16.0, "distill_weight": 4.0}, {"temperature": 8.0, "distill_weight": 8.0}]

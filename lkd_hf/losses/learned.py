@@ -29,8 +29,26 @@ def pretrained_logit_loss(learn_knobs: bool = True) -> LogitLossNet:
     return net
 
 
+def with_label_trust(net: LogitLossNet) -> LogitLossNet:
+    """``net`` with a learned per-sample weight of the labels' cross-entropy (``LogitLossNet(label_trust=True)``):
+    ``net`` itself when it has one, else a copy with its weights, its parameters' ``requires_grad`` and a new label
+    head at zero (the same loss until the outer loop learns it).
+
+    Args:
+        net: a logit loss network.
+    """
+    if net.label_trust:
+        return net
+    trusting = LogitLossNet(**{**net._hub_mixin_config, "label_trust": True}).to(net.log_weight.device)
+    trusting.load_state_dict(net.state_dict(), strict=False)
+    for name, param in net.named_parameters():
+        trusting.get_parameter(name).requires_grad_(param.requires_grad)
+    return trusting.train(net.training)
+
+
 @register_loss("lkd", config_fields={"init": "lkd_init", "learn_knobs": "lkd_learn_knobs",
-                                     "hidden_dim": "loss_hidden_dim", "temperature": "temperature"})
+                                     "hidden_dim": "loss_hidden_dim", "temperature": "temperature",
+                                     "label_trust": "lkd_label_trust"})
 def _build_lkd(
     init: str = "kd",
     learn_knobs: bool = True,
@@ -39,12 +57,16 @@ def _build_lkd(
     dist_beta: float = 1.0,
     dist_gamma: float = 1.0,
     dist_temperature: float = 1.0,
+    label_trust: bool = False,
 ) -> LogitLossNet:
     """The learned logit loss network, started from the shipped loss (``init="pretrained"``), KD at ``temperature``
-    or DIST with ``dist_beta``, ``dist_gamma`` at ``dist_temperature``."""
-    common = {"hidden_dim": hidden_dim, "learn_temperature": learn_knobs, "learn_weight": learn_knobs}
+    or DIST with ``dist_beta``, ``dist_gamma`` at ``dist_temperature``; ``label_trust`` adds the learned per-sample
+    weight of the labels' cross-entropy."""
+    common = {"hidden_dim": hidden_dim, "learn_temperature": learn_knobs, "learn_weight": learn_knobs,
+              "label_trust": label_trust}
     if init == "pretrained":
-        return pretrained_logit_loss(learn_knobs=learn_knobs)
+        net = pretrained_logit_loss(learn_knobs=learn_knobs)
+        return with_label_trust(net) if label_trust else net
     if init == "dist":
         return LogitLossNet(temperature=dist_temperature, base="dist", dist_beta=dist_beta, dist_gamma=dist_gamma,
                             **common)
