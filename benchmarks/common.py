@@ -7,7 +7,8 @@
 * :class:`WorkerPool`: independent runs on spawned processes, results as they finish.
 
 The benchmarks import this module as ``common``: run them as scripts from the repository root
-(``python benchmarks/accuracy.py``), which puts ``benchmarks/`` on ``sys.path``.
+(``python benchmarks/accuracy.py``), which puts ``benchmarks/`` on ``sys.path``; the studies of
+``benchmarks/studies/`` put it there themselves.
 """
 
 from __future__ import annotations

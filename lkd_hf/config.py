@@ -26,7 +26,8 @@ class LKDConfig(TrainingArguments):
     """Training arguments for :class:`~lkd_hf.LKDTrainer`: every :class:`transformers.TrainingArguments` field plus
     the fields of Learnable Knowledge Distillation below. The student minimises ``ce_weight * CE + distill_weight *
     distill_loss (+ feature_weight * feature_loss)``; a learned loss is trained against the student's validation loss
-    by the outer (meta) loop. Why the defaults are what they are: ``docs/method.md`` and ``docs/benchmarks.md``.
+    by the outer (meta) loop. Why the defaults are what they are: ``docs/method.md``, ``docs/benchmarks.md`` and
+    ``docs/experiments.md``.
 
     Defaults differing from ``TrainingArguments``: ``remove_unused_columns=False`` and ``label_names=["labels"]``
     (timm models are fed ``{"pixel_values", "labels"}`` batches).

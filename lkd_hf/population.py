@@ -5,7 +5,7 @@ the one with the best evaluation metric.
 The teacher's forward and the data pipeline, most of a small student's step, are shared, so a second student costs
 about its own forward and backward. The population answers a question that one run cannot: which temperature and
 weight suit this teacher, student and dataset over a *whole* run (a meta step's one-step hypergradient sees a short
-stretch of training only and pulls the temperature down; ``docs/benchmarks.md``).
+stretch of training only and pulls the temperature down; ``docs/experiments.md``).
 """
 
 from __future__ import annotations
