@@ -15,6 +15,7 @@ from .constants import (
     META_VAL_SOURCES,
     SNAPSHOT_STRATEGIES,
 )
+from .ranges import LKD_CONFIG_RANGES, check_ranges
 
 
 @dataclass
@@ -243,6 +244,7 @@ class LKDConfig(TrainingArguments):
         if self.label_names is None:
             self.label_names = ["labels"]
         super().__post_init__()
+        check_ranges(self, LKD_CONFIG_RANGES, type(self).__name__)
         if self.lkd_val_fraction is not None and not 0.0 < self.lkd_val_fraction < 1.0:
             raise ValueError(f"lkd_val_fraction must be in (0, 1), got {self.lkd_val_fraction}")
         if self.lkd_init not in LKD_INITS:

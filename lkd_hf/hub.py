@@ -43,6 +43,7 @@ from transformers.utils import logging
 from .features import StudentWithConnectors
 from .loss_networks import FeatureLossNet, LogitLossNet
 from .plots import matplotlib_available, plot_learned_loss, starting_loss, synthetic_teacher_logits
+from .ranges import NETWORK_RANGES, check_ranges
 from .safe_io import atomic_directory
 from .version import __version__
 
@@ -564,6 +565,7 @@ def _build_network(kind: type[nn.Module], arguments: dict[str, Any] | None, name
     if arguments is None:
         return None
     try:
+        check_ranges(arguments, NETWORK_RANGES[kind.__name__], kind.__name__)
         return kind(**arguments)
     except (TypeError, ValueError) as error:
         raise ValueError(f"{name} {arguments} are not valid {kind.__name__} arguments ({error})") from error

@@ -11,6 +11,8 @@ side by side and the best is kept (:mod:`lkd_hf.population`). The trainer wires 
 from __future__ import annotations
 
 import collections
+import contextlib
+import os
 import time
 from typing import Any
 
@@ -31,11 +33,23 @@ from .meta.learner import LossLearner
 from .meta.snapshots import Snapshot
 from .metrics import build_compute_metrics
 from .model_info import model_num_classes
+from .nonfinite import NonFiniteGuard, check_finite
 from .objective import build_objective, pop_means
-from .nonfinite import NonFiniteGuard
 from .population import StudentPopulation, member_objectives, population_factors
-from .run_checks import check_datasets, check_unrolled_support, check_optimizer, checked_teacher, input_size
-from .safe_io import OutputDirLock, last_complete_checkpoint
+from .run_checks import (
+    check_data_fits,
+    check_datasets,
+    check_optimizer,
+    check_unrolled_support,
+    checked_teacher,
+    input_size,
+)
+from .safe_io import (
+    OutputDirOwner,
+    checkpoint_to_resume,
+    named_checkpoint_failure,
+    named_save_failure,
+)
 from .trainer_checkpoints import CheckpointMixin
 from .trainer_hub import HubExportMixin
 from .trainer_population import PopulationMixin
@@ -94,6 +108,8 @@ class LKDTrainer(CheckpointMixin, HubExportMixin, PopulationMixin):
         num_classes = model_num_classes(model)
         if objective.loss_modules:
             teacher = checked_teacher(model, teacher, num_classes)
+        check_data_fits(model, teacher, num_classes, train_dataset=train_dataset, eval_dataset=eval_dataset,
+                        meta_dataset=meta_dataset)
         if objective.feature_loss is not None:
             model = StudentWithConnectors.build(
                 model, teacher, args.feature_taps, args.teacher_feature_taps or args.feature_taps,
@@ -116,6 +132,7 @@ class LKDTrainer(CheckpointMixin, HubExportMixin, PopulationMixin):
             model = StudentPopulation.of_copies(model, len(self.population_factors))
         self.member_objectives = member_objectives(objective, self.population_factors)
         self.objective, self.loss_learner = objective, None  # the Trainer's __init__ may call init_hf_repo
+        self.output_dir_owner = OutputDirOwner()
 
         super().__init__(
             model=model,
@@ -252,25 +269,60 @@ class LKDTrainer(CheckpointMixin, HubExportMixin, PopulationMixin):
 
     def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any) -> Any:
         """:meth:`transformers.Trainer.train`, holding the output folder for this run alone (a second run on it fails
-        at start) and, with ``resume_from_checkpoint=True``, resuming from the last *complete* checkpoint (an
-        incomplete later one, from a run stopped while saving, is skipped with a warning).
+        at start), resuming only from a checkpoint whose every file is verified
+        (:func:`~lkd_hf.safe_io.checkpoint_problem`), and naming the checkpoint folder when a save fails (a full disk).
 
         Args:
-            resume_from_checkpoint: a checkpoint folder, ``True`` (the last complete checkpoint of ``output_dir``;
-                ``ValueError`` when there is none) or ``None`` / ``False`` (start afresh).
+            resume_from_checkpoint: a checkpoint folder (an incomplete one is an error naming its bad file), ``True``
+                (the last *complete* checkpoint of ``output_dir``: later incomplete ones, e.g. from a run stopped while
+                saving, are skipped with a warning; ``ValueError`` when there is none) or ``None`` / ``False`` (start
+                afresh).
             *args, **kwargs: as in :meth:`transformers.Trainer.train` (``trial``, ``ignore_keys_for_eval``).
 
         A population then keeps its best student (:meth:`select_member`).
         """
-        with OutputDirLock(self.args.output_dir, enabled=self.is_world_process_zero()):
-            if resume_from_checkpoint is True:
-                resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir)
-                if resume_from_checkpoint is None:
-                    raise ValueError(f"No complete checkpoint to resume from in {self.args.output_dir!r}.")
-            output = super().train(resume_from_checkpoint, *args, **kwargs)
+        full_state = not (self.args.save_only_model or self.is_deepspeed_enabled or self.is_fsdp_enabled)
+        with self._writing(self.args.output_dir, "train()", claim=True):
+            resume_from_checkpoint = checkpoint_to_resume(resume_from_checkpoint, self.args.output_dir, full_state)
+            with named_checkpoint_failure(self.args.output_dir, lambda: self.state.global_step, full_state):
+                output = super().train(resume_from_checkpoint, *args, **kwargs)
             if self.population is not None:
                 self.select_member()
             return output
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """:meth:`transformers.Trainer.save_model`, refusing loss networks with non-finite weights (as the student's),
+        refused in an ``output_dir`` that another trainer's run owns (:class:`~lkd_hf.safe_io.OutputDirLock`), and
+        naming the folder when the write fails (a full disk).
+
+        Args:
+            output_dir, _internal_call: as in :meth:`transformers.Trainer.save_model`.
+        """
+        folder = output_dir if output_dir is not None else self.args.output_dir
+        for module in self.objective.loss_modules:
+            check_finite(module, f"saving the loss network {type(module).__name__} to {folder!r}")
+        named = contextlib.nullcontext() if _internal_call else named_save_failure(folder)  # checkpoints: train()
+        with self._writing(folder, "save_model()"), named:
+            super().save_model(output_dir, _internal_call)
+
+    def push_to_hub(self, *args: Any, **kwargs: Any) -> Any:
+        """:meth:`HubExportMixin.push_to_hub`, refused when another trainer's run owns ``output_dir``
+        (:class:`~lkd_hf.safe_io.OutputDirLock`).
+
+        Args:
+            *args, **kwargs: as in :meth:`transformers.Trainer.push_to_hub`.
+        """
+        with self._writing(self.args.output_dir, "push_to_hub()"):
+            return super().push_to_hub(*args, **kwargs)
+
+    def _writing(self, folder: str, action: str, claim: bool = False) -> contextlib.AbstractContextManager:
+        """Hold ``output_dir`` as this trainer's while ``action`` writes into ``folder`` (nothing for a folder outside
+        it); ``claim`` takes the folder over (a run starting)."""
+        output_dir = os.path.abspath(self.args.output_dir)
+        inside = os.path.commonpath([output_dir, os.path.abspath(folder)]) == output_dir
+        if not inside:
+            return contextlib.nullcontext()
+        return self.output_dir_owner.hold(output_dir, claim=claim, action=action, enabled=self.is_world_process_zero())
 
     def training_step(
         self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: torch.Tensor | int | None = None
@@ -358,6 +410,10 @@ class LKDTrainer(CheckpointMixin, HubExportMixin, PopulationMixin):
         Returns:
             The last logged statistics.
         """
+        with self._writing(self.args.output_dir, "learn_loss()", claim=True):
+            return self._learn_loss(num_steps)
+
+    def _learn_loss(self, num_steps: int) -> dict[str, float]:
         learner = self._require_learner()
         model = self.model.to(self.args.device).train()
         loader = self.get_train_dataloader()

@@ -97,8 +97,10 @@ def test_no_import_cycle_inside_the_package():
     assert _cycles(graph) == []
 
 
-def test_the_config_depends_on_constants_only():
-    assert _import_graph()["lkd_hf.config"] == {"lkd_hf.constants"}
+def test_the_config_depends_on_constants_and_ranges_only_which_import_nothing_of_the_package():
+    graph = _import_graph()
+    assert graph["lkd_hf.config"] == {"lkd_hf.constants", "lkd_hf.ranges"}
+    assert graph["lkd_hf.constants"] == graph["lkd_hf.ranges"] == set()
 
 
 def _imported_after(code: str) -> set[str]:
@@ -122,3 +124,5 @@ def test_file_names_kept_outside_the_trainer_stack_match_transformers():
     from lkd_hf import safe_io
 
     assert safe_io.TRAINER_STATE_NAME == transformers.trainer.TRAINER_STATE_NAME
+    assert safe_io.OPTIMIZER_NAME == transformers.trainer.OPTIMIZER_NAME
+    assert safe_io.SCHEDULER_NAME == transformers.trainer.SCHEDULER_NAME
