@@ -57,6 +57,21 @@ class LKDConfig(TrainingArguments):
     dkd_logit_stand: bool = field(
         default=False, metadata={"help": "DKD: z-score each sample's logits first (logit standardization)."}
     )
+    dkd_warmup_fraction: float = field(
+        default=0.0,
+        metadata={"help": "DKD: fraction of the training steps over which the loss's factor rises linearly from 0 to 1 "
+                  "(the paper's reference code: 20 of 240 epochs, 20 / 240); 0 applies it fully from the start."},
+    )
+    la_tau: float = field(
+        default=1.0,
+        metadata={"help": "'la' (logit-adjusted cross-entropy, no teacher; use with ce_weight=0): scale tau of the "
+                  "log class prior added to the logits (1: the paper's choice, 0: plain cross-entropy)."},
+    )
+    la_class_prior: list[float] | None = field(
+        default=None,
+        metadata={"help": "'la': each class's fraction of the training labels (required by 'la'; "
+                  "lkd_hf.losses.class_prior computes it)."},
+    )
     ls_temperature: float = field(
         default=2.0,
         metadata={"help": "'ls' (KD with logit standardization): base temperature on the z-scored logits (the "

@@ -8,7 +8,16 @@ import pytest
 import torch
 
 from lkd_hf import LKDTrainer
-from lkd_hf.losses import CTKDLoss, DKDLoss, LSKDLoss, available_losses, build_loss, kd_loss
+from lkd_hf.losses import (
+    CTKDLoss,
+    DKDLoss,
+    LogitAdjustedLoss,
+    LSKDLoss,
+    available_losses,
+    build_loss,
+    class_prior,
+    kd_loss,
+)
 
 
 def _softmax(z, t=1.0):
@@ -186,3 +195,52 @@ def test_ctkd_temperature_gradient_does_not_pile_up_across_steps(tmp_path, make_
     })())
     trainer.train()
     assert seen == [None, None, None]  # cleared after every optimizer step
+
+
+def test_dkd_warmup_ramps_the_loss_linearly_over_its_fraction_of_the_steps(logits):
+    s, t, y = logits
+    full = DKDLoss(1.0, 8.0, 4.0)(s, t, y)
+    warm = DKDLoss(1.0, 8.0, 4.0, warmup_fraction=0.25)
+    assert warm(s, t, y).item() == 0.0  # no progress recorded yet: the first step
+    for step, factor in ((10, 0.1), (50, 0.5), (100, 1.0), (400, 1.0)):
+        warm.set_progress(step, 400)
+        torch.testing.assert_close(warm(s, t, y), factor * full)
+    no_warmup = DKDLoss(1.0, 8.0, 4.0)
+    no_warmup.set_progress(0, 400)
+    torch.testing.assert_close(no_warmup(s, t, y), full)
+    with pytest.raises(ValueError, match="warmup_fraction"):
+        DKDLoss(warmup_fraction=1.5)
+
+
+def test_logit_adjustment_is_the_cross_entropy_of_logits_shifted_by_tau_log_prior(logits):
+    s, _, y = logits
+    prior = [0.4, 0.2, 0.1, 0.1, 0.05, 0.05, 0.04, 0.03, 0.02, 0.01]
+    z = s.numpy() + 1.5 * np.log(prior)
+    log_p = z - z.max(axis=1, keepdims=True)
+    log_p = log_p - np.log(np.exp(log_p).sum(axis=1, keepdims=True))
+    expected = -np.mean(log_p[np.arange(len(y)), y.numpy()])
+    assert LogitAdjustedLoss(prior, tau=1.5)(s, None, y).item() == pytest.approx(expected, rel=1e-5)
+    uniform = LogitAdjustedLoss([1.0] * 10, tau=2.0)  # a balanced prior shifts every logit alike: plain CE
+    torch.testing.assert_close(uniform(s, None, y), torch.nn.functional.cross_entropy(s.float(), y))
+    # the adjustment lowers the loss of samples from frequent classes less than of rare ones: head 0, tail 9
+    head, tail = torch.zeros(1, 10), torch.zeros(1, 10)
+    adjusted = LogitAdjustedLoss(prior, tau=1.0)
+    assert adjusted(head, None, torch.tensor([0])) < adjusted(tail, None, torch.tensor([9]))
+    with pytest.raises(ValueError, match="positive"):
+        LogitAdjustedLoss([0.5, 0.5, 0.0])
+
+
+def test_class_prior_counts_the_labels_and_la_is_built_from_the_config(tmp_path):
+    from lkd_hf import LKDConfig
+
+    assert class_prior([0, 0, 1, 3], 4) == [0.5, 0.25, 0.0, 0.25]
+    config = LKDConfig(output_dir=str(tmp_path), report_to="none", loss="la", ce_weight=0.0, la_tau=0.5,
+                       la_class_prior=[0.75, 0.25], dkd_warmup_fraction=20 / 240)
+    la = build_loss("la", config)
+    assert isinstance(la, LogitAdjustedLoss) and la.tau == 0.5
+    torch.testing.assert_close(la.log_prior, torch.tensor([0.75, 0.25]).log())
+    assert build_loss("dkd", config).warmup_fraction == pytest.approx(1 / 12)
+    defaults = LKDConfig(output_dir=str(tmp_path), report_to="none")
+    assert defaults.dkd_warmup_fraction == 0.0 and defaults.la_class_prior is None
+    with pytest.raises(ValueError, match="la_class_prior"):
+        build_loss("la", defaults)

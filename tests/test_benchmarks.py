@@ -1,6 +1,7 @@
 """The accuracy benchmark's bookkeeping (``benchmarks/accuracy.py``): what ``--resume`` may continue."""
 
 import dataclasses
+import math
 from pathlib import Path
 
 import pytest
@@ -66,3 +67,147 @@ def test_dataset_roles_are_declared_for_every_setting_and_unknown_keys_are_refus
         roles.role("cifar10")
     with pytest.raises(ValueError, match="Unknown setting"):
         roles.role("mnist-5k/noise30")
+
+
+@pytest.fixture(scope="module")
+def tuning():
+    return load_script(BENCHMARKS / "tuning.py", "lkd_benchmark_tuning")
+
+
+def test_paired_ci95_matches_a_hand_computation(tuning):
+    ours, theirs = [80.0, 82.5, 81.0, 79.5, 83.0], [79.0, 81.0, 81.5, 78.0, 81.0]
+    # differences 1.0, 1.5, -0.5, 1.5, 2.0: mean 1.1, sample variance (0.01 + 0.16 + 2.56 + 0.16 + 0.81) / 4 = 0.925;
+    # t(0.975, 4) = 2.7764451 (tables), half width 2.7764451 * sqrt(0.925 / 5) = 1.19418
+    ci = tuning.paired_ci95(ours, theirs)
+    assert ci["n"] == 5 and ci["mean"] == pytest.approx(1.1)
+    assert (ci["low"], ci["high"]) == (pytest.approx(1.1 - 1.19418, abs=1e-4), pytest.approx(1.1 + 1.19418, abs=1e-4))
+    single = tuning.paired_ci95([80.0], [79.0])
+    assert single["mean"] == 1.0 and math.isnan(single["low"]) and math.isnan(single["high"])
+    with pytest.raises(ValueError):
+        tuning.paired_ci95([1.0, 2.0], [1.0])  # unpaired
+
+
+def test_every_tuned_method_has_the_same_grid_budget_and_distinct_trial_names(tuning, accuracy):
+    assert set(tuning.SEARCHES) <= set(accuracy.METHODS)
+    assert {m for m in accuracy.METHODS if m.endswith("-tuned")} == set(tuning.SEARCHES)
+    for space in tuning.SEARCHES.values():
+        grid = space.grid()
+        assert len(grid) == tuning.BUDGET
+        names = {space.name(p) for p in grid}
+        assert len(names) == tuning.BUDGET and all("-grid-" in n for n in names)
+        for knob in space.knobs:  # grids ascending, extensions outward
+            assert list(knob.values) == sorted(set(knob.values))
+            assert list(knob.below) == sorted(knob.below, reverse=True) and all(v < knob.values[0] for v in knob.below)
+            assert list(knob.above) == sorted(knob.above) and all(v > knob.values[-1] for v in knob.above)
+
+
+def _run_search(space, score):
+    """Play a search out with a score function of the point: the trials in planned order and the rounds."""
+    trials = [(p, score(p)) for p in space.grid()]
+    rounds = []
+    while new := space.extensions(trials):
+        rounds.append(new)
+        trials += [(p, score(p)) for p in new]
+    return trials, rounds
+
+
+def test_a_pick_on_an_edge_is_extended_until_it_is_inside_or_at_the_bound(tuning):
+    space = tuning.SEARCHES["kd-tuned"]  # T 1..8 (then 16, 32), w 0.5..4 (below 0.25, 0.125, 0)
+    inside, rounds = _run_search(space, lambda p: -abs(p["temperature"] - 4) - abs(p["distill_weight"] - 2))
+    assert rounds == [] and space.pick(inside) == {"temperature": 4.0, "distill_weight": 2.0}
+
+    # the best T is 16: T 16 is tried from the pick at T 8, then T 32 from T 16, where the pick stays inside
+    trials, rounds = _run_search(space, lambda p: -abs(p["temperature"] - 16) - abs(p["distill_weight"] - 2))
+    assert rounds == [[{"temperature": 16.0, "distill_weight": 2.0}], [{"temperature": 32.0, "distill_weight": 2.0}]]
+    assert space.pick(trials) == {"temperature": 16.0, "distill_weight": 2.0}
+    assert space.name(rounds[0][0]) == "kd-ext-T16-w2"
+
+    # a weight that helps less and less: extended down to its bound 0, where it stops; two knobs on edges at once
+    trials, rounds = _run_search(space, lambda p: -p["distill_weight"] - abs(p["temperature"] - 2))
+    assert [[(p["temperature"], p["distill_weight"]) for p in r] for r in rounds] == [
+        [(2.0, 0.25)], [(2.0, 0.125)], [(2.0, 0.0)]]
+    assert space.pick(trials)["distill_weight"] == 0.0
+    trials, rounds = _run_search(space, lambda p: p["temperature"] + p["distill_weight"])
+    assert rounds[0] == [{"temperature": 16.0, "distill_weight": 4.0}, {"temperature": 8.0, "distill_weight": 8.0}]
+    assert rounds[1:] == [[{"temperature": 32.0, "distill_weight": 4.0}]]  # w 8 was tried: w 4 is inside its range
+    assert space.pick(trials) == {"temperature": 32.0, "distill_weight": 4.0}  # T at its cap: the search stops
+
+
+def test_ties_keep_the_earlier_trial(tuning):
+    space = tuning.SEARCHES["la-tuned"]
+    trials = [(p, 0.5) for p in space.grid()]
+    assert space.pick(trials) == {"la_tau": 0.0}  # the first trial, on the lower bound: nothing to extend
+    assert space.extensions(trials) == []
+
+
+def _record(pair, method, seed, test, val=None, wall=10.0):
+    record = dict(pair=pair, method=method, seed=seed, test_top1=test, wall_s=wall)
+    return record if val is None else dict(record, val_top1=val)
+
+
+def test_the_search_is_replayed_from_the_records_and_its_pick_recorded(accuracy, tmp_path):
+    args = accuracy.AccuracyArguments(quick=True, output_dir=str(tmp_path))
+    bench = accuracy.Benchmark.__new__(accuracy.Benchmark)  # the bookkeeping only: no data, no teacher
+    bench.args, bench.results = args, accuracy.Results(args)
+    space, pair = accuracy.SEARCHES["kd-tuned"], "teacher->s4"
+    _, pending = bench.search_state(pair, "kd-tuned")
+    assert pending == space.grid()
+    for p in space.grid():  # best at T 8, w 1: on the T edge
+        bench.results.add(_record(pair, space.name(p), 0, 0.5, 0.9 - abs(p["temperature"] - 8) / 100
+                                  - abs(p["distill_weight"] - 1) / 100))
+    _, pending = bench.search_state(pair, "kd-tuned")
+    assert pending == [{"temperature": 16.0, "distill_weight": 1.0}]
+    bench.results.add(_record(pair, "kd-ext-T16-w1", 0, 0.6, 0.8))  # worse: the pick stays at T 8, now inside
+    trials, pending = bench.search_state(pair, "kd-tuned")
+    assert pending == [] and len(trials) == 16 + 1
+    bench.finish_search(pair, "kd-tuned")
+    search = bench.results.data["searches"][pair]["kd-tuned"]
+    assert search["budget"] == 16 and len(search["trials"]) == 16
+    assert search["extensions"] == [dict(run="kd-ext-T16-w1", T=16.0, w=1.0, val_top1=0.8)]
+    assert search["pick"] == "kd-grid-T8-w1" and search["pick_knobs"] == {"T": 8.0, "w": 1.0}
+    assert bench.results.get(pair, "kd-tuned", 0)["reused"] == "kd-grid-T8-w1"
+    fields, _ = bench.method_fields(pair, "kd-tuned", 1)
+    assert (fields["temperature"], fields["distill_weight"], fields["ce_weight"]) == (8.0, 1.0, 1.0)
+
+
+def test_summary_keeps_its_schema_adds_the_role_and_the_paired_interval_against_the_best_by_validation(
+        accuracy, tmp_path):
+    args = accuracy.AccuracyArguments(quick=True, output_dir=str(tmp_path))
+    results = accuracy.Results(args)
+    pair = "teacher->s4"
+    lkd = [0.90, 0.91, 0.92]
+    kd_tuned = [0.88, 0.90, 0.89]  # validation better than dist-tuned's, test worse: the reference by validation
+    dist_tuned = [0.91, 0.92, 0.93]
+    for seed in range(3):
+        results.add(_record(pair, "lkd", seed, lkd[seed], wall=20.0))
+        results.add(_record(pair, "kd-tuned", seed, kd_tuned[seed], val=0.95))
+        results.add(_record(pair, "dist-tuned", seed, dist_tuned[seed], val=0.94))
+        results.add(_record(pair, "ce", seed, 0.5))
+    table = accuracy.summary(results, "mnist-5k/lt10")
+    assert list(table) == ["mnist-5k/lt10"] and table["mnist-5k/lt10"]["role"] == "design"
+    row = table["mnist-5k/lt10"][pair]
+    for method in ("lkd", "kd-tuned", "dist-tuned", "ce"):
+        assert {"mean", "std", "n", "train_seconds"} <= set(row[method]) and row[method]["n"] == 3
+    assert row["kd-tuned"]["val_mean"] == 95.0 and "val_mean" not in row["ce"]
+    ci = row["ci95"]
+    assert ci["reference"] == "kd-tuned" and ci["n"] == 3
+    assert ci["mean"] == pytest.approx(2.0)  # (2 + 1 + 3) / 3 points
+    half = 4.302653 * 1.0 / math.sqrt(3)  # t(0.975, 2) * std of the differences (2, 1, 3) / sqrt(3)
+    assert (ci["low"], ci["high"]) == (pytest.approx(2 - half, abs=0.01), pytest.approx(2 + half, abs=0.01))
+    assert accuracy.summary(results, "letters/noise40")["letters/noise40"]["role"] == "evaluation"
+    text = accuracy.summary_table(table)
+    assert "#### mnist-5k/lt10 (design)" in text and "lkd − best tuned (kd-tuned" in text and "tie" in text
+    assert "win" not in text  # the interval includes 0
+
+
+def test_win_is_said_only_where_the_interval_excludes_zero(accuracy):
+    assert accuracy.verdict(dict(mean=1.0, low=0.2, high=1.8, n=5)) == "win"
+    assert accuracy.verdict(dict(mean=1.0, low=-0.2, high=2.2, n=5)) == "tie"
+    assert accuracy.verdict(dict(mean=-1.0, low=-1.8, high=-0.2, n=5)) == "loss"
+    assert accuracy.verdict(dict(mean=1.0, low=math.nan, high=math.nan, n=1)).startswith("n/a")
+
+
+def test_full_runs_default_to_five_seeds_and_long_tailed_settings_add_logit_adjustment(accuracy, tmp_path):
+    full = accuracy.AccuracyArguments(output_dir=str(tmp_path))
+    assert full.num_seeds == 5 and "la-tuned" not in full.method_list and "dkd-tuned" in full.method_list
+    assert accuracy.AccuracyArguments(quick=True, output_dir=str(tmp_path)).num_seeds == 1

@@ -1,13 +1,15 @@
 """Distillation losses: the name registry and the hand-made baselines.
 
-Logit losses: ``ce``, ``kd``, ``dist``, ``dkd``, ``ls`` (KD with logit standardization) and ``ctkd`` (KD at an
-adversarially learned temperature, trained with the student). Feature losses (``kind="feature"``): ``fitnet``, ``at``.
+Logit losses: ``ce``, ``kd``, ``dist``, ``dkd``, ``ls`` (KD with logit standardization), ``ctkd`` (KD at an
+adversarially learned temperature, trained with the student) and ``la`` (the logit-adjusted cross-entropy of long-tailed
+learning, no teacher). Feature losses (``kind="feature"``): ``fitnet``, ``at``.
 The learned losses ``lkd`` (logits) and ``feat`` (features) are registered by :mod:`lkd_hf.loss_networks`.
 """
 
 from .ctkd import CTKDLoss, gradient_reversal
 from .feature import ATLoss, FitNetLoss, attention_map
 from .logit import DISTLoss, DKDLoss, KDLoss, LSKDLoss, kd_loss, standardize
+from .logit_adjustment import LogitAdjustedLoss, class_prior
 from .registry import LossSpec, available_losses, build_loss, parse_loss_spec, register_loss
 
 
@@ -34,6 +36,7 @@ def _build_dkd(config):
         beta=config.dkd_beta,
         temperature=config.temperature,
         logit_stand=getattr(config, "dkd_logit_stand", False),
+        warmup_fraction=config.dkd_warmup_fraction,
     )
 
 
@@ -53,6 +56,16 @@ def _build_ctkd(config):
         lambda_max=config.ctkd_lambda_max,
         curriculum_fraction=config.ctkd_curriculum_fraction,
     )
+
+
+@register_loss("la")
+def _build_la(config):
+    """The logit-adjusted cross-entropy at ``la_tau`` over ``la_class_prior`` (no teacher; with ``ce_weight=0`` it
+    replaces the cross-entropy)."""
+    if config.la_class_prior is None:
+        raise ValueError("loss='la' needs la_class_prior: each class's fraction of the training labels "
+                         "(lkd_hf.losses.class_prior(labels, num_classes)).")
+    return LogitAdjustedLoss(config.la_class_prior, tau=config.la_tau)
 
 
 @register_loss("fitnet", kind="feature")
@@ -75,9 +88,11 @@ __all__ = [
     "FitNetLoss",
     "KDLoss",
     "LSKDLoss",
+    "LogitAdjustedLoss",
     "attention_map",
     "available_losses",
     "build_loss",
+    "class_prior",
     "gradient_reversal",
     "LossSpec",
     "kd_loss",

@@ -133,10 +133,13 @@ class DISTLoss(nn.Module):
 
 
 class DKDLoss(nn.Module):
-    """Decoupled KD (Zhao et al., 2022): ``alpha * TCKD + beta * NCKD``.
+    """Decoupled KD (Zhao et al., 2022): ``alpha * TCKD + beta * NCKD``, optionally warmed up.
 
     TCKD is the binary KL of (target, non-target) probabilities; NCKD the KL among the non-target classes.
     Defaults are the paper's CIFAR-100 setting (alpha 1, beta 8, T 4); its ImageNet setting is beta 0.5, T 1.
+    The reference code multiplies the loss by ``min(epoch / 20, 1)`` over 240 epochs: ``warmup_fraction=20 / 240``
+    is that ramp, by optimizer step, at any run length. The progress comes from :meth:`set_progress` (kept in
+    buffers, so it survives a checkpoint resume); until it is called the ramp is at 0.
 
     Args:
         alpha: Weight of TCKD.
@@ -144,13 +147,42 @@ class DKDLoss(nn.Module):
         temperature: Softmax temperature ``T``; both terms are multiplied by ``T^2``.
         logit_stand: Z-score each sample's student and teacher logits first (:func:`standardize`), as in DKD with
             logit standardization (Sun et al., 2024).
+        warmup_fraction: Fraction of the training steps over which the loss's factor rises linearly from 0 to 1;
+            0 (the default) applies the full loss from the start.
     """
 
     def __init__(
-        self, alpha: float = 1.0, beta: float = 8.0, temperature: float = 4.0, logit_stand: bool = False
+        self,
+        alpha: float = 1.0,
+        beta: float = 8.0,
+        temperature: float = 4.0,
+        logit_stand: bool = False,
+        warmup_fraction: float = 0.0,
     ) -> None:
         super().__init__()
+        if not 0.0 <= warmup_fraction <= 1.0:
+            raise ValueError(f"warmup_fraction must be in [0, 1], got {warmup_fraction}")
         self.alpha, self.beta, self.temperature, self.logit_stand = alpha, beta, temperature, logit_stand
+        self.warmup_fraction = warmup_fraction
+        self.register_buffer("progress_step", torch.zeros((), dtype=torch.long))
+        self.register_buffer("progress_total", torch.zeros((), dtype=torch.long))
+
+    def set_progress(self, step: int, total_steps: int) -> None:
+        """Record that ``step`` of ``total_steps`` optimizer steps are done (drives the warm-up).
+
+        Args:
+            step: the student's global step.
+            total_steps: the run's number of optimizer steps.
+        """
+        self.progress_step.fill_(int(step))
+        self.progress_total.fill_(int(total_steps))
+
+    def warmup_factor(self) -> float:
+        """The loss's current factor: ``min(progress / warmup_fraction, 1)``, ``progress = step / total_steps``."""
+        if self.warmup_fraction == 0:
+            return 1.0
+        progress = int(self.progress_step) / max(int(self.progress_total), 1)
+        return min(progress / self.warmup_fraction, 1.0)
 
     def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Scalar DKD loss (mean over the batch).
@@ -173,4 +205,4 @@ class DKDLoss(nn.Module):
         log_q_s = F.log_softmax(student_logits / t - 1000.0 * gt, dim=1)
         log_q_t = F.log_softmax(teacher_logits / t - 1000.0 * gt, dim=1)
         nckd = F.kl_div(log_q_s, log_q_t, reduction="batchmean", log_target=True) * t**2
-        return self.alpha * tckd + self.beta * nckd
+        return self.warmup_factor() * (self.alpha * tckd + self.beta * nckd)
