@@ -72,6 +72,9 @@ LKD_CONFIG_RANGES: dict[str, Range] = {
     "dist_temperature": ABOVE_0,
     "dkd_alpha": AT_LEAST_0,
     "dkd_beta": AT_LEAST_0,
+    "dkd_warmup_fraction": FRACTION,
+    "la_tau": AT_LEAST_0,
+    "la_class_prior": Range(low=0, high=1, optional=True),  # each class's fraction
     "ls_temperature": ABOVE_0,
     "ctkd_temperature_min": AT_LEAST_0,
     "ctkd_temperature_range": ABOVE_0,
@@ -98,7 +101,8 @@ LKD_CONFIG_RANGES: dict[str, Range] = {
     "fd_epsilon": ABOVE_0,
     "lkd_val_fraction": Range(low=0, high=1, low_open=True, high_open=True, optional=True),
 }
-"""The range of each numeric field of :class:`~lkd_hf.LKDConfig` (its own; ``TrainingArguments``' are its own)."""
+"""The range of each numeric field of :class:`~lkd_hf.LKDConfig` (its own; ``TrainingArguments``' are its own), of
+each element for a list. The population's factor lists are checked with their pairing rules in ``LKDConfig``."""
 
 NETWORK_RANGES: dict[str, dict[str, Range]] = {
     "LogitLossNet": {"hidden_dim": COUNT, "dist_beta": AT_LEAST_0, "dist_gamma": AT_LEAST_0},  # temperature: its own
@@ -109,7 +113,7 @@ NETWORK_RANGES: dict[str, dict[str, Range]] = {
 
 
 def check_ranges(values: Mapping[str, Any] | object, ranges: Mapping[str, Range], owner: str) -> None:
-    """Raise ``ValueError`` naming the first value outside its range.
+    """Raise ``ValueError`` naming the first value outside its range (for a list or tuple: the first element).
 
     Args:
         values: a mapping of names to values, or an object whose attributes they are (absent names are skipped).
@@ -125,5 +129,7 @@ def check_ranges(values: Mapping[str, Any] | object, ranges: Mapping[str, Range]
             value = getattr(values, name)
         else:
             continue
-        if not allowed.allows(value):
-            raise ValueError(f"{owner}.{name} must be {allowed}, got {value!r}.")
+        for item, label in ([(v, f"{name}[{i}]") for i, v in enumerate(value)] if isinstance(value, (list, tuple))
+                            else [(value, name)]):
+            if not allowed.allows(item):
+                raise ValueError(f"{owner}.{label} must be {allowed}, got {item!r}.")

@@ -30,6 +30,25 @@ def test_every_numeric_config_field_outside_its_range_is_an_error_naming_it(tmp_
         make_config(tmp_path, **{field: value})
 
 
+def test_every_numeric_field_of_the_config_has_a_range():
+    from dataclasses import fields
+
+    from transformers import TrainingArguments
+
+    from lkd_hf import LKDConfig
+
+    inherited = {f.name for f in fields(TrainingArguments)}
+    numeric = {f.name for f in fields(LKDConfig) if f.name not in inherited
+               and any(kind in str(f.type) for kind in ("int", "float")) and "bool" not in str(f.type)}
+    factors = {"population_temperature_factors", "population_weight_factors"}  # checked with their pairing rules
+    assert numeric - factors == set(LKD_CONFIG_RANGES)
+
+
+def test_a_list_field_names_its_element(tmp_path, make_config):
+    with pytest.raises(ValueError, match=r"LKDConfig\.la_class_prior\[1\] must be in \[0, 1\]"):
+        make_config(tmp_path, la_class_prior=[0.5, 1.5])
+
+
 def test_the_defaults_and_the_ends_of_the_ranges_are_accepted(tmp_path, make_config):
     config = make_config(tmp_path, distill_weight=0.0, ce_weight=0.0, dist_gamma=0.0, meta_warmup_ratio=0.0,
                          ctkd_curriculum_fraction=1.0, lookahead_lr=1e-3, meta_max_grad_norm=-1.0)
