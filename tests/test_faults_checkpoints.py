@@ -98,22 +98,17 @@ def test_a_model_only_run_does_not_need_the_optimizer(run_copy):
     assert "optimizer.pt is missing" in checkpoint_problem(last)
 
 
-def test_resume_from_a_damaged_checkpoint_path_is_an_error_before_training(run_copy, tmp_path):
+@pytest.mark.parametrize("explicit", [True, False])
+def test_train_refuses_a_damaged_checkpoint_path_or_skips_it_when_resuming_from_the_last(run_copy, tmp_path, explicit):
+    """An explicit path: an error before training. ``True``: the last complete checkpoint, and the run finishes."""
     _, _, last = run_copy
     _damage(os.path.join(last, "optimizer.pt"), "truncated")
     trainer = _trainer(tmp_path, save_strategy="no")
-    with pytest.raises(ValueError, match=r"optimizer\.pt cannot be read .*BadZipFile"):
-        trainer.train(resume_from_checkpoint=last)
-    assert trainer.state.global_step == 0
-
-
-def test_resume_true_uses_the_last_complete_checkpoint_and_finishes(run_copy, tmp_path):
-    _, _, last = run_copy
-    _damage(os.path.join(last, "trainer_state.json"), "truncated")
-    trainer = _trainer(tmp_path, save_strategy="no")
-    with pytest.warns(UserWarning, match=r"checkpoint-2: .*trainer_state\.json cannot be read"):
-        trainer.train(resume_from_checkpoint=True)
-    assert trainer.state.global_step == 2
+    problem = r"optimizer\.pt cannot be read .*BadZipFile"
+    expect = pytest.raises(ValueError, match=problem) if explicit else pytest.warns(UserWarning, match=problem)
+    with expect:
+        trainer.train(resume_from_checkpoint=last if explicit else True)
+    assert trainer.state.global_step == (0 if explicit else 2)
 
 
 FULL_DISK_RUN = textwrap.dedent("""
