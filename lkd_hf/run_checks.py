@@ -14,6 +14,7 @@ from torch.utils.data import Dataset
 from transformers.utils import logging
 
 from .data import check_columns, read_labels, resolve_data_config
+from .losses.registry import parse_loss_spec
 from .meta.hypergradients import unrolled_unsupported
 from .model_info import model_num_classes
 
@@ -268,3 +269,41 @@ def _check_labels(dataset: Any, where: str, num_classes: int | None, is_training
             UserWarning,
             stacklevel=3,
         )
+
+
+def reused_networks(loss: str, learned: Any) -> tuple[nn.Module | None, nn.Module | None]:
+    """The networks of a learned loss loaded with ``loss_from`` that the run's loss spec reuses: its logit network
+    where the spec names the learned logit loss (``lkd``), its feature network where it names the learned feature
+    loss (``feat``).
+
+    Args:
+        loss: the run's loss spec (``LKDConfig.loss``).
+        learned: the :class:`~lkd_hf.LearnedLoss` loaded with ``loss_from``.
+
+    Raises:
+        ValueError: the spec names no learned loss the bundle holds (``loss_from`` would be unused, or replace a
+            hand-made loss the spec names). A bundle network the spec does not name is left out with a warning.
+    """
+    spec = parse_loss_spec(loss)
+    logit = learned.logit if spec.logit == "lkd" else None
+    feature = learned.feature if spec.feature == "feat" else None
+    source = learned.source or "the learned loss"
+    held = " and ".join(kind for kind, net in (("logit ('lkd')", learned.logit), ("feature ('feat')", learned.feature))
+                        if net is not None)
+    if logit is None and feature is None:
+        raise ValueError(
+            f"loss_from={source!r} holds a learned {held} loss, but loss={loss!r} names none of them: reusing it would "
+            f"replace the loss this run asks for. Name it in the loss spec (it was learned with "
+            f"loss={learned.config.loss!r}), or leave loss_from out."
+        )
+    unused = [kind for kind, net, used in (("logit", learned.logit, logit), ("feature", learned.feature, feature))
+              if net is not None and used is None]
+    if unused:
+        warnings.warn(
+            f"loss_from={source!r}: its learned {unused[0]} loss network is not used, loss={loss!r} does not name it "
+            f"(it was learned with loss={learned.config.loss!r}); only its {'feature' if unused[0] == 'logit' else 'logit'} "
+            "network is reused.",
+            UserWarning,
+            stacklevel=3,
+        )
+    return logit, feature

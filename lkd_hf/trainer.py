@@ -43,7 +43,9 @@ from .run_checks import (
     check_unrolled_support,
     checked_teacher,
     input_size,
+    reused_networks,
 )
+from .run_settings import check_resume_settings, run_settings, save_run_settings
 from .safe_io import (
     OutputDirOwner,
     checkpoint_to_resume,
@@ -101,9 +103,10 @@ class LKDTrainer(CheckpointMixin, HubExportMixin, PopulationMixin):
             raise TypeError(f"LKDTrainer needs an LKDConfig, got {type(args).__name__}.")
         check_datasets(train_dataset=train_dataset, eval_dataset=eval_dataset, meta_dataset=meta_dataset)
         learned = LearnedLoss.from_pretrained(args.loss_from) if args.loss_from is not None else None
-        if learned is not None:  # networks passed in are kept
-            loss_network = loss_network if loss_network is not None else learned.logit
-            feature_loss_network = feature_loss_network if feature_loss_network is not None else learned.feature
+        if learned is not None:  # networks passed in are kept; the bundle's where the loss spec names them
+            reused_logit, reused_feature = reused_networks(args.loss, learned)
+            loss_network = loss_network if loss_network is not None else reused_logit
+            feature_loss_network = feature_loss_network if feature_loss_network is not None else reused_feature
         objective = build_objective(args, loss_network, feature_loss_network)
         num_classes = model_num_classes(model)
         if objective.loss_modules:
@@ -131,6 +134,9 @@ class LKDTrainer(CheckpointMixin, HubExportMixin, PopulationMixin):
         if len(self.population_factors) > 1:  # students side by side, one per (temperature, weight) factor pair
             model = StudentPopulation.of_copies(model, len(self.population_factors))
         self.member_objectives = member_objectives(objective, self.population_factors)
+        taps = (model.taps, model.teacher_taps) if isinstance(model, StudentWithConnectors) else (None, None)
+        self.run_settings = run_settings(args, objective.distill_loss, objective.feature_loss, *taps,
+                                         self.population_factors, learned)
         self.objective, self.loss_learner = objective, None  # the Trainer's __init__ may call init_hf_repo
         self.output_dir_owner = OutputDirOwner()
 
@@ -284,6 +290,8 @@ class LKDTrainer(CheckpointMixin, HubExportMixin, PopulationMixin):
         full_state = not (self.args.save_only_model or self.is_deepspeed_enabled or self.is_fsdp_enabled)
         with self._writing(self.args.output_dir, "train()", claim=True):
             resume_from_checkpoint = checkpoint_to_resume(resume_from_checkpoint, self.args.output_dir, full_state)
+            if resume_from_checkpoint is not None:
+                check_resume_settings(resume_from_checkpoint, self.run_settings)
             with named_checkpoint_failure(self.args.output_dir, lambda: self.state.global_step, full_state):
                 output = super().train(resume_from_checkpoint, *args, **kwargs)
             if self.population is not None:
@@ -304,6 +312,8 @@ class LKDTrainer(CheckpointMixin, HubExportMixin, PopulationMixin):
         named = contextlib.nullcontext() if _internal_call else named_save_failure(folder)  # checkpoints: train()
         with self._writing(folder, "save_model()"), named:
             super().save_model(output_dir, _internal_call)
+            if _internal_call and self.args.should_save and checkpoint_step(folder) == self.state.global_step:
+                save_run_settings(folder, self.run_settings)  # a checkpoint: what a resume compares
 
     def push_to_hub(self, *args: Any, **kwargs: Any) -> Any:
         """:meth:`HubExportMixin.push_to_hub`, refused when another trainer's run owns ``output_dir``
