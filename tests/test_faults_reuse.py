@@ -68,7 +68,7 @@ def resumed(learned_run, tmp_path):
 ])
 def test_resume_with_settings_that_change_what_is_learned_is_refused_naming_each(resumed, fields, named):
     trainer = resumed(**fields)
-    with pytest.raises(ValueError, match=rf"Cannot resume from .*checkpoint-1: this run's settings differ.*{named}"):
+    with pytest.raises(ValueError, match=rf"(?s)Cannot resume from .*checkpoint-1: this run's settings differ.*{named}"):
         trainer.train(resume_from_checkpoint=True)
     assert trainer.state.global_step == 0
 
@@ -91,10 +91,10 @@ def test_resume_of_a_population_with_other_factors_or_size_is_refused(tmp_path):
     first = _lkd_trainer(tmp_path, eval_dataset=make_dataset(16, seed=3), population_temperature_factors=[1.0, 2.0])
     first.train()
     for factors, now in (([1.0, 3.0], r"\[\[1\.0, 1\.0\], \[3\.0, 1\.0\]\]"), ([1.0], r"\[\[1\.0, 1\.0\]\]"),
-                         ([1.0, 2.0, 3.0], r"\[2\.0, 1\.0\], \[3\.0, 1\.0\]\]")):
+                         ([1.0, 2.0, 3.0], r"\[\[1\.0, 1\.0\], \[2\.0, 1\.0\], \[3\.0, 1\.0\]\]")):
         trainer = _lkd_trainer(tmp_path, eval_dataset=make_dataset(16, seed=3), population_temperature_factors=factors,
                                max_steps=2, save_strategy="no")
-        with pytest.raises(ValueError, match=rf"population .*: saved \[\[1\.0, 1\.0\], \[2\.0, 1\.0\]\], now {now}"):
+        with pytest.raises(ValueError, match=rf"(?s)population .*: saved \[\[1\.0, 1\.0\], \[2\.0, 1\.0\]\], now {now}"):
             trainer.train(resume_from_checkpoint=True)
 
 
