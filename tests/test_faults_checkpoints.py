@@ -62,14 +62,16 @@ REQUIRED_FILES = ["trainer_state.json", "model.safetensors", "optimizer.pt", "sc
                   f"{LKD_STATE_DIRNAME}/{STATE_NAME}"]  # the others: only their damage is a fault
 
 
-@pytest.mark.parametrize("name, how", [(name, how) for name in CHECKPOINT_FILES for how in ("missing", "empty", "truncated")
+@pytest.mark.parametrize("name, how", [(name, how) for name in CHECKPOINT_FILES
+                                       for how in ("missing", "empty", "truncated")
                                        if how != "missing" or name in REQUIRED_FILES])
 def test_a_damaged_file_makes_resume_skip_the_checkpoint_naming_the_file(run_copy, name, how):
     out, first, last = run_copy
     path = os.path.join(last, name)
     _damage(path, how)
     assert checkpoint_problem(first) is None
-    with pytest.warns(UserWarning, match=f"Skipping the incomplete checkpoint .*checkpoint-2: .*{os.path.basename(name)}"):
+    skipped = f"Skipping the incomplete checkpoint .*checkpoint-2: .*{os.path.basename(name)}"
+    with pytest.warns(UserWarning, match=skipped):
         assert last_complete_checkpoint(out) == first
     with pytest.raises(ValueError, match=f"Cannot resume from .*checkpoint-2: .*{os.path.basename(name)}.* earlier "
                                          "checkpoint, or pass resume_from_checkpoint=True"):

@@ -131,7 +131,8 @@ def test_a_teacher_of_other_channels_is_named(tmp_path, make_config, make_datase
     student = timm.create_model("test_resnet", num_classes=10)
     teacher = timm.create_model("test_resnet", num_classes=10, in_chans=1)
     with pytest.raises(ValueError, match=r"The teacher \(ResNet\) cannot take the examples of train_dataset"):
-        LKDTrainer(model=student, teacher=teacher, args=make_config(tmp_path, loss="kd"), train_dataset=make_dataset(64))
+        LKDTrainer(model=student, teacher=teacher, args=make_config(tmp_path, loss="kd"),
+                   train_dataset=make_dataset(64))
 
 
 def test_two_dimensional_inputs_are_a_data_error_at_construction(tmp_path, make_config, make_dataset, make_models):
