@@ -159,4 +159,3 @@ def _check_labels(dataset: Any, where: str, num_classes: int | None, is_training
             UserWarning,
             stacklevel=3,
         )
-

@@ -145,4 +145,3 @@ def named_checkpoint_failure(output_dir: str, step: Callable[[], int], full_stat
             "If the disk is full, free space, then resume with train(resume_from_checkpoint=True): it skips this "
             "folder and resumes from the last complete checkpoint."
         ) from error
-

@@ -597,4 +597,3 @@ class LKDTrainer(Trainer):
             super().create_model_card(**kwargs)
         finally:
             del self.model.config
-
