@@ -50,6 +50,7 @@ from .learned_loss_config import (
 from .losses.networks import FeatureLossNet, LogitLossNet
 from .model_card import METHOD_URL, PLOT_NAME, TAGS, model_card_text
 from .plots import matplotlib_available, plot_learned_loss, synthetic_teacher_logits
+from .ranges import NETWORK_RANGES, check_ranges
 from .safe_io import atomic_directory
 from .version import __version__
 
@@ -415,6 +416,7 @@ def _build_network(kind: type[nn.Module], arguments: dict[str, Any] | None, name
     if arguments is None:
         return None
     try:
+        check_ranges(arguments, NETWORK_RANGES[kind.__name__], kind.__name__)
         return kind(**arguments)
     except (TypeError, ValueError) as error:
         raise ValueError(f"{name} {arguments} are not valid {kind.__name__} arguments ({error})") from error
