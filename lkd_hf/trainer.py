@@ -42,7 +42,7 @@ from .model_card import dataset_name, last_eval_metrics
 from .model_info import model_num_classes
 from .nonfinite import NonFiniteGuard, check_finite
 from .objective import DistillationObjective, build_objective, pop_means
-from .population import population_factors, selection_score
+from .population import choice_line, choice_logs, member_key, population_factors, selection_score
 from .resume import checkpoint_step, is_checkpoint_of_step, load_run_state, save_run_state
 from .resume_checks import checkpoint_to_resume, named_checkpoint_failure
 from .run_checks import check_optimizer, check_unrolled_support, checked_teacher, input_size, reused_networks
@@ -202,7 +202,8 @@ class LKDTrainer(Trainer):
         return_outputs: bool = False,
         num_items_in_batch: torch.Tensor | int | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Training: the distillation objective. Evaluation: the student's cross-entropy.
+        """Training: the distillation objective (a population's: summed over its students, whose objectives and
+        parts are recorded under :func:`member_key`). Evaluation: the student's cross-entropy.
 
         Args:
             model: the (possibly wrapped) student; in training mode the objective is computed, else the CE.
@@ -216,6 +217,10 @@ class LKDTrainer(Trainer):
         result = self.distiller(inputs["pixel_values"], inputs["labels"], inputs, module=model)
         for name, value in result["parts"].items():
             self._metrics[name].append(value.detach())
+        if self.distiller.num_students > 1:
+            for k, member in enumerate(result["members"]):
+                for name, value in member.items():
+                    self._metrics[member_key(k, name)].append(value.detach())
         return (result["loss"], {"logits": result["output"]}) if return_outputs else result["loss"]
 
     def with_teacher_outputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
@@ -291,7 +296,9 @@ class LKDTrainer(Trainer):
         self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: torch.Tensor | int | None = None
     ) -> torch.Tensor:
         """Teacher forward once per batch, a meta step when due, then the student step; a student step whose loss
-        or gradient is not finite is skipped (:class:`~lkd_hf.nonfinite.NonFiniteGuard`).
+        or gradient is not finite is skipped (:class:`~lkd_hf.nonfinite.NonFiniteGuard`). Returns the loss the
+        Trainer logs as ``loss``: the objective (a population's first student's, at factors 1.0, as a run of that
+        student alone logs it), divided by the gradient accumulation steps as the Trainer does.
 
         Args:
             model, inputs, num_items_in_batch: as in :meth:`transformers.Trainer.training_step` (``inputs`` is the
@@ -314,6 +321,8 @@ class LKDTrainer(Trainer):
         logged = {name: len(values) for name, values in self._metrics.items()}
         loss = super().training_step(model, inputs, num_items_in_batch)
         parts = {name: values[-1] for name, values in self._metrics.items() if len(values) > logged.get(name, 0)}
+        if self.distiller.num_students > 1:  # the Trainer's `loss`: the first student's objective, not the sum
+            loss = parts[member_key(0, "loss")] / self.current_gradient_accumulation_steps
         checked = {"pixel_values": inputs["pixel_values"], "teacher_logits": inputs.get("teacher_logits"), **parts}
         if self.accelerator.sync_gradients:
             self.objective.average_student_trained_gradients()
@@ -425,8 +434,9 @@ class LKDTrainer(Trainer):
         """Evaluate every student of the population on the (first) ``eval_dataset`` and keep the best by
         ``metric_for_best_model`` (default: accuracy): it becomes the trainer's model and its loss the trainer's
         objective (what :meth:`learned_loss` saves; :meth:`Distiller.keep`). Logs ``population/*``: each student's
-        score, the chosen one and its factors, and the kept student's evaluation under the plain ``eval_*`` keys.
-        Called by :meth:`train` once training ends.
+        score, the chosen one and its factors, and the kept student's evaluation under the plain ``eval_*`` keys; and
+        says which student it kept in one line on the console (a warning of the ``lkd_hf.trainer`` logger, on the main
+        process). Called by :meth:`train` once training ends.
 
         Returns:
             The index of the chosen student.
@@ -444,15 +454,10 @@ class LKDTrainer(Trainer):
                                           prefix))
         best = max(range(len(scores)), key=scores.__getitem__)
         self.model = self.model_wrapped = self.distiller.keep(best)
-        temperature_factor, weight_factor = self.distiller.factors[best]
-        kept = f"eval_member{best}_"
-        logger.info(f"Keeping student {best} of the population (temperature factor {temperature_factor:g}, weight "
-                    f"factor {weight_factor:g}).")
-        self.log({"population/selected": best, "population/temperature_factor": temperature_factor,
-                  "population/weight_factor": weight_factor,
-                  **{f"population/score_{k}": score for k, score in enumerate(scores)},
-                  **{f"eval_{key[len(kept):]}": value for key, value in evaluations[best].items()
-                     if key.startswith(kept)}})
+        if self.is_world_process_zero():
+            logger.warning(choice_line(best, evaluations, self.distiller.factors, self.args.metric_for_best_model,
+                                       self.loss_knobs()))
+        self.log(choice_logs(best, evaluations, self.distiller.factors, scores))
         return best
 
     # checkpoints
@@ -503,8 +508,9 @@ class LKDTrainer(Trainer):
 
     # the Hub
     def learned_loss(self, **metadata: Any) -> LearnedLoss | None:
-        """This run's loss networks with its setting (teacher, student, classes, taps, dataset, steps, last evaluation)
-        as one :class:`~lkd_hf.LearnedLoss`; ``None`` when its losses are not loss networks.
+        """This run's loss networks with its setting (teacher, student, classes, taps, dataset, steps, last evaluation,
+        the meta steps that updated them and, for a population, its factors and the student kept) as one
+        :class:`~lkd_hf.LearnedLoss`; ``None`` when its losses are not loss networks.
 
         Args:
             **metadata: overrides of config fields, e.g. ``dataset="cifar100"`` (the trainer only knows the names of
@@ -513,9 +519,10 @@ class LKDTrainer(Trainer):
         logit, feature = self.distiller.loss_networks()
         if logit is None and feature is None:
             return None
-        run = self.distiller.describe()
+        run = {**self.distiller.describe(), **self.distiller.describe_population()}
         run.update(loss=self.args.loss, dataset=dataset_name(self.train_dataset), steps=self.state.global_step,
-                   metrics=last_eval_metrics(self.state.log_history))
+                   metrics=last_eval_metrics(self.state.log_history),
+                   meta_steps=0 if self.loss_learner is None else self.loss_learner.updates)
         return LearnedLoss.from_networks(logit, feature, **{**run, **metadata})
 
     def save_learned_loss(self, output_dir: str) -> None:
