@@ -431,12 +431,10 @@ class LKDTrainer(Trainer):
         return self.distiller.clip_grad_norm_(self.args.max_grad_norm)
 
     def select_member(self) -> int:
-        """Evaluate every student of the population on the (first) ``eval_dataset`` and keep the best by
-        ``metric_for_best_model`` (default: accuracy): it becomes the trainer's model and its loss the trainer's
-        objective (what :meth:`learned_loss` saves; :meth:`Distiller.keep`). Logs ``population/*``: each student's
-        score, the chosen one and its factors, and the kept student's evaluation under the plain ``eval_*`` keys; and
-        says which student it kept in one line on the console (a warning of the ``lkd_hf.trainer`` logger, on the main
-        process). Called by :meth:`train` once training ends.
+        """Evaluate every student of the population on the (first) ``eval_dataset``, keep the best by
+        ``metric_for_best_model`` (default: accuracy) as the trainer's model and objective (:meth:`Distiller.keep`),
+        log ``population/*`` and the kept student's ``eval_*``, and name it on the console (a warning of
+        ``lkd_hf.trainer``, main process). Called by :meth:`train` once training ends.
 
         Returns:
             The index of the chosen student.
@@ -553,15 +551,9 @@ class LKDTrainer(Trainer):
             create_repo(self.args.loss_hub_model_id, token, private)
         super().init_hf_repo(token, private)
 
-    def push_to_hub(
-        self,
-        commit_message: str | None = "End of training",
-        blocking: bool = True,
-        token: str | None = None,
-        revision: str | None = None,
-        private: bool | None = None,
-        **kwargs: Any,
-    ) -> Any:
+    def push_to_hub(self, commit_message: str | None = "End of training", blocking: bool = True,
+                    token: str | None = None, revision: str | None = None, private: bool | None = None,
+                    **kwargs: Any) -> Any:
         """Push the student with its learned loss (in ``lkd_loss/``), then, when ``loss_hub_model_id`` is set, the
         learned loss to that repo too (blocking). Refused when another trainer's run owns ``output_dir``
         (:class:`~lkd_hf.safe_io.OutputDirLock`).
@@ -580,12 +572,9 @@ class LKDTrainer(Trainer):
             if learned is None:
                 logger.warning(f"loss_hub_model_id={repo_id!r}: this run uses no loss network, nothing to push.")
             else:
-                learned.push_to_hub(
-                    repo_id,
-                    commit_message=commit_message or "Learned loss",
-                    token=token if token is not None else self.args.hub_token,
-                    private=private if private is not None else self.args.hub_private_repo,
-                )
+                learned.push_to_hub(repo_id, commit_message=commit_message or "Learned loss",
+                                    token=token if token is not None else self.args.hub_token,
+                                    private=private if private is not None else self.args.hub_private_repo)
         return result
 
     def create_model_card(self, **kwargs: Any) -> None:
