@@ -138,24 +138,21 @@ METHODS: dict[str, dict[str, Any]] = {  # LKDConfig fields of each method (tuned
     "lkd-single": dict(loss="lkd", population_temperature_factors=[1.0]),
     "lkd-from-kd": dict(loss="lkd", lkd_init="kd"),
     "lkd+feat": dict(loss="lkd+feat"),
-    # the loss learned further by meta steps against the validation split (META_ON_VALIDATION), without and with
-    # the learned per-sample weight of the labels' cross-entropy
+    # the loss learned further by meta steps against the validation split (META_ON_VALIDATION): all of it, or only its
+    # per-class and per-sample weights (its temperature and weight kept)
     "lkd-meta-val": dict(loss="lkd", freeze_loss=False),
-    "lkd-trust": dict(loss="lkd", freeze_loss=False, lkd_label_trust=True),
-    "lkd-trust-heads": dict(loss="lkd", freeze_loss=False, lkd_label_trust=True, lkd_learn_knobs=False),
     "lkd-meta-heads": dict(loss="lkd", freeze_loss=False, lkd_learn_knobs=False),
     # a third student at a third of the temperature and a sixteenth of the weight (a teacher not to lean on)
     "lkd-pop3": dict(loss="lkd", population_temperature_factors=[1.0, 2.0, 1 / 3],
                      population_weight_factors=[1.0, 2.0, 1 / 16]),
 }
 # start from the leave-one-dataset-out pre-learned loss
-FROM_PRETRAINED = ("lkd", "lkd-meta", "lkd-single", "lkd+feat", "lkd-meta-val", "lkd-trust", "lkd-trust-heads", "lkd-meta-heads", "lkd-pop3")
-LEARNED = ("lkd-meta", "lkd-from-kd", "lkd+feat", "lkd-meta-val", "lkd-trust", "lkd-trust-heads", "lkd-meta-heads")  # loss networks meta-trained
-META_ON_VALIDATION = ("lkd-meta-val", "lkd-trust", "lkd-trust-heads", "lkd-meta-heads")  # meta set: the validation split (where the tuned methods pick)
+FROM_PRETRAINED = ("lkd", "lkd-meta", "lkd-single", "lkd+feat", "lkd-meta-val", "lkd-meta-heads", "lkd-pop3")
+LEARNED = ("lkd-meta", "lkd-from-kd", "lkd+feat", "lkd-meta-val", "lkd-meta-heads")  # loss networks meta-trained
+META_ON_VALIDATION = ("lkd-meta-val", "lkd-meta-heads")  # meta set: the validation split (where the tuned methods pick)
 LONG_TAILED_ONLY = ("la-tuned",)  # in the default method list of long-tailed settings only
 TUNED_KEYS = ("temperature", "dist_temperature", "dist_beta", "dist_gamma", "distill_weight", "ce_weight", "dkd_alpha",
               "dkd_beta", "dkd_warmup_fraction", "la_tau", "lkd_init", "meta_learning_rate", "meta_val_source",
-              "lkd_label_trust",
               "lookahead_steps", "meta_warmup_steps", "meta_val_loss", "ls_temperature", "ctkd_lambda_max")
 QUICK = dict(pairs="teacher->s4", methods="ce,kd,kd-tuned,lkd,lkd-single", num_seeds=1, epochs=2.0)
 FULL = dict(pairs=",".join(PAIRS), methods=",".join(m for m in METHODS if m not in ("lkd+feat", *LONG_TAILED_ONLY,

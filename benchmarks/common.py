@@ -3,11 +3,13 @@
 * :data:`PAIRS` and :class:`Setting`: the setting of ``accuracy.py`` that the studies reuse (bundled animal-mnist with
   its fixed seed-0 split, the committed teacher, the teacher -> student pairs and the student recipe);
 * :meth:`Setting.train_student` and :meth:`Setting.scores`: one seeded student run and what its record keeps;
+* :data:`LOSS_KNOBS` and :func:`config_fields`: the knobs of single losses, given to ``LKDConfig.loss_kwargs``;
 * :func:`mean_std` and :func:`format_mean_std`: statistics over seeds;
 * :class:`WorkerPool`: independent runs on spawned processes, results as they finish.
 
 The benchmarks import this module as ``common``: run them as scripts from the repository root
-(``python benchmarks/accuracy.py``), which puts ``benchmarks/`` on ``sys.path``.
+(``python benchmarks/accuracy.py``), which puts ``benchmarks/`` on ``sys.path``; the studies of
+``benchmarks/studies/`` put it there themselves.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import PrinterCallback, TrainerCallback
 
-from lkd_hf import LKDConfig, LKDTrainer
+from lkd_hf import LKDConfig, LKDTrainer, parse_loss_spec
 from roles import parse_key
 from settings import IMBALANCE_RATIOS, TEACHER_DIRS, balanced_top1, build_data
 from settings import teacher_dir as committed_teacher_dir
@@ -67,6 +69,42 @@ PAIRS: dict[str, Pair] = {
     "teacher->s16": Pair("lkd_convnet_s16"),
     "teacher->resnet8": Pair("cifar_resnet8", {"in_chans": 1}),
 }
+
+
+# Options of single losses that the methods, grids and records name as knobs, by the name of LKDConfig's deprecated
+# per-loss field: the option each sets, per logit loss that takes it (LKDConfig.loss_kwargs).
+LOSS_KNOBS: dict[str, dict[str, str]] = {
+    "dist_temperature": {"dist": "temperature", "lkd": "dist_temperature"},
+    "dist_beta": {"dist": "beta", "lkd": "dist_beta"},
+    "dist_gamma": {"dist": "gamma", "lkd": "dist_gamma"},
+    "dkd_alpha": {"dkd": "alpha"},
+    "dkd_beta": {"dkd": "beta"},
+    "dkd_warmup_fraction": {"dkd": "warmup_fraction"},
+    "la_tau": {"la": "tau"},
+    "la_class_prior": {"la": "class_prior"},
+    "ls_temperature": {"ls": "temperature"},
+    "ctkd_lambda_max": {"ctkd": "lambda_max"},
+}
+
+
+def config_fields(fields: dict[str, Any]) -> dict[str, Any]:
+    """The ``LKDConfig`` fields of a method's ``fields``: its :data:`LOSS_KNOBS` given to its logit loss through
+    ``loss_kwargs``.
+
+    Args:
+        fields: ``LKDConfig`` fields and loss knobs; ``loss`` is required when a knob is set.
+    """
+    knobs = {name: value for name, value in fields.items() if name in LOSS_KNOBS}
+    config = {name: value for name, value in fields.items() if name not in LOSS_KNOBS}
+    if knobs:
+        logit = parse_loss_spec(fields["loss"]).logit
+        unknown = sorted(name for name in knobs if logit not in LOSS_KNOBS[name])
+        if unknown:
+            raise ValueError(f"Loss {fields['loss']!r} takes no knob(s) {', '.join(unknown)}.")
+        loss_kwargs = dict(config.get("loss_kwargs") or {})
+        loss_kwargs[logit] = {**loss_kwargs.get(logit, {}), **{LOSS_KNOBS[n][logit]: v for n, v in knobs.items()}}
+        config["loss_kwargs"] = loss_kwargs
+    return config
 
 
 def split_list(text: str) -> list[str]:
@@ -149,11 +187,12 @@ class Setting:
             output_dir: the run's output directory.
             epochs: training epochs.
             seed: the run's seed.
-            **fields: the method's ``LKDConfig`` fields; they may override the recipe's.
+            **fields: the method's ``LKDConfig`` fields and loss knobs (:func:`config_fields`); they may override
+                the recipe's.
         """
         recipe = dict(RECIPE, output_dir=output_dir, num_train_epochs=epochs, seed=seed,
                       per_device_train_batch_size=self.batch_size, learning_rate=self.learning_rate)
-        return LKDConfig(**{**recipe, **fields})
+        return LKDConfig(**config_fields({**recipe, **fields}))
 
     def load_teacher(self) -> tuple[torch.nn.Module, float]:
         """The cached teacher of ``teacher_dir`` and its test top-1. Without one (or with one of another model or
@@ -203,7 +242,8 @@ class Setting:
             pair: a key of :data:`PAIRS`.
             seed: the seed of the student's initialisation and of the run.
             output_dir: the run's output directory.
-            fields: the method's ``LKDConfig`` fields (``loss`` required; the teacher is left out for ``"ce"``).
+            fields: the method's ``LKDConfig`` fields and loss knobs (``loss`` required; the teacher is left out for
+                ``"ce"``).
             callbacks: Trainer callbacks.
             setup: called with the trainer before training.
             meta_on_validation: the validation split is the learned loss's meta set (the split where the tuned

@@ -26,10 +26,10 @@ Point = dict[str, float]
 
 @dataclass(frozen=True)
 class Knob:
-    """One searched ``LKDConfig`` field.
+    """One searched ``LKDConfig`` field or loss knob (``common.LOSS_KNOBS``, given to ``loss_kwargs``).
 
     Args:
-        field: the ``LKDConfig`` field it sets.
+        field: the ``LKDConfig`` field or loss knob it sets.
         label: its short name in run names (``T``, ``w``, ...).
         values: its grid values, ascending.
         below: extension values beyond the lowest grid value, outward; the last is the knob's bound or cap.
@@ -55,7 +55,7 @@ class SearchSpace:
 
     Args:
         prefix: run names start with it (``dist-grid-T4-w1-g1``, ``dist-ext-T32-w1-g1``).
-        fixed: ``LKDConfig`` fields of every trial.
+        fixed: ``LKDConfig`` fields and loss knobs of every trial.
         knobs: the searched fields.
         note: where the ranges come from (the tables' caption).
     """
@@ -76,7 +76,7 @@ class SearchSpace:
         return f"{self.prefix}-{kind}-" + "-".join(f"{k.label}{point[k.field]:g}" for k in self.knobs)
 
     def fields(self, point: Point) -> dict[str, Any]:
-        """The ``LKDConfig`` fields of a trial."""
+        """The ``LKDConfig`` fields and loss knobs of a trial."""
         return {**self.fixed, **point}
 
     def knob_values(self, point: Point) -> dict[str, float]:

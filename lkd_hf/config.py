@@ -19,6 +19,7 @@ from .constants import (
     META_VAL_SOURCES,
     SNAPSHOT_STRATEGIES,
 )
+from .ranges import LKD_CONFIG_RANGES, LOSS_OPTION_RANGES, check_ranges
 
 
 @dataclass
@@ -26,7 +27,8 @@ class LKDConfig(TrainingArguments):
     """Training arguments for :class:`~lkd_hf.LKDTrainer`: every :class:`transformers.TrainingArguments` field plus
     the fields of Learnable Knowledge Distillation below. The student minimises ``ce_weight * CE + distill_weight *
     distill_loss (+ feature_weight * feature_loss)``; a learned loss is trained against the student's validation loss
-    by the outer (meta) loop. Why the defaults are what they are: ``docs/method.md`` and ``docs/benchmarks.md``.
+    by the outer (meta) loop. Why the defaults are what they are: ``docs/method.md``, ``docs/benchmarks.md`` and
+    ``docs/experiments.md``.
 
     Defaults differing from ``TrainingArguments``: ``remove_unused_columns=False`` and ``label_names=["labels"]``
     (timm models are fed ``{"pixel_values", "labels"}`` batches).
@@ -91,9 +93,6 @@ class LKDConfig(TrainingArguments):
             beforehand (``lkd_init="pretrained"`` or ``loss_from``), else learned.
         lkd_learn_knobs (`bool`, defaults to `True`):
             Whether the outer loop may change the learned logit loss's temperature and weight.
-        lkd_label_trust (`bool`, defaults to `False`):
-            Give the learned logit loss a learned per-sample weight of the labels' cross-entropy (zero at the start,
-            learned by the outer loop; for noisy labels or a weak teacher, with a clean ``meta_dataset``).
         loss_hidden_dim (`int`, defaults to `32`):
             Width of the learned logit loss network's MLP.
         feature_loss_hidden_dim (`int`, defaults to `16`):
@@ -272,11 +271,6 @@ class LKDConfig(TrainingArguments):
         metadata={"help": "Whether the outer loop may change the learned logit loss's temperature and weight; False "
                   "learns only its per-class and per-sample weights."},
     )
-    lkd_label_trust: bool = field(
-        default=False,
-        metadata={"help": "Give the learned logit loss a learned per-sample weight of the labels' cross-entropy (zero "
-                  "at the start, learned by the outer loop; for noisy labels or a weak teacher)."},
-    )
     loss_hidden_dim: int = field(default=32, metadata={"help": "Width of the learned loss network's MLP."})
     feature_loss_hidden_dim: int = field(
         default=16, metadata={"help": "Width of the learned feature loss network's per-element MLP."}
@@ -398,17 +392,12 @@ class LKDConfig(TrainingArguments):
         super().__post_init__()
         if self.use_cpu or not torch.accelerator.is_available():  # pinned memory only serves an accelerator
             self.dataloader_pin_memory = False
+        check_ranges(self, LKD_CONFIG_RANGES, type(self).__name__)
         self.loss_kwargs = _loss_kwargs_with_deprecated_fields(self)
-        if self.lkd_val_fraction is not None and not 0.0 < self.lkd_val_fraction < 1.0:
-            raise ValueError(f"lkd_val_fraction must be in (0, 1), got {self.lkd_val_fraction}")
+        for name, options in self.loss_kwargs.items():
+            check_ranges(options, LOSS_OPTION_RANGES.get(name, {}), f"{type(self).__name__}.loss_kwargs[{name!r}]")
         if self.lkd_init not in LKD_INITS:
             raise ValueError(f"lkd_init must be one of {LKD_INITS}, got {self.lkd_init!r}")
-        if self.meta_interval < 1:
-            raise ValueError(f"meta_interval must be >= 1, got {self.meta_interval}")
-        if self.lookahead_steps < 1:
-            raise ValueError(f"lookahead_steps must be >= 1, got {self.lookahead_steps}")
-        if self.lookahead_steps_std < 0:
-            raise ValueError(f"lookahead_steps_std must be >= 0, got {self.lookahead_steps_std}")
         if self.meta_val_loss not in META_VAL_LOSS_NAMES:
             raise ValueError(f"meta_val_loss must be one of {META_VAL_LOSS_NAMES}, got {self.meta_val_loss!r}")
         if self.meta_val_source is not None and self.meta_val_source not in META_VAL_SOURCES:
@@ -421,8 +410,6 @@ class LKDConfig(TrainingArguments):
             raise ValueError(f"meta_precision must be one of {META_PRECISIONS}, got {self.meta_precision!r}")
         if self.meta_optimizer not in META_OPTIMIZERS:
             raise ValueError(f"meta_optimizer must be one of {META_OPTIMIZERS}, got {self.meta_optimizer!r}")
-        if self.snapshot_interval < 1 or self.snapshot_pool_size < 2:
-            raise ValueError("snapshot_interval must be >= 1 and snapshot_pool_size >= 2.")
         self.feature_taps = _parse_taps(self.feature_taps)
         if self.teacher_feature_taps is not None:
             self.teacher_feature_taps = _parse_taps(self.teacher_feature_taps)
@@ -435,10 +422,6 @@ class LKDConfig(TrainingArguments):
             self.meta_batch_size = self.per_device_train_batch_size
         if self.meta_batch_size < 1:
             raise ValueError(f"meta_batch_size must be >= 1, got {self.meta_batch_size}")
-        if not 0.0 <= self.meta_warmup_ratio < 1.0:
-            raise ValueError(f"meta_warmup_ratio must be in [0, 1), got {self.meta_warmup_ratio}")
-        if self.max_nonfinite_steps < 1:
-            raise ValueError(f"max_nonfinite_steps must be >= 1, got {self.max_nonfinite_steps}")
         if self.freeze_loss is None:
             names = {name.strip() for name in self.loss.split("+")}
             self.freeze_loss = "lkd" in names and "feat" not in names and (
@@ -458,18 +441,6 @@ class LKDConfig(TrainingArguments):
         members = self.population_members
         if members is not None and len(set(members)) < len(members):
             raise ValueError(f"The population's students must differ in their factors, got {members}")
-        temperatures = {
-            "temperature": self.temperature,
-            "dist_temperature": self.dist_temperature,
-            "ls_temperature": self.ls_temperature,
-            "ctkd_temperature_range": self.ctkd_temperature_range,
-        }
-        for name, value in temperatures.items():
-            if not value > 0:  # also rejects NaN
-                raise ValueError(f"{name} must be > 0, got {value}: a temperature divides the logits.")
-        if not self.ctkd_temperature_min >= 0:
-            raise ValueError(f"ctkd_temperature_min must be >= 0, got {self.ctkd_temperature_min}")
-
     @property
     def population_members(self) -> list[tuple[float, float]] | None:
         """The population's ``(temperature factor, weight factor)`` pairs as set (a list set alone pairs with factors

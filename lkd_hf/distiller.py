@@ -40,7 +40,8 @@ class Distiller(TrainingTask):
     an objective with a feature loss, the student with one connector per tap (:class:`~lkd_hf.StudentWithConnectors`);
     with several ``population_factors``, that many students side by side (:class:`~lkd_hf.population.
     StudentPopulation`), each with the objective's logit loss at its own temperature and weight. The first student is
-    the one whose loss is learned (:attr:`learning_student`); :meth:`keep` keeps one once training ends.
+    the one whose loss is learned (:attr:`learning_student`); :meth:`keep` keeps one once training ends (its index:
+    :attr:`kept`).
 
     Args:
         student: the timm student (trained).
@@ -83,6 +84,7 @@ class Distiller(TrainingTask):
         self.teacher = teacher
         self.objectives = member_objectives(objective, self.factors)
         self.objective = objective
+        self.kept: int | None = None  # the population's student that keep() kept
 
     def train(self, mode: bool = True) -> Distiller:
         """Set the students' mode; the teacher stays in evaluation mode.
@@ -152,6 +154,7 @@ class Distiller(TrainingTask):
         self.select(k)
         if self.population is None:
             return self.trainable_module
+        self.kept = k
         if k > 0:
             chosen = self.objectives[k]
             chosen.distill_loss = chosen.distill_loss.materialize()
@@ -190,8 +193,9 @@ class Distiller(TrainingTask):
     ) -> dict[str, Any]:
         """In training mode, the objectives summed over the students; in evaluation mode, the cross-entropy.
 
-        Returns ``{"loss", "output", "parts"}``: the loss to minimise, the (first) student's logits and the first
-        student's objective parts (``ce``, ``distill``, ``feature``, ``feature/<tap>``; none in evaluation).
+        Returns ``{"loss", "output", "parts", "members"}``: the loss to minimise, the (first) student's logits, the
+        first student's objective parts (``ce``, ``distill``, ``feature``, ``feature/<tap>``) and, per student, its
+        objective (``loss``) and parts (``members``; no parts and no members in evaluation).
 
         Args:
             input: ``(batch, channels, height, width)``.
@@ -203,7 +207,7 @@ class Distiller(TrainingTask):
         module = module if module is not None else self.trainable_module
         if not module.training:
             logits = module(input)
-            return {"loss": F.cross_entropy(logits.float(), target), "output": logits, "parts": {}}
+            return {"loss": F.cross_entropy(logits.float(), target), "output": logits, "parts": {}, "members": []}
         if teacher_outputs is None:
             teacher_outputs = self.teacher_outputs(input)
         with_features = self.objective.feature_loss is not None
@@ -213,7 +217,8 @@ class Distiller(TrainingTask):
         results = [objective(student_logits, teacher_outputs.get("teacher_logits"), target, features,
                              teacher_outputs.get("teacher_features"))
                    for objective, student_logits in zip(self.objectives, logits)]
-        return {"loss": sum(result[0] for result in results), "output": logits[0], "parts": results[0][1]}
+        return {"loss": sum(result[0] for result in results), "output": logits[0], "parts": results[0][1],
+                "members": [{"loss": loss, **parts} for loss, parts in results]}
 
     def clip_grad_norm_(self, max_norm: float) -> torch.Tensor:
         """Clip each student's gradient on its own to ``max_norm``, as a run of that student alone would; returns the
@@ -264,6 +269,17 @@ class Distiller(TrainingTask):
         logit, feature = self.objective.distill_loss, self.objective.feature_loss
         return (logit if isinstance(logit, LogitLossNet) else None,
                 feature if isinstance(feature, FeatureLossNet) else None)
+
+    def describe_population(self) -> dict[str, Any]:
+        """The population behind :meth:`loss_networks` as :class:`~lkd_hf.LearnedLossConfig` fields: each student's
+        factors (``population_factors``), the student kept (``population_member``; ``None`` before :meth:`keep`)
+        and the temperature and weight of the logit loss network the students share, before their factors
+        (``population_network_knobs``); ``{}`` for a single student."""
+        if len(self.factors) == 1:
+            return {}
+        shared = self.objectives[0].distill_loss
+        return {"population_factors": [list(pair) for pair in self.factors], "population_member": self.kept,
+                "population_network_knobs": {"temperature": float(shared.temperature), "weight": float(shared.weight)}}
 
     def describe(self) -> dict[str, Any]:
         """The setting a learned loss is tied to: teacher / student names, ``num_classes`` and, with feature

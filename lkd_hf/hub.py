@@ -6,10 +6,11 @@ feature loss network (:class:`~lkd_hf.FeatureLossNet`) of one run with what is n
 
 * ``config.json``: :class:`LearnedLossConfig`: the networks' constructor arguments (base loss, initial temperature,
   ...), the run's ``loss``, teacher / student timm names, ``num_classes``, feature taps and feature shapes, dataset,
-  steps, the student's last evaluation metrics and the ``lkd_hf`` version;
+  steps, the student's last evaluation metrics, the ``lkd_hf`` version, and whether the run learned the networks or
+  kept them fixed (``meta_steps``) and, for a population, which student's loss they are (``population_*``);
 * ``model.safetensors``: the weights (``logit.*``, ``feature.*``);
-* ``README.md``: a model card (tags, provenance, accuracy, the reuse code) embedding
-* ``learned_loss.png``: the learned loss against the hand-made loss it started from (when matplotlib is installed).
+* ``README.md``: a model card (tags, provenance: learned or kept fixed, accuracy, the reuse code) embedding
+* ``learned_loss.png``: the loss against the hand-made loss it was initialised as (when matplotlib is installed).
 
 ``save_pretrained`` writes the folder next to its target and renames it into place, so the folder is always one
 whole save (never a mix of two saves' config and weights); ``from_pretrained`` validates ``config.json`` (required
@@ -48,8 +49,9 @@ from .learned_loss_config import (
     read_json,
 )
 from .losses.networks import FeatureLossNet, LogitLossNet
-from .model_card import METHOD_URL, PLOT_NAME, TAGS, model_card_text
+from .model_card import METHOD_URL, PLOT_NAME, REPO_URL, TAGS, model_card_text
 from .plots import matplotlib_available, plot_learned_loss, synthetic_teacher_logits
+from .ranges import NETWORK_RANGES, check_ranges
 from .safe_io import atomic_directory
 from .version import __version__
 
@@ -64,7 +66,7 @@ class LearnedLoss(
     PyTorchModelHubMixin,
     library_name="lkd_hf",
     tags=list(TAGS),  # a copy: the mixin appends its own tags
-    repo_url="https://github.com/lkd-hf/lkd_hf",
+    repo_url=REPO_URL,
     paper_url=METHOD_URL,
 ):
     """The learned loss networks of one run as one Hub model: ``save_pretrained`` / ``from_pretrained`` /
@@ -99,7 +101,8 @@ class LearnedLoss(
             logit: the learned logit loss network, or ``None``.
             feature: the learned feature loss network, or ``None`` (at least one of the two is needed).
             **metadata: :class:`LearnedLossConfig` fields other than ``logit_net`` / ``feature_net`` /
-                ``lkd_hf_version`` (e.g. ``teacher``, ``student``, ``num_classes``, ``dataset``, ``steps``).
+                ``lkd_hf_version`` (e.g. ``teacher``, ``student``, ``num_classes``, ``dataset``, ``steps``,
+                ``meta_steps``).
 
         Raises:
             TypeError: ``logit`` or ``feature`` is not a network of its kind.
@@ -303,8 +306,8 @@ class LearnedLoss(
                 with ``push_to_hub=True`` (default: the folder's name).
             push_to_hub: push the bundle to ``repo_id`` after saving (see :meth:`push_to_hub`).
             model_card_kwargs: passed to :meth:`generate_model_card`.
-            **kwargs: ``config`` (the ``config.json`` content, default: :attr:`config`) and, with
-                ``push_to_hub=True``, the arguments of :meth:`push_to_hub`.
+            **kwargs: ``config`` (the ``config.json`` content, default: :meth:`LearnedLossConfig.to_json` of
+                :attr:`config`) and, with ``push_to_hub=True``, the arguments of :meth:`push_to_hub`.
 
         Returns:
             The Hub commit's URL with ``push_to_hub=True``, else ``None``.
@@ -317,6 +320,7 @@ class LearnedLoss(
             raise NotADirectoryError(f"Cannot save the learned loss as {str(target)!r}: it is a file, not a folder.")
         card_kwargs = {"repo_id": repo_id, **(model_card_kwargs or {})}
         config = kwargs.pop("config", None)
+        config = config if config is not None else self.config.to_json()
         with atomic_directory(str(target)) as staging:
             super().save_pretrained(Path(staging), config=config, model_card_kwargs=card_kwargs)
         if push_to_hub:
@@ -415,6 +419,7 @@ def _build_network(kind: type[nn.Module], arguments: dict[str, Any] | None, name
     if arguments is None:
         return None
     try:
+        check_ranges(arguments, NETWORK_RANGES[kind.__name__], kind.__name__)
         return kind(**arguments)
     except (TypeError, ValueError) as error:
         raise ValueError(f"{name} {arguments} are not valid {kind.__name__} arguments ({error})") from error

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,17 @@ class LearnedLossConfig:
         steps: the trainer's ``global_step`` when saved (meta steps for ``LKDTrainer.learn_loss``).
         metrics: the student's last evaluation metrics (``eval_accuracy``, ...) and their ``step``.
         lkd_hf_version / format_version: the writing ``lkd_hf`` and the bundle format.
+        meta_steps: the meta steps that updated the loss networks in the run that saved them; 0: the run kept them
+            fixed (``freeze_loss``, or no meta step was due).
+        population_factors: the ``[temperature factor, weight factor]`` of each student of the run's population
+            (``None``: the run trained a single student).
+        population_member: the index of the population's student kept at the end of training; ``None`` while the
+            population trains (the networks are then the first student's, at factors 1.0).
+        population_network_knobs: the ``temperature`` and ``weight`` of the logit loss network the students shared,
+            before each student's factors; the networks saved are the kept student's: that network at its factors.
+
+    ``meta_steps`` and the ``population_*`` fields are written only when known (files written before them lack them,
+    and load with ``None``).
     """
 
     logit_net: dict[str, Any] | None = None
@@ -50,6 +61,19 @@ class LearnedLossConfig:
     metrics: dict[str, float] = field(default_factory=dict)
     lkd_hf_version: str | None = None
     format_version: int = FORMAT_VERSION
+    meta_steps: int | None = None
+    population_factors: list[list[float]] | None = None
+    population_member: int | None = None
+    population_network_knobs: dict[str, float] | None = None
+
+    @property
+    def learned_in_run(self) -> bool | None:
+        """Whether meta steps updated the loss networks in the run that saved them (``None``: not recorded)."""
+        return None if self.meta_steps is None else self.meta_steps > 0
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``config.json`` content: every field, but the optional ones (:data:`OPTIONAL_FIELDS`) only when set."""
+        return {name: value for name, value in asdict(self).items() if value is not None or name not in OPTIONAL_FIELDS}
 
 
 LOAD_ADVICE = (
@@ -85,10 +109,24 @@ def _is_shape_list(value: Any) -> bool:
     )
 
 
-def _is_metrics(value: Any) -> bool:
-    return isinstance(value, dict) and all(
-        isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool) for k, v in value.items()
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_factor_pairs(value: Any) -> bool:
+    return isinstance(value, list) and all(
+        isinstance(pair, list) and len(pair) == 2 and all(_is_number(f) and f > 0 for f in pair) for pair in value
     )
+
+
+def _is_knobs(value: Any) -> bool:
+    return isinstance(value, dict) and set(value) == {"temperature", "weight"} and all(
+        _is_number(v) and v > 0 for v in value.values()
+    )
+
+
+def _is_metrics(value: Any) -> bool:
+    return isinstance(value, dict) and all(isinstance(k, str) and _is_number(v) for k, v in value.items())
 
 
 _TAPS = (_is_tap_list, "a list of stage indices (integers) or module names (strings), or null")
@@ -112,14 +150,24 @@ _FIELD_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "metrics": (_is_metrics, "an object of metric names to numbers"),
     "lkd_hf_version": _OPTIONAL_STRING,
 }
+# Fields added to format 1 later: a file may lack them (loaded as None); when present, checked as above.
+_OPTIONAL_FIELD_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "meta_steps": (lambda v: _is_int(v) and v >= 0, "a non-negative integer or null"),
+    "population_factors": (_is_factor_pairs, "a list of [temperature, weight] factor pairs > 0, or null"),
+    "population_member": (lambda v: _is_int(v) and v >= 0, "a non-negative integer or null"),
+    "population_network_knobs": (_is_knobs, 'an object {"temperature": number > 0, "weight": number > 0}, or null'),
+}
+OPTIONAL_FIELDS = frozenset(_OPTIONAL_FIELD_CHECKS)
+"""The :class:`LearnedLossConfig` fields a ``config.json`` may lack (written only when set)."""
 
 
 def config_from_json(raw: Any, path: str, source: str) -> LearnedLossConfig:
     """The :class:`LearnedLossConfig` of a bundle's ``config.json`` content ``raw`` (read from ``path``), validated.
 
     ``format_version`` must be an integer from 1 to :data:`FORMAT_VERSION`; every field of that format must be
-    present, of its type (:data:`_FIELD_CHECKS`), with at least one of ``logit_net`` / ``feature_net`` set. Keys
-    that are not fields are ignored.
+    present, of its type (:data:`_FIELD_CHECKS`), with at least one of ``logit_net`` / ``feature_net`` set; the
+    optional fields (:data:`OPTIONAL_FIELDS`) may be missing (``None``), and are checked when present. Keys that are
+    not fields are ignored.
 
     Args:
         raw: the parsed JSON.
@@ -154,7 +202,8 @@ def config_from_json(raw: Any, path: str, source: str) -> LearnedLossConfig:
     missing = [name for name in _FIELD_CHECKS if name not in raw]
     if missing:
         raise invalid_file(source, path, f"missing field(s) {', '.join(f'`{name}`' for name in missing)}")
-    for name, (check, expected) in _FIELD_CHECKS.items():
+    raw = {**dict.fromkeys(OPTIONAL_FIELDS), **raw}
+    for name, (check, expected) in {**_FIELD_CHECKS, **_OPTIONAL_FIELD_CHECKS}.items():
         value = raw[name]
         if value is None and name != "metrics":
             continue
@@ -162,6 +211,10 @@ def config_from_json(raw: Any, path: str, source: str) -> LearnedLossConfig:
             raise invalid_file(source, path, f"`{name}` must be {expected}, got {value!r} ({type(value).__name__})")
     if raw["logit_net"] is None and raw["feature_net"] is None:
         raise invalid_file(source, path, "`logit_net` and `feature_net` are both null: it holds no loss network")
+    member, factors = raw["population_member"], raw["population_factors"]
+    if member is not None and (factors is None or member >= len(factors)):
+        raise invalid_file(source, path, f"`population_member` {member} is not a student of `population_factors` "
+                           f"{factors}")
     return LearnedLossConfig(**{f.name: raw[f.name] for f in fields(LearnedLossConfig)})
 
 

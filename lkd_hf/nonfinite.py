@@ -50,8 +50,12 @@ def find_nonfinite(module: nn.Module) -> list[str]:
     return nonfinite_names(named)
 
 
+class NonFiniteWeightsError(RuntimeError):
+    """A save (or other action) refused because weights hold a NaN or an infinity."""
+
+
 def check_finite(module: nn.Module, action: str) -> None:
-    """Raise ``RuntimeError`` naming the non-finite weights of ``module``, if any.
+    """Raise :class:`NonFiniteWeightsError` (a ``RuntimeError``) naming the non-finite weights of ``module``, if any.
 
     Args:
         module: the module to check.
@@ -59,7 +63,7 @@ def check_finite(module: nn.Module, action: str) -> None:
     """
     nonfinite = find_nonfinite(module)
     if nonfinite:
-        raise RuntimeError(
+        raise NonFiniteWeightsError(
             f"Refusing {action}: non-finite weights ({', '.join(nonfinite[:5])}{', ...' if len(nonfinite) > 5 else ''})."
             " Resume from an earlier checkpoint."
         )

@@ -5,7 +5,7 @@ the one with the best evaluation metric.
 The teacher's forward and the data pipeline, most of a small student's step, are shared, so a second student costs
 about its own forward and backward. The population answers a question that one run cannot: which temperature and
 weight suit this teacher, student and dataset over a *whole* run (a meta step's one-step hypergradient sees a short
-stretch of training only and pulls the temperature down; ``docs/benchmarks.md``).
+stretch of training only and pulls the temperature down; ``docs/experiments.md``).
 """
 
 from __future__ import annotations
@@ -162,22 +162,83 @@ def member_objectives(objective: DistillationObjective,
     ]
 
 
+def member_key(k: int, name: str) -> str:
+    """The log key of student ``k``'s value ``name`` (``member0/loss``, ``member1/distill``, ...).
+
+    Args:
+        k: the student's index in the population.
+        name: ``loss`` (its objective) or a part of it (``ce``, ``distill``).
+    """
+    return f"member{k}/{name}"
+
+
+def selection_metric(metrics: dict[str, float], metric: str | None, prefix: str = "eval") -> str:
+    """The metric a member is chosen by, without ``prefix`` (e.g. ``accuracy``; ``metric_for_best_model`` semantics).
+
+    Args:
+        metrics: the output of ``Trainer.evaluate`` (keys prefixed ``<prefix>_``).
+        metric: ``metric_for_best_model`` (with or without the ``eval_`` prefix); default ``accuracy`` when evaluated,
+            else ``loss``.
+        prefix: the ``metric_key_prefix`` the metrics were evaluated with.
+    """
+    if metric is None:
+        metric = "accuracy" if f"{prefix}_accuracy" in metrics else "loss"
+    metric = metric.removeprefix("eval_")
+    if f"{prefix}_{metric}" not in metrics:
+        raise KeyError(f"The population is chosen by {f'{prefix}_{metric}'!r}, which the evaluation did not return: "
+                       f"{sorted(metrics)}.")
+    return metric
+
+
 def selection_score(metrics: dict[str, float], metric: str | None, greater_is_better: bool | None,
                     prefix: str = "eval") -> float:
     """A member's score from its evaluation metrics, the higher the better (``metric_for_best_model`` semantics).
 
     Args:
         metrics: the output of ``Trainer.evaluate`` (keys prefixed ``<prefix>_``).
-        metric: ``metric_for_best_model`` (with or without the ``eval_`` prefix); default ``accuracy`` when evaluated,
-            else ``loss``.
+        metric: ``metric_for_best_model`` (see :func:`selection_metric`).
         greater_is_better: as in ``TrainingArguments``; default: ``True`` unless the metric ends in ``loss``.
         prefix: the ``metric_key_prefix`` the metrics were evaluated with.
     """
-    if metric is None:
-        metric = "accuracy" if f"{prefix}_accuracy" in metrics else "loss"
-    key = f"{prefix}_{metric.removeprefix('eval_')}"
-    if key not in metrics:
-        raise KeyError(f"The population is chosen by {key!r}, which the evaluation did not return: {sorted(metrics)}.")
+    key = f"{prefix}_{selection_metric(metrics, metric, prefix)}"
     if greater_is_better is None:
         greater_is_better = not key.endswith("loss")
     return metrics[key] if greater_is_better else -metrics[key]
+
+
+def choice_logs(best: int, evaluations: list[dict[str, float]], factors: Sequence[tuple[float, float]],
+                scores: list[float]) -> dict[str, float]:
+    """The log of the population's choice: ``population/*`` and the kept student's evaluation under ``eval_*``.
+
+    Args:
+        best: the index of the student kept.
+        evaluations: each student's evaluation (keys prefixed ``eval_member<k>_``).
+        factors: each student's ``(temperature factor, weight factor)``.
+        scores: each student's :func:`selection_score`.
+    """
+    kept = f"eval_member{best}_"
+    return {"population/selected": best, "population/temperature_factor": factors[best][0],
+            "population/weight_factor": factors[best][1],
+            **{f"population/score_{k}": score for k, score in enumerate(scores)},
+            **{f"eval_{key[len(kept):]}": value for key, value in evaluations[best].items() if key.startswith(kept)}}
+
+
+def choice_line(best: int, evaluations: list[dict[str, float]], factors: Sequence[tuple[float, float]],
+                metric: str | None, knobs: dict[str, float]) -> str:
+    """The console line of the population's choice: the student kept, its factors, its score and every student's,
+    and the temperature and weight of the logit loss it trained with.
+
+    Args:
+        best: the index of the student kept.
+        evaluations: each student's evaluation (keys prefixed ``eval_member<k>_``).
+        factors: each student's ``(temperature factor, weight factor)``.
+        metric: ``metric_for_best_model`` (see :func:`selection_metric`).
+        knobs: the kept student's loss knobs (``lkd/temperature``, ``lkd/weight``).
+    """
+    metric = selection_metric(evaluations[best], metric, f"eval_member{best}")
+    values = [evaluation[f"eval_member{k}_{metric}"] for k, evaluation in enumerate(evaluations)]
+    temperature_factor, weight_factor = factors[best]
+    return (f"Population: keeping student {best} of {len(values)} (temperature factor {temperature_factor:g}, "
+            f"weight factor {weight_factor:g}), eval_{metric} {values[best]:.4g} (each student's: "
+            f"{', '.join(f'{value:.4g}' for value in values)}); it trained with the logit loss at temperature "
+            f"{knobs['lkd/temperature']:.4g}, weight {knobs['lkd/weight']:.4g}.")

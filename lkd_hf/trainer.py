@@ -13,25 +13,26 @@ from __future__ import annotations
 
 import collections
 import os
-import shutil
 import time
 import types
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import torch
 from safetensors.torch import save_file
 from torch import nn
 from torch.utils.data import Dataset
-from transformers import Trainer, TrainerCallback
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers import Trainer
 from transformers.utils import logging
 
+from .checkpoint_push import CheckpointPushFiles
 from .config import LKDConfig
 from .constants import CONNECTORS_NAME, LOSS_DIRNAME
 from .data import ImageCollator
+from .data_fit import check_data_fits, check_datasets
 from .distiller import Distiller
 from .hub import LearnedLoss, create_repo
-from .losses.learned import with_label_trust
+from .losses.learned import freeze_knobs
 from .losses.networks import LogitLossNet
 from .meta.batches import meta_validation_data
 from .meta.hypergradients import Hypergradient
@@ -43,10 +44,12 @@ from .model_card import dataset_name, last_eval_metrics
 from .model_info import model_num_classes
 from .nonfinite import NonFiniteGuard, check_finite
 from .objective import DistillationObjective, build_objective, pop_means
-from .population import population_factors, selection_score
+from .population import choice_line, choice_logs, member_key, population_factors, selection_score
 from .resume import checkpoint_step, is_checkpoint_of_step, load_run_state, save_run_state
-from .run_checks import check_datasets, check_optimizer, check_unrolled_support, checked_teacher, input_size
-from .safe_io import OutputDirLock, last_complete_checkpoint
+from .resume_checks import checkpoint_to_resume, named_checkpoint_failure
+from .run_checks import check_optimizer, check_unrolled_support, checked_teacher, input_size, reused_networks
+from .run_settings import check_resume_settings, run_settings, save_run_settings
+from .safe_io import OutputDirOwner, named_save_failure
 
 logger = logging.get_logger(__name__)
 
@@ -95,19 +98,16 @@ class LKDTrainer(Trainer):
             raise TypeError(f"LKDTrainer needs an LKDConfig, got {type(args).__name__}.")
         check_datasets(train_dataset=train_dataset, eval_dataset=eval_dataset, meta_dataset=meta_dataset)
         learned = LearnedLoss.from_pretrained(args.loss_from) if args.loss_from is not None else None
-        if learned is not None:  # networks passed in are kept
-            loss_network = loss_network if loss_network is not None else learned.logit
-            feature_loss_network = feature_loss_network if feature_loss_network is not None else learned.feature
-        if isinstance(loss_network, LogitLossNet):
-            if args.lkd_label_trust:
-                loss_network = with_label_trust(loss_network)
-            if not args.lkd_learn_knobs:
-                loss_network.log_temperature.requires_grad_(False)
-                loss_network.log_weight.requires_grad_(False)
+        if learned is not None:  # networks passed in are kept; the bundle's where the loss spec names them
+            loss_network, feature_loss_network = reused_networks(args.loss, learned, loss_network, feature_loss_network)
+        if isinstance(loss_network, LogitLossNet) and not args.lkd_learn_knobs:
+            freeze_knobs(loss_network)
         objective = build_objective(args, loss_network, feature_loss_network)
         num_classes = model_num_classes(model)
         if objective.loss_modules:
             teacher = checked_teacher(model, teacher, num_classes)
+        check_data_fits(model, teacher, num_classes, train_dataset=train_dataset, eval_dataset=eval_dataset,
+                        meta_dataset=meta_dataset)
         with_features = objective.feature_loss is not None
         self.distiller = Distiller(
             model, teacher, objective, feature_taps=args.feature_taps,
@@ -117,6 +117,7 @@ class LKDTrainer(Trainer):
         )
         if learned is not None:  # errors on other classes / teacher feature taps, warns on another pair
             learned.check_compatible(**self.distiller.describe())
+        self.run_settings = run_settings(args, self.distiller, learned)  # what a resume compares (lkd_run.json)
         learns_loss = bool(objective.meta_parameters())
         if learns_loss and args.hypergradient == "unrolled":
             check_unrolled_support(self.distiller.learning_student, input_size(model, train_dataset))
@@ -127,6 +128,7 @@ class LKDTrainer(Trainer):
             compute_metrics = build_compute_metrics(num_classes)
         check_optimizer(kwargs.get("optimizers"), teacher)
         self.loss_learner = None  # the Trainer's __init__ may call init_hf_repo
+        self.output_dir_owner = OutputDirOwner()
 
         super().__init__(
             model=self.distiller.trainable_module,
@@ -204,7 +206,8 @@ class LKDTrainer(Trainer):
         return_outputs: bool = False,
         num_items_in_batch: torch.Tensor | int | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Training: the distillation objective. Evaluation: the student's cross-entropy.
+        """Training: the distillation objective (a population's: summed over its students, whose objectives and
+        parts are recorded under :func:`member_key`). Evaluation: the student's cross-entropy.
 
         Args:
             model: the (possibly wrapped) student; in training mode the objective is computed, else the CE.
@@ -218,6 +221,10 @@ class LKDTrainer(Trainer):
         result = self.distiller(inputs["pixel_values"], inputs["labels"], inputs, module=model)
         for name, value in result["parts"].items():
             self._metrics[name].append(value.detach())
+        if self.distiller.num_students > 1:
+            for k, member in enumerate(result["members"]):
+                for name, value in member.items():
+                    self._metrics[member_key(k, name)].append(value.detach())
         return (result["loss"], {"logits": result["output"]}) if return_outputs else result["loss"]
 
     def with_teacher_outputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
@@ -254,40 +261,48 @@ class LKDTrainer(Trainer):
         return self.with_teacher_outputs(self._prepare_inputs(batch))
 
     def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any) -> Any:
-        """:meth:`transformers.Trainer.train`, holding the output folder for this run alone (a second run on it fails
-        at start) and, with ``resume_from_checkpoint=True``, resuming from the last *complete* checkpoint (an
-        incomplete later one, from a run stopped while saving, is skipped with a warning).
+        """:meth:`transformers.Trainer.train`, holding ``output_dir`` for this run alone (another writer fails at
+        start), resuming only from a verified checkpoint of this run's settings
+        (:func:`~lkd_hf.resume_checks.checkpoint_to_resume`, :func:`~lkd_hf.run_settings.check_resume_settings`), and
+        naming the checkpoint folder when a save fails (a full disk).
 
         Args:
-            resume_from_checkpoint: a checkpoint folder, ``True`` (the last complete checkpoint of ``output_dir``;
-                ``ValueError`` when there is none) or ``None`` / ``False`` (start afresh).
+            resume_from_checkpoint: a checkpoint folder (an incomplete one is an error naming its bad file), ``True``
+                (the last *complete* checkpoint of ``output_dir``, later ones skipped with a warning; ``ValueError``
+                when there is none) or ``None`` / ``False`` (start afresh).
             *args, **kwargs: as in :meth:`transformers.Trainer.train` (``trial``, ``ignore_keys_for_eval``).
 
-        Resuming restores the run state beside the Trainer's own first (the loss learner, the loss modules trained
-        with the student, the statistics not yet logged; :func:`~lkd_hf.resume.load_run_state`). A population then
-        keeps its best student (:meth:`select_member`).
+        Resuming restores the run state beside the Trainer's own first (:func:`~lkd_hf.resume.load_run_state`). A
+        population then keeps its best student (:meth:`select_member`).
         """
-        with OutputDirLock(self.args.output_dir, enabled=self.is_world_process_zero()):
-            if resume_from_checkpoint is True:
-                resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir)
-                if resume_from_checkpoint is None:
-                    raise ValueError(f"No complete checkpoint to resume from in {self.args.output_dir!r}.")
-            if resume_from_checkpoint:  # the run state beside the Trainer's, which the Trainer then restores
+        full_state = not (self.args.save_only_model or self.is_deepspeed_enabled or self.is_fsdp_enabled)
+        with self._hold_output_dir("train()", claim=True):
+            resume_from_checkpoint = checkpoint_to_resume(resume_from_checkpoint, self.args.output_dir, full_state)
+            if resume_from_checkpoint is not None:  # the run state beside the Trainer's, which the Trainer restores
+                check_resume_settings(resume_from_checkpoint, self.run_settings)
                 restored = load_run_state(resume_from_checkpoint, self.objective, self.loss_learner, self.args.loss,
                                           self.args.device)
                 if restored is not None:
                     self._metrics = collections.defaultdict(list, restored[0])
                     self._step_seconds = restored[1]
-            output = super().train(resume_from_checkpoint, *args, **kwargs)
+            with named_checkpoint_failure(self.args.output_dir, lambda: self.state.global_step, full_state):
+                output = super().train(resume_from_checkpoint, *args, **kwargs)
             if self.distiller.num_students > 1:
                 self.select_member()
             return output
+
+    def _hold_output_dir(self, action: str, claim: bool = False, folder: str | None = None) -> AbstractContextManager:
+        """Hold ``output_dir`` while ``action`` writes into ``folder`` (:meth:`~lkd_hf.safe_io.OutputDirOwner.hold`)."""
+        return self.output_dir_owner.hold(self.args.output_dir, claim=claim, action=action, folder=folder,
+                                          enabled=self.is_world_process_zero())
 
     def training_step(
         self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: torch.Tensor | int | None = None
     ) -> torch.Tensor:
         """Teacher forward once per batch, a meta step when due, then the student step; a student step whose loss
-        or gradient is not finite is skipped (:class:`~lkd_hf.nonfinite.NonFiniteGuard`).
+        or gradient is not finite is skipped (:class:`~lkd_hf.nonfinite.NonFiniteGuard`). Returns the loss the
+        Trainer logs as ``loss``: the objective (a population's first student's, at factors 1.0, as a run of that
+        student alone logs it), divided by the gradient accumulation steps as the Trainer does.
 
         Args:
             model, inputs, num_items_in_batch: as in :meth:`transformers.Trainer.training_step` (``inputs`` is the
@@ -310,6 +325,8 @@ class LKDTrainer(Trainer):
         logged = {name: len(values) for name, values in self._metrics.items()}
         loss = super().training_step(model, inputs, num_items_in_batch)
         parts = {name: values[-1] for name, values in self._metrics.items() if len(values) > logged.get(name, 0)}
+        if self.distiller.num_students > 1:  # the Trainer's `loss`: the first student's objective, not the sum
+            loss = parts[member_key(0, "loss")] / self.current_gradient_accumulation_steps
         checked = {"pixel_values": inputs["pixel_values"], "teacher_logits": inputs.get("teacher_logits"), **parts}
         if self.accelerator.sync_gradients:
             self.objective.average_student_trained_gradients()
@@ -369,7 +386,7 @@ class LKDTrainer(Trainer):
             num_steps: meta steps.
 
         Returns:
-            The last logged statistics.
+            The last logged statistics (``output_dir`` held for this trainer, as in :meth:`train`).
         """
         learner = self._require_learner()
         self.model.to(self.args.device).train()
@@ -380,10 +397,11 @@ class LKDTrainer(Trainer):
             self.state.global_step = step
             super(LKDTrainer, self).log(logs)
 
-        return learner.learn(
-            self.distiller.learning_student, num_steps, batches, self._student_lr(), log,
-            log_every=self.args.logging_steps, progress=not self.args.disable_tqdm,
-        )
+        with self._hold_output_dir("learn_loss()", claim=True):
+            return learner.learn(
+                self.distiller.learning_student, num_steps, batches, self._student_lr(), log,
+                log_every=self.args.logging_steps, progress=not self.args.disable_tqdm,
+            )
 
     def loss_knobs(self) -> dict[str, float]:
         """The losses' global knobs (:meth:`DistillationObjective.knobs`), learned or not."""
@@ -417,11 +435,10 @@ class LKDTrainer(Trainer):
         return self.distiller.clip_grad_norm_(self.args.max_grad_norm)
 
     def select_member(self) -> int:
-        """Evaluate every student of the population on the (first) ``eval_dataset`` and keep the best by
-        ``metric_for_best_model`` (default: accuracy): it becomes the trainer's model and its loss the trainer's
-        objective (what :meth:`learned_loss` saves; :meth:`Distiller.keep`). Logs ``population/*``: each student's
-        score, the chosen one and its factors, and the kept student's evaluation under the plain ``eval_*`` keys.
-        Called by :meth:`train` once training ends.
+        """Evaluate every student of the population on the (first) ``eval_dataset``, keep the best by
+        ``metric_for_best_model`` (default: accuracy) as the trainer's model and objective (:meth:`Distiller.keep`),
+        log ``population/*`` and the kept student's ``eval_*``, and name it on the console (a warning of
+        ``lkd_hf.trainer``, main process). Called by :meth:`train` once training ends.
 
         Returns:
             The index of the chosen student.
@@ -439,15 +456,10 @@ class LKDTrainer(Trainer):
                                           prefix))
         best = max(range(len(scores)), key=scores.__getitem__)
         self.model = self.model_wrapped = self.distiller.keep(best)
-        temperature_factor, weight_factor = self.distiller.factors[best]
-        kept = f"eval_member{best}_"
-        logger.info(f"Keeping student {best} of the population (temperature factor {temperature_factor:g}, weight "
-                    f"factor {weight_factor:g}).")
-        self.log({"population/selected": best, "population/temperature_factor": temperature_factor,
-                  "population/weight_factor": weight_factor,
-                  **{f"population/score_{k}": score for k, score in enumerate(scores)},
-                  **{f"eval_{key[len(kept):]}": value for key, value in evaluations[best].items()
-                     if key.startswith(kept)}})
+        if self.is_world_process_zero():
+            logger.warning(choice_line(best, evaluations, self.distiller.factors, self.args.metric_for_best_model,
+                                       self.loss_knobs()))
+        self.log(choice_logs(best, evaluations, self.distiller.factors, scores))
         return best
 
     # checkpoints
@@ -460,28 +472,47 @@ class LKDTrainer(Trainer):
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         """Save the plain student (loadable by ``timm.create_model`` + ``load_state_dict``) as ``model.safetensors``,
         the feature connectors as ``connectors.safetensors`` and the learned loss (:meth:`learned_loss`) under
-        ``lkd_loss/`` (its card names ``<hub_model_id>/lkd_loss`` when the trainer pushes). While a temperature
-        population trains, ``model.safetensors`` holds every student (``members.<k>.*``, what a resumed run needs);
-        once one is kept, that plain student. Into the checkpoint folder of the current step (and unless
-        ``save_only_model``) also the run state a resumed run needs (:func:`~lkd_hf.resume.save_run_state`), before
-        the Trainer writes ``trainer_state.json``, which marks the checkpoint complete."""
+        ``lkd_loss/`` (its card names ``<hub_model_id>/lkd_loss`` when the trainer pushes); a student or loss network
+        with non-finite weights is refused first. While a temperature population trains, ``model.safetensors`` holds
+        every student (``members.<k>.*``, what a resumed run needs); once one is kept, that plain student. Into the
+        checkpoint folder of the current step also the settings a resume compares (``lkd_run.json``) and, unless
+        ``save_only_model``, the run state a resumed run needs (:func:`~lkd_hf.resume.save_run_state`), before the
+        Trainer writes ``trainer_state.json``, which marks the checkpoint complete."""
         output_dir = output_dir if output_dir is not None else self.args.output_dir
         check_finite(self.distiller.trainable_module, f"saving the student to {output_dir!r}")
+        for module in self.objective.loss_modules:
+            check_finite(module, f"saving the loss network {type(module).__name__} to {output_dir!r}")
         state_dict, connectors = self.distiller.weights_to_save(state_dict)
         super()._save(output_dir, state_dict)
-        if is_checkpoint_of_step(output_dir, self.state.global_step) and not self.args.save_only_model:
+        checkpoint = is_checkpoint_of_step(output_dir, self.state.global_step)
+        if checkpoint and not self.args.save_only_model:
             save_run_state(output_dir, self.objective, self.loss_learner, self._metrics, self._step_seconds,
                            self.args.should_save)
         if not self.args.should_save:
             return
+        if checkpoint:
+            save_run_settings(output_dir, self.run_settings)
         if connectors is not None:
             save_file({n: t.contiguous() for n, t in connectors.items()}, os.path.join(output_dir, CONNECTORS_NAME))
         self.save_learned_loss(output_dir)
 
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """:meth:`transformers.Trainer.save_model`, refused in an ``output_dir`` another trainer's run owns
+        (:class:`~lkd_hf.safe_io.OutputDirLock`); a failed write (a full disk) names the folder.
+
+        Args:
+            output_dir, _internal_call: as in :meth:`transformers.Trainer.save_model`.
+        """
+        folder = output_dir if output_dir is not None else self.args.output_dir
+        named = nullcontext() if _internal_call else named_save_failure(folder)
+        with self._hold_output_dir("save_model()", folder=folder), named:
+            super().save_model(output_dir, _internal_call)
+
     # the Hub
     def learned_loss(self, **metadata: Any) -> LearnedLoss | None:
-        """This run's loss networks with its setting (teacher, student, classes, taps, dataset, steps, last evaluation)
-        as one :class:`~lkd_hf.LearnedLoss`; ``None`` when its losses are not loss networks.
+        """This run's loss networks with its setting (teacher, student, classes, taps, dataset, steps, last evaluation,
+        the meta steps that updated them and, for a population, its factors and the student kept) as one
+        :class:`~lkd_hf.LearnedLoss`; ``None`` when its losses are not loss networks.
 
         Args:
             **metadata: overrides of config fields, e.g. ``dataset="cifar100"`` (the trainer only knows the names of
@@ -490,9 +521,10 @@ class LKDTrainer(Trainer):
         logit, feature = self.distiller.loss_networks()
         if logit is None and feature is None:
             return None
-        run = self.distiller.describe()
+        run = {**self.distiller.describe(), **self.distiller.describe_population()}
         run.update(loss=self.args.loss, dataset=dataset_name(self.train_dataset), steps=self.state.global_step,
-                   metrics=last_eval_metrics(self.state.log_history))
+                   metrics=last_eval_metrics(self.state.log_history),
+                   meta_steps=0 if self.loss_learner is None else self.loss_learner.updates)
         return LearnedLoss.from_networks(logit, feature, **{**run, **metadata})
 
     def save_learned_loss(self, output_dir: str) -> None:
@@ -523,38 +555,30 @@ class LKDTrainer(Trainer):
             create_repo(self.args.loss_hub_model_id, token, private)
         super().init_hf_repo(token, private)
 
-    def push_to_hub(
-        self,
-        commit_message: str | None = "End of training",
-        blocking: bool = True,
-        token: str | None = None,
-        revision: str | None = None,
-        private: bool | None = None,
-        **kwargs: Any,
-    ) -> Any:
+    def push_to_hub(self, commit_message: str | None = "End of training", blocking: bool = True,
+                    token: str | None = None, revision: str | None = None, private: bool | None = None,
+                    **kwargs: Any) -> Any:
         """Push the student with its learned loss (in ``lkd_loss/``), then, when ``loss_hub_model_id`` is set, the
-        learned loss to that repo too (blocking).
+        learned loss to that repo too (blocking). Refused when another trainer's run owns ``output_dir``
+        (:class:`~lkd_hf.safe_io.OutputDirLock`).
 
         Args:
             commit_message, blocking, token, revision, private, **kwargs: as in
                 :meth:`transformers.Trainer.push_to_hub`; ``commit_message`` (or ``"Learned loss"`` when it is empty),
                 ``token`` and ``private`` are also used for the push of the learned loss to ``loss_hub_model_id``.
         """
-        result = super().push_to_hub(
-            commit_message=commit_message, blocking=blocking, token=token, revision=revision, private=private, **kwargs
-        )
+        with self._hold_output_dir("push_to_hub()"):
+            result = super().push_to_hub(commit_message=commit_message, blocking=blocking, token=token,
+                                         revision=revision, private=private, **kwargs)
         repo_id = self.args.loss_hub_model_id
         if repo_id is not None and self.is_world_process_zero():
             learned = self.learned_loss()
             if learned is None:
                 logger.warning(f"loss_hub_model_id={repo_id!r}: this run uses no loss network, nothing to push.")
             else:
-                learned.push_to_hub(
-                    repo_id,
-                    commit_message=commit_message or "Learned loss",
-                    token=token if token is not None else self.args.hub_token,
-                    private=private if private is not None else self.args.hub_private_repo,
-                )
+                learned.push_to_hub(repo_id, commit_message=commit_message or "Learned loss",
+                                    token=token if token is not None else self.args.hub_token,
+                                    private=private if private is not None else self.args.hub_private_repo)
         return result
 
     def create_model_card(self, **kwargs: Any) -> None:
@@ -573,29 +597,3 @@ class LKDTrainer(Trainer):
             super().create_model_card(**kwargs)
         finally:
             del self.model.config
-
-
-class CheckpointPushFiles(TrainerCallback):
-    """Copies a checkpoint's learned loss (``lkd_loss/``) and feature connectors into ``output_dir`` when the Trainer
-    pushes that checkpoint during training (``on_push_begin``; the Trainer copies only the model's own files)."""
-
-    def __init__(self) -> None:
-        self.training = False
-
-    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        self.training = True
-
-    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        self.training = False
-
-    def on_push_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        """During training a push is the Trainer's push of the checkpoint just saved (on the main process)."""
-        checkpoint = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
-        if not self.training or not os.path.isdir(checkpoint):
-            return
-        loss_dir = os.path.join(checkpoint, LOSS_DIRNAME)
-        if os.path.isdir(loss_dir):
-            shutil.copytree(loss_dir, os.path.join(args.output_dir, LOSS_DIRNAME), dirs_exist_ok=True)
-        connectors = os.path.join(checkpoint, CONNECTORS_NAME)
-        if os.path.isfile(connectors):
-            shutil.copy(connectors, args.output_dir)

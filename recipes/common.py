@@ -321,7 +321,8 @@ def train_and_evaluate(
     ``args.output_dir``. Returns the test metrics."""
     trainer = RecipeTrainer(
         model=student, teacher=teacher, args=args, train_dataset=data["train"], eval_dataset=data["validation"],
-        meta_dataset=data["validation"], lr_decay_epochs=run.lr_decay_epochs, lr_decay_rate=run.lr_decay_rate,
+        meta_dataset=None if args.freeze_loss else data["validation"], lr_decay_epochs=run.lr_decay_epochs,
+        lr_decay_rate=run.lr_decay_rate,
     )
     result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     trainer.save_model()

@@ -1,14 +1,17 @@
-"""The accuracy benchmark's bookkeeping (``benchmarks/accuracy.py``): what ``--resume`` may continue."""
+"""The accuracy benchmark's bookkeeping (``benchmarks/accuracy.py``): what ``--resume`` may continue, the tuned
+searches, and how a method's knobs of single losses reach ``LKDConfig``."""
 
 import dataclasses
 import math
+import warnings
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import load_script
 
-from lkd_hf import PRETRAINED_LOSS_DIR, LearnedLoss
+from lkd_hf import PRETRAINED_LOSS_DIR, LearnedLoss, LKDConfig, build_loss, parse_loss_spec
+from lkd_hf.losses import loss_options
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -99,6 +102,30 @@ def test_every_tuned_method_has_the_same_grid_budget_and_distinct_trial_names(tu
             assert list(knob.values) == sorted(set(knob.values))
             assert list(knob.below) == sorted(knob.below, reverse=True) and all(v < knob.values[0] for v in knob.below)
             assert list(knob.above) == sorted(knob.above) and all(v > knob.values[-1] for v in knob.above)
+
+
+def test_the_trials_knobs_reach_their_loss_through_loss_kwargs_and_no_deprecated_field(tuning, tmp_path):
+    common = load_script(BENCHMARKS / "common.py", "lkd_benchmark_common")
+    for space in tuning.SEARCHES.values():
+        for point in space.grid():
+            fields = space.fields(point)
+            if fields["loss"] == "la":
+                fields["la_class_prior"] = [0.1] * 10
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", FutureWarning)  # a deprecated per-loss field warns
+                config = LKDConfig(output_dir=str(tmp_path), **common.config_fields(fields))
+            logit = parse_loss_spec(fields["loss"]).logit
+            options = loss_options(logit, config)
+            for name, value in fields.items():
+                if name in common.LOSS_KNOBS:
+                    assert options[common.LOSS_KNOBS[name][logit]] == value, (space.name(point), name)
+                else:
+                    assert getattr(config, name) == value, (space.name(point), name)
+            build_loss(logit, config)  # the loss takes every option it is given
+    fields = dict(loss="lkd", lkd_init="dist", dist_temperature=8.0, loss_kwargs={"lkd": {"hidden_dim": 8}})
+    assert common.config_fields(fields)["loss_kwargs"] == {"lkd": {"hidden_dim": 8, "dist_temperature": 8.0}}
+    with pytest.raises(ValueError, match="takes no knob"):
+        common.config_fields(dict(loss="kd", dist_gamma=2.0))
 
 
 def _run_search(space, score):

@@ -39,7 +39,8 @@ def test_a_plain_pytorch_loop_distills_with_the_shipped_learned_loss(make_models
             optimizer.zero_grad()
             distilled.append(result["parts"]["distill"].item())
 
-    assert set(result) == {"loss", "output", "parts"} and set(result["parts"]) == {"ce", "distill"}
+    assert set(result) == {"loss", "output", "parts", "members"} and set(result["parts"]) == {"ce", "distill"}
+    assert result["members"] == [{"loss": result["loss"], **result["parts"]}]  # one student: its objective is the loss
     assert len(distilled) == 20 and sum(distilled[-4:]) < 0.6 * sum(distilled[:4])  # the student follows the teacher
     assert all(torch.equal(v, teacher_before[k]) for k, v in teacher.state_dict().items())  # the teacher does not
     assert distiller.student is student and not teacher.training
@@ -70,7 +71,7 @@ def test_the_evaluation_forward_is_the_cross_entropy(make_models):
     x, y = _batch()
     result = distiller(x, y)
     torch.testing.assert_close(result["loss"], F.cross_entropy(student(x), y))
-    assert result["parts"] == {}
+    assert result["parts"] == {} and result["members"] == []
 
 
 def test_a_distillation_loss_needs_a_teacher(make_models):
@@ -90,8 +91,15 @@ def test_a_population_trains_side_by_side_and_keeps_one(make_models):
     x, y = _batch()
     result = distiller(x, y)
     teacher_logits = distiller.teacher_outputs(x)["teacher_logits"]
-    alone = [objective(member(x), teacher_logits, y)[0] for objective, member in zip(distiller.objectives, members)]
-    torch.testing.assert_close(result["loss"], alone[0] + alone[1])
+    alone = [objective(member(x), teacher_logits, y) for objective, member in zip(distiller.objectives, members)]
+    torch.testing.assert_close(result["loss"], alone[0][0] + alone[1][0])
+    assert [sorted(member) for member in result["members"]] == [["ce", "distill", "loss"]] * 2
+    for member, (objective, parts) in zip(result["members"], alone, strict=True):  # each student's own objective
+        torch.testing.assert_close(member["loss"], objective)
+        torch.testing.assert_close(member["distill"], parts["distill"])
+    assert distiller.describe_population() == {
+        "population_factors": [[1.0, 1.0], [2.0, 3.0]], "population_member": None,
+        "population_network_knobs": {"temperature": pytest.approx(3.0), "weight": pytest.approx(1.0)}}
 
     result["loss"].backward()
     norms = [torch.nn.utils.get_total_norm([p.grad for p in m.parameters()]) for m in members]
@@ -107,6 +115,8 @@ def test_a_population_trains_side_by_side_and_keeps_one(make_models):
     kept = distiller.keep(1)
     assert kept is members[1] is distiller.trainable_module and distiller.num_students == 1
     torch.testing.assert_close(distiller.objective.distill_loss.temperature, 2.0 * loss.temperature)
+    assert distiller.kept == 1 and distiller.describe_population()["population_member"] == 1
+    assert distiller.describe_population()["population_network_knobs"]["temperature"] == pytest.approx(3.0)
     assert distiller.loss_networks()[0] is distiller.objective.distill_loss
 
 
@@ -124,6 +134,7 @@ def test_a_feature_loss_connects_the_student_and_saves_the_connectors_apart(make
     assert student_weights.keys() == student.state_dict().keys() and connectors
     described = distiller.describe()
     assert described["student"] == described["teacher"] == "test_resnet" and described["num_classes"] == 10
+    assert distiller.describe_population() == {}  # a single student
     assert len(described["student_taps"]) == len(described["teacher_feature_shapes"]) == 1
     with pytest.raises(ValueError, match="input_size"):
         Distiller(timm.create_model("test_resnet", num_classes=10), teacher, DistillationObjective(None, objective.feature_loss))

@@ -94,6 +94,12 @@ def test_newer_format_version_says_to_upgrade(saved):
         ("metrics", None, "NoneType"),
         ("metrics", {"eval_accuracy": "0.8"}, "dict"),
         ("logit_net", "kd", "str"),
+        ("meta_steps", -1, "int"),
+        ("meta_steps", True, "bool"),
+        ("population_factors", [[1.0]], "list"),
+        ("population_factors", [[1.0, 0.0]], "list"),
+        ("population_member", "1", "str"),
+        ("population_network_knobs", {"temperature": 6.0}, "dict"),
     ],
 )
 def test_field_of_the_wrong_type_is_refused_naming_field_and_type(saved, name, value, type_name):
@@ -110,6 +116,15 @@ def test_string_num_classes_is_refused_at_load_not_in_the_compatibility_check(sa
     edit_config(folder, num_classes="10")
     message = load_error(folder)
     assert "`num_classes` must be a positive integer or null, got '10' (str)" in message
+
+
+def test_a_population_member_outside_the_population_is_refused(saved):
+    _, folder = saved
+    edit_config(folder, population_factors=[[1.0, 1.0], [2.0, 2.0]], population_member=2)
+    message = load_error(folder)
+    assert "`population_member` 2 is not a student of `population_factors`" in message and ADVICE in message
+    edit_config(folder, population_member=1)
+    assert LearnedLoss.from_pretrained(folder).config.population_member == 1
 
 
 def test_missing_fields_are_named(saved):

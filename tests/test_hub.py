@@ -103,6 +103,51 @@ def test_folder_without_a_learned_loss_and_newer_format_are_refused(tmp_path, le
         LearnedLoss.from_pretrained(tmp_path)
 
 
+def test_folders_without_the_run_record_load_and_say_it_is_not_recorded(tmp_path, learned_bundle):
+    """A ``config.json`` written before ``meta_steps`` and ``population_*`` existed (such as the shipped loss's)
+    loads with them unknown, and saving it again writes the same file."""
+    shipped = LearnedLoss.from_pretrained(lkd_hf.PRETRAINED_LOSS_DIR)
+    assert shipped.config.meta_steps is None and shipped.config.learned_in_run is None
+    shipped.save_pretrained(tmp_path / "shipped")
+    shipped_config = (Path(lkd_hf.PRETRAINED_LOSS_DIR) / CONFIG_NAME).read_text()
+    assert (tmp_path / "shipped" / CONFIG_NAME).read_text() == shipped_config
+    card = (tmp_path / "shipped" / CARD_NAME).read_text()
+    assert "does not record whether that run learned it" in card and "| loss networks in this run | unknown |" in card
+
+    learned_bundle(meta_steps=0).save_pretrained(tmp_path / "fixed")
+    fixed = json.loads((tmp_path / "fixed" / CONFIG_NAME).read_text())
+    assert fixed["meta_steps"] == 0 and "population_member" not in fixed  # written only when known
+    assert LearnedLoss.from_pretrained(tmp_path / "fixed").config.learned_in_run is False
+
+
+@pytest.mark.parametrize("meta_steps, title, says", [
+    (0, "# Distillation loss:", "The run did not learn it: no meta step updated its loss networks"),
+    (1, "# Learned distillation loss:", "validation loss: 1 meta step) by"),
+    (12, "# Learned distillation loss:", "validation loss: 12 meta steps) by"),
+    (None, "# Distillation loss:", "The file does not record whether that run learned it"),
+])
+def test_the_card_says_whether_the_run_learned_the_loss(learned_bundle, meta_steps, title, says):
+    card = learned_bundle(meta_steps=meta_steps).generate_model_card().text
+    assert title in card and says in card
+    assert ("Learnable Knowledge Distillation](" in card.split("## The run")[0]) == (meta_steps != 0)
+    assert ("(at the end of the run)" in card) == bool(meta_steps)
+    row = {0: "kept fixed: no meta step", 1: "learned: 1 meta step", 12: "learned: 12 meta steps", None: "unknown"}
+    assert f"| loss networks in this run | {row[meta_steps]} |" in card
+
+
+@pytest.mark.parametrize("member, whose", [(1, "student 1 (the one kept)"), (None, "student 0 (before one was kept)")])
+def test_the_card_says_whose_loss_of_a_population_it_is(learned_bundle, member, whose):
+    bundle = learned_bundle(meta_steps=0, population_factors=[[1.0, 1.0], [2.0, 3.0]], population_member=member,
+                            population_network_knobs={"temperature": 3.0, "weight": 1.5})
+    card = bundle.generate_model_card().text
+    factors = "temperature factor 2 and weight factor 3" if member == 1 else "temperature factor 1 and weight factor 1"
+    assert (f"The run trained a population of 2 students side by side, each with the shared logit loss network "
+            f"(temperature 3.000, weight 1.500) at its own factors of the temperature and weight: (1, 1), (2, 3). This "
+            f"file holds the loss of {whose}: the shared network at {factors}, as that student used it.") in card
+    assert f"| population | 2 students, {'student 1 kept' if member == 1 else 'none kept yet'} |" in card
+    assert f"temperature {bundle.logit.temperature.item():.3f}, weight {bundle.logit.weight.item():.3f}." in card
+
+
 def test_networks_saved_one_per_folder_still_load(tmp_path, learned_networks, assert_same_losses):
     logit, feature = learned_networks()
     logit.save_pretrained(tmp_path)
@@ -176,13 +221,23 @@ def test_trainer_saves_the_bundle_and_a_frozen_reuse_computes_identical_losses(
     assert config.loss == "lkd+feat"
     assert (config.teacher_taps, config.teacher_feature_shapes, config.steps) == ([4], [[96, 1, 1]], 4)
     assert config.metrics["eval_accuracy"] == accuracy
-    assert f"{100 * accuracy:.2f}%" in (saved / CARD_NAME).read_text()
+    card = (saved / CARD_NAME).read_text()
+    assert f"{100 * accuracy:.2f}%" in card
+    assert config.meta_steps == learner.loss_learner.updates > 0 and config.learned_in_run
+    assert "# Learned distillation loss" in card and f"| learned: {config.meta_steps} meta step" in card
+    assert config.population_factors is None and "population" not in card  # a feature loss: a single student
 
     reuse = feature_run(tmp_path / "reuse", loss_from=str(saved), freeze_loss=True)
     assert reuse.loss_params == [] and reuse.loss_learner is None
     assert_same_losses(reuse, learner)
     reuse.train()
     assert_same_losses(reuse, learner)  # frozen: unchanged by training
+    reused = reuse.learned_loss()
+    assert (reused.config.meta_steps, reused.config.learned_in_run) == (0, False)
+    reuse_card = reused.generate_model_card().text
+    assert "# Distillation loss" in reuse_card and "The run did not learn it" in reuse_card
+    for claim in ("learned with", "meta steps)", "(at the end of the run)"):
+        assert claim not in reuse_card, claim
 
     # the same run with the learner's networks handed over in memory: every logged loss value is identical
     student, teacher = make_models()

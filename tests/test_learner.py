@@ -263,6 +263,7 @@ def test_non_finite_hypergradient_skips_the_update_and_is_counted(make_learner, 
     assert learner.last_step == 0 and not learner.is_due(0)
     metrics = learner.pop_metrics()
     assert metrics["meta/skipped"] == 1.0 and "meta/val_loss_after" not in metrics
+    assert learner.updates == 0  # a skipped meta step did not update the loss
 
 
 def test_metrics_average_over_the_window_and_reset(make_learner):
@@ -277,6 +278,7 @@ def test_metrics_average_over_the_window_and_reset(make_learner):
     norms = [v.item() for v in learner.metrics["meta/hypergrad_norm"]]
     metrics = learner.pop_metrics()
     assert len(norms) == 3 and metrics["meta/hypergrad_norm"] == pytest.approx(sum(norms) / 3)
+    assert learner.updates == 3
     assert metrics["meta/skipped"] == 0.0
     assert metrics["meta/start_step_lag"] == pytest.approx(4 / 3)  # steps 0, 2, 4 start from the snapshots 0, 0, 2
     assert {"meta/val_loss_before", "meta/val_loss_after"} <= set(metrics)
@@ -346,8 +348,10 @@ def test_saved_and_loaded_learner_takes_the_same_next_meta_step(make_learner, tm
     assert restored.load(str(tmp_path / "state")) == {"note": 1}
     a, b = reference.learner.state_dict(), restored.state_dict()
     assert a.keys() == b.keys()
-    for key in ("horizon_rng", "meta_batches_drawn", "last_meta_step", "meta_seconds", "format_version"):
+    for key in ("horizon_rng", "meta_batches_drawn", "last_meta_step", "meta_updates", "meta_seconds",
+                "format_version"):
         assert a[key] == b[key], key
+    assert restored.updates == reference.learner.updates > 0
     assert all(torch.equal(v, b["distill_loss"][k]) for k, v in a["distill_loss"].items())
     assert len(restored.recent_batches) == 2  # the last K_max - 1: the next step's batch completes the horizon
     steps = [s.step for s in reference.learner.snapshot_pool.snapshots]
@@ -377,6 +381,21 @@ def test_checkpoint_state_lives_in_its_folder_and_a_checkpoint_without_it_warns(
     assert fresh.load_checkpoint(str(checkpoint)) == {} and fresh.last_step == setup.learner.last_step == 0
     with pytest.warns(UserWarning, match="holds no LKD state"):
         assert fresh.load_checkpoint(str(tmp_path)) is None
+
+
+def test_a_state_saved_without_the_count_of_updates_leaves_it_unknown(make_learner, tmp_path, monkeypatch):
+    setup = make_learner(hypergradient="finite_difference")
+    _run(setup.learner, setup.student, setup.batches, range(2))
+    state_dict = type(setup.learner).state_dict
+    monkeypatch.setattr(type(setup.learner), "state_dict",
+                        lambda self: {k: v for k, v in state_dict(self).items() if k != "meta_updates"})
+    setup.learner.save(str(tmp_path / "state"))
+    monkeypatch.undo()
+    restored = make_learner(tmp_path / "fresh", hypergradient="finite_difference").learner
+    restored.load(str(tmp_path / "state"))
+    assert restored.updates is None  # not 0: meta steps may have updated the loss before
+    _run(restored, setup.student, setup.batches, range(2, 4))
+    assert restored.updates is None and restored.last_step == 2
 
 
 def test_state_of_a_newer_format_is_refused(make_learner, tmp_path, monkeypatch):

@@ -188,58 +188,6 @@ def test_lkd_learn_knobs_false_freezes_temperature_and_weight(tmp_path):
     assert default.log_temperature.requires_grad and default.log_weight.requires_grad
 
 
-@pytest.mark.parametrize("base", ["kd", "dist"])
-def test_label_trust_starts_as_the_same_loss_and_weights_each_label_in_zero_to_two(base):
-    torch.manual_seed(0)
-    s, t, y = torch.randn(16, 10, requires_grad=True), torch.randn(16, 10) * 3, torch.randint(0, 10, (16,))
-    plain = LogitLossNet(base=base)
-    trusting = LogitLossNet(base=base, label_trust=True)
-    trusting.load_state_dict(plain.state_dict(), strict=False)
-    torch.testing.assert_close(trusting(s, t, y), plain(s, t, y))  # zero head: the same loss
-    trusting(s, t, y).backward()
-    assert trusting.label_head.weight.grad.abs().sum() > 0  # the outer loop can learn it from the start
-    with torch.no_grad():
-        trusting.label_head.bias.fill_(-50.0)  # tanh -> -1: each label's weight 1 + tanh -> 0
-    ce = torch.nn.functional.cross_entropy(s, y)
-    torch.testing.assert_close(trusting(s, t, y) + ce, plain(s, t, y) + 0 * ce, atol=1e-5, rtol=1e-5)
-    weights = trusting.label_weights(s, t, y)
-    assert weights.shape == (16,) and bool(((weights >= -1) & (weights <= 1)).all())
-    assert not plain.label_weights(s, t, y).any()  # without label_trust: no correction
-
-
-def test_label_trust_inputs_are_detached_so_the_student_cannot_move_its_label_weights():
-    torch.manual_seed(1)
-    net = LogitLossNet(label_trust=True)
-    with torch.no_grad():
-        net.label_head.weight.normal_()
-    s, t, y = torch.randn(8, 5, requires_grad=True), torch.randn(8, 5), torch.randint(0, 5, (8,))
-    weights = net.label_weights(s, t, y)
-    assert weights.requires_grad  # through the head's parameters only
-    (grad,) = torch.autograd.grad(weights.sum(), s, allow_unused=True)
-    assert grad is None
-
-
-def test_label_trust_extends_the_shipped_loss_and_config_and_round_trips(tmp_path):
-    from lkd_hf import LKDConfig, LearnedLoss, pretrained_logit_loss
-    from lkd_hf.losses.learned import with_label_trust
-
-    config = LKDConfig(output_dir=str(tmp_path), loss="lkd", lkd_label_trust=True, lkd_learn_knobs=False,
-                       report_to="none")
-    net, shipped = build_loss("lkd", config), pretrained_logit_loss()
-    assert net.label_trust and not net.log_temperature.requires_grad
-    for name, value in shipped.state_dict().items():
-        torch.testing.assert_close(net.state_dict()[name], value)
-    assert with_label_trust(net) is net
-    torch.manual_seed(2)
-    with torch.no_grad():
-        net.label_head.bias.fill_(0.5)
-    LearnedLoss.from_networks(net).save_pretrained(tmp_path / "trust")
-    loaded = LearnedLoss.from_pretrained(str(tmp_path / "trust")).logit
-    s, t, y = torch.randn(4, 10), torch.randn(4, 10), torch.randint(0, 10, (4,))
-    assert loaded.label_trust
-    torch.testing.assert_close(loaded(s, t, y), net(s, t, y))
-
-
 # --- the shipped pre-learned loss --------------------------------------------------------------------------------
 def test_pretrained_logit_loss_is_the_shipped_learned_loss_for_any_class_count():
     from lkd_hf import PRETRAINED_LOSS_DIR, LearnedLoss, pretrained_logit_loss

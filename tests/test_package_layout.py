@@ -1,6 +1,6 @@
-"""The package's shape: no import cycles (every import statement counts), a config that depends on constants only,
-an ``import lkd_hf`` that leaves the Trainer stack unimported until a trainer-side name is used, only the Distiller
-telling the student wrappers apart, hub modules free of the trainer side, and no module over 600 lines."""
+"""The package's shape: no import cycles (every import statement counts), a config that depends on constants and
+ranges only, an ``import lkd_hf`` that leaves the Trainer stack unimported until a trainer-side name is used, only the
+Distiller telling the student wrappers apart, hub modules free of the trainer side, and no module over 600 lines."""
 
 import ast
 import os
@@ -98,8 +98,10 @@ def test_no_import_cycle_inside_the_package():
     assert _cycles(graph) == []
 
 
-def test_the_config_depends_on_constants_only():
-    assert _import_graph()["lkd_hf.config"] == {"lkd_hf.constants"}
+def test_the_config_depends_on_constants_and_ranges_only_which_import_nothing_of_the_package():
+    graph = _import_graph()
+    assert graph["lkd_hf.config"] == {"lkd_hf.constants", "lkd_hf.ranges"}
+    assert graph["lkd_hf.constants"] == graph["lkd_hf.ranges"] == set()
 
 
 def _imported_after(code: str) -> set[str]:
@@ -120,9 +122,11 @@ def test_import_and_learned_losses_leave_the_trainer_stack_unimported():
 def test_file_names_kept_outside_the_trainer_stack_match_transformers():
     import transformers.trainer
 
-    from lkd_hf import safe_io
+    from lkd_hf import resume_checks
 
-    assert safe_io.TRAINER_STATE_NAME == transformers.trainer.TRAINER_STATE_NAME
+    assert resume_checks.TRAINER_STATE_NAME == transformers.trainer.TRAINER_STATE_NAME
+    assert resume_checks.OPTIMIZER_NAME == transformers.trainer.OPTIMIZER_NAME
+    assert resume_checks.SCHEDULER_NAME == transformers.trainer.SCHEDULER_NAME
 
 
 WRAPPER_TYPES = {"StudentPopulation", "StudentWithConnectors"}

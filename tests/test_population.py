@@ -1,6 +1,7 @@
 """The population: students side by side, each at its temperature and weight of the learned loss, trained
 as they would be alone; the trainer keeps the best on its evaluation dataset."""
 
+import logging
 import math
 import os
 
@@ -153,27 +154,58 @@ def _trainer(tmp_path, run, make_config, make_dataset, **fields) -> LKDTrainer:
                       train_dataset=make_dataset(64), eval_dataset=make_dataset(48, seed=1))
 
 
+def _training_logs(trainer: LKDTrainer) -> list[dict[str, float]]:
+    return [log for log in trainer.state.log_history if "loss" in log]
+
+
 def test_each_member_trains_as_it_would_alone(tmp_path, make_config, make_dataset):
     """A member at factors (2, 2) of a frozen KD(T=3) loss ends where a single student with KD(T=6) at twice the
     distillation weight ends; the tight max_grad_norm clips every step, so a clipping shared by the members would
-    show."""
+    show. The logged ``loss`` is the first member's objective, as its run alone logs it; ``member<k>/loss`` each
+    member's."""
     population = _trainer(tmp_path, "population", make_config, make_dataset, loss="lkd", temperature=3.0,
                           freeze_loss=True, population_temperature_factors=[1.0, 2.0],
                           population_weight_factors=[1.0, 2.0])
     assert isinstance(population.model, StudentPopulation)
     members = population.model.members
     population.train()
-    alone = {}
+    alone, alone_logs = {}, {}
     for factor in (1.0, 2.0):
         single = _trainer(tmp_path, f"alone{factor}", make_config, make_dataset, loss="lkd", temperature=3.0 * factor,
                           distill_weight=factor, freeze_loss=True, population_temperature_factors=[1.0])
         assert not isinstance(single.model, StudentPopulation)
         single.train()
-        alone[factor] = single.model.state_dict()
+        alone[factor], alone_logs[factor] = single.model.state_dict(), _training_logs(single)
     for member, factor in zip(members, (1.0, 2.0)):
         for name, value in member.state_dict().items():
             assert torch.allclose(value, alone[factor][name], atol=1e-6), f"factor {factor}: {name}"
     assert any(not torch.equal(v, alone[2.0][k]) for k, v in alone[1.0].items())  # the members differ
+
+    logs = _training_logs(population)
+    assert len(logs) == len(alone_logs[1.0]) == 2
+    for log, first, second in zip(logs, alone_logs[1.0], alone_logs[2.0], strict=True):
+        assert log["loss"] == pytest.approx(first["loss"], rel=1e-5)  # not the sum over the members
+        assert log["member0/loss"] == pytest.approx(first["loss"], rel=1e-5)
+        assert log["member1/loss"] == pytest.approx(second["loss"], rel=1e-5)
+        assert (log["ce"], log["distill"]) == (log["member0/ce"], log["member0/distill"])
+        for k in (0, 1):  # ce_weight = distill_weight = 1: each member's objective is the sum of its parts
+            assert log[f"member{k}/loss"] == pytest.approx(log[f"member{k}/ce"] + log[f"member{k}/distill"], rel=1e-5)
+    assert not any(key.startswith("member") for log in alone_logs[1.0] for key in log)
+    summary = next(log for log in population.state.log_history if "train_loss" in log)
+    assert summary["train_loss"] == pytest.approx(sum(log["loss"] for log in logs) / len(logs), rel=1e-5)
+
+
+def test_a_fixed_loss_is_not_called_learned_and_the_card_names_the_student_kept(tmp_path, make_config, make_dataset):
+    trainer = _trainer(tmp_path, "run", make_config, make_dataset, loss="lkd", lkd_init="pretrained")
+    assert trainer.args.freeze_loss and trainer.loss_learner is None  # the default for the shipped loss
+    trainer.train()
+    selected = next(log for log in trainer.state.log_history if "population/selected" in log)["population/selected"]
+    config = trainer.learned_loss().config
+    assert (config.meta_steps, config.learned_in_run, config.population_member) == (0, False, selected)
+    card = trainer.learned_loss().generate_model_card().text
+    assert "did not learn it" in card and "kept fixed: no meta step" in card
+    assert "learned with" not in card and "Learned distillation loss" not in card and "meta steps)" not in card
+    assert f"This file holds the loss of student {selected} (the one kept)" in card
 
 
 def test_the_best_member_is_kept_with_its_loss(tmp_path, make_config, make_dataset):
@@ -206,15 +238,24 @@ def test_the_best_member_is_kept_with_its_loss(tmp_path, make_config, make_datas
     assert torch.allclose(saved_loss.weight, trainer.distill_loss.weight)
 
 
-def test_a_later_member_is_kept_with_its_scaled_loss(tmp_path, make_config, make_dataset, monkeypatch):
+def test_a_later_member_is_kept_with_its_scaled_loss(tmp_path, make_config, make_dataset, monkeypatch, caplog):
     """The second student (twice the temperature and weight) wins the selection: it and its loss at its own
-    temperature and weight are what the trainer keeps and saves."""
+    temperature and weight are what the trainer keeps and saves; the console, the saved config and the card say
+    so, and that the shared loss was learned."""
     monkeypatch.setattr(trainer_module, "selection_score",
                         lambda metrics, metric, greater, prefix: float(prefix == "eval_member1"))
     trainer = _trainer(tmp_path, "run", make_config, make_dataset, loss="lkd", temperature=3.0, max_grad_norm=1.0)
     members = trainer.model.members
     learned = trainer.objective.distill_loss
-    trainer.train()
+    with caplog.at_level(logging.WARNING, logger=trainer_module.__name__):
+        trainer.train()
+    lines = [record.getMessage() for record in caplog.records if record.getMessage().startswith("Population:")]
+    evaluations = {k: next(log[f"eval_member{k}_accuracy"] for log in trainer.state.log_history
+                           if f"eval_member{k}_accuracy" in log) for k in (0, 1)}
+    line = (f"Population: keeping student 1 of 2 (temperature factor 2, weight factor 2), eval_accuracy "
+            f"{evaluations[1]:.4g} (each student's: {evaluations[0]:.4g}, {evaluations[1]:.4g}); it trained with the "
+            f"logit loss at temperature {2 * float(learned.temperature):.4g}, weight {2 * float(learned.weight):.4g}.")
+    assert lines == [line]
     logged = next(log for log in trainer.state.log_history if "population/selected" in log)
     assert logged["population/selected"] == 1 and trainer.model is members[1]
     assert (logged["population/temperature_factor"], logged["population/weight_factor"]) == (2.0, 2.0)
@@ -227,6 +268,22 @@ def test_a_later_member_is_kept_with_its_scaled_loss(tmp_path, make_config, make
     student, teacher, labels = _logits(1), _logits(2), torch.arange(8) % 10
     torch.testing.assert_close(saved(student, teacher, labels), trainer.distiller.objectives[1].distill_loss(
         student, teacher, labels))
+
+    bundle = LearnedLoss.from_pretrained(os.path.join(tmp_path, "saved", "lkd_loss"))
+    config = bundle.config
+    assert config.meta_steps == trainer.loss_learner.updates > 0 and config.learned_in_run
+    assert (config.population_member, config.population_factors) == (1, [[1.0, 1.0], [2.0, 2.0]])
+    assert config.population_network_knobs == {"temperature": pytest.approx(float(learned.temperature)),
+                                               "weight": pytest.approx(float(learned.weight))}
+    card = (tmp_path / "saved" / "lkd_loss" / "README.md").read_text()
+    assert f"| learned: {config.meta_steps} meta step" in card and "Learned distillation loss" in card
+    knobs = f"temperature {saved.temperature.item():.3f}, weight {saved.weight.item():.3f} (at the end of the run)"
+    assert knobs in card
+    assert (f"shared logit loss network (temperature {learned.temperature.item():.3f}, weight "
+            f"{learned.weight.item():.3f} at the end of the run)") in card
+    assert ("This file holds the loss of student 1 (the one kept): the shared network at temperature factor 2 and "
+            "weight factor 2, as that student used it.") in card
+    assert "| population | 2 students, student 1 kept |" in card
 
 
 def test_a_population_resumes_exactly(tmp_path, make_config, make_dataset):

@@ -13,6 +13,7 @@ from lkd_hf.constants import LKD_STATE_DIRNAME
 from lkd_hf.meta.batches import MetaBatchSampler
 from lkd_hf.meta.learner import SNAPSHOTS_SUBDIR as LKD_SNAPSHOTS_SUBDIR
 from lkd_hf.meta.learner import STATE_NAME as LKD_STATE_NAME
+from lkd_hf.run_settings import RUN_SETTINGS_NAME
 
 N_STEPS, RESUME_STEP = 12, 6
 
@@ -133,7 +134,7 @@ def test_resumed_finite_difference_run_with_disk_pool_and_gaussian_horizon(tmp_p
     assert_same_training_state(full, resumed_run)
 
 
-def test_hand_made_loss_resumes_and_a_checkpoint_without_lkd_state_warns(tmp_path, make_trainer):
+def test_hand_made_loss_resumes_and_a_checkpoint_without_lkd_state_or_settings_warns(tmp_path, make_trainer):
     kd = make_trainer(tmp_path, "kd", loss="kd")
     kd.train()
     checkpoint = os.path.join(kd.args.output_dir, f"checkpoint-{RESUME_STEP}")
@@ -143,9 +144,14 @@ def test_hand_made_loss_resumes_and_a_checkpoint_without_lkd_state_warns(tmp_pat
         assert torch.equal(x, y), name
 
     lkd = make_trainer(tmp_path, "lkd_from_kd")
+    with pytest.raises(ValueError, match=r"(?s)settings differ.*- loss \(the loss spec.*\): saved 'kd', now 'lkd'"):
+        lkd.train(resume_from_checkpoint=checkpoint)  # the checkpoint of another loss
+    os.remove(os.path.join(checkpoint, RUN_SETTINGS_NAME))  # as written before checkpoints recorded their settings
     initial = [p.detach().clone() for p in lkd.loss_params]
-    with pytest.warns(UserWarning, match="holds no LKD state"):
+    with pytest.warns(UserWarning) as warned:
         lkd.train(resume_from_checkpoint=checkpoint)
+    messages = " ".join(str(w.message) for w in warned)
+    assert f"records no {RUN_SETTINGS_NAME}" in messages and "holds no LKD state" in messages
     assert lkd.state.global_step == N_STEPS
     assert any(not torch.equal(a, b) for a, b in zip(initial, lkd.loss_params))  # learned from its initial weights
 

@@ -38,8 +38,8 @@ from .bundled import (
     animal_mnist_arrays,
     load_bundled,
 )
-from .collator import ImageCollator
-from .examples import check_columns, with_transform
+from .collator import ImageCollator, class_index
+from .examples import check_columns, read_labels, with_transform
 from .folder import find_empty_class_folders, load_image_folder
 from .loading import build_datasets, load_image_splits
 from .splits import IMAGE_COLUMNS, LABEL_COLUMNS, dataset_num_classes, standardize_splits
@@ -58,12 +58,14 @@ __all__ = [
     "animal_mnist_arrays",
     "build_datasets",
     "check_columns",
+    "class_index",
     "dataset_num_classes",
     "find_empty_class_folders",
     "image_transform",
     "load_bundled",
     "load_image_folder",
     "load_image_splits",
+    "read_labels",
     "resolve_data_config",
     "standardize_splits",
     "with_transform",

@@ -2,12 +2,40 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-__all__ = ["ImageCollator"]
+__all__ = ["ImageCollator", "class_index"]
+
+
+def class_index(label: Any) -> int:
+    """``label`` as a class index: an integer (Python, numpy or a one-element tensor), or a float holding a whole
+    number (``3.0``).
+
+    Args:
+        label: the label of one example.
+
+    Raises:
+        ValueError: a label that is not a whole number (``3.5``, NaN, a string, several values), naming it.
+    """
+    value = label
+    if hasattr(value, "item"):
+        try:
+            value = value.item()
+        except (ValueError, RuntimeError):  # several values
+            pass
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value)
+    if isinstance(value, numbers.Real) and math.isfinite(value) and float(value).is_integer():
+        return int(value)
+    raise ValueError(
+        f"The label {label!r} is not a class index: labels must be integers 0 .. num_classes - 1 (a float label "
+        "would be cut to an integer). Map the dataset's labels to class ids first."
+    )
 
 
 @dataclass
@@ -19,7 +47,8 @@ class ImageCollator:
     step, and a bad label there surfaces as an opaque device-side assert.
 
     Args:
-        num_classes: when set, labels outside ``[0, num_classes)`` raise a ``ValueError`` naming them.
+        num_classes: when set, labels outside ``[0, num_classes)`` raise a ``ValueError`` naming them. Labels that
+            are not whole numbers always do (:func:`class_index`).
     """
 
     num_classes: int | None = None
@@ -32,7 +61,7 @@ class ImageCollator:
         key = "labels" if "labels" in features[0] else "label" if "label" in features[0] else None
         if key is None:
             return batch
-        labels = [int(f[key]) for f in features]
+        labels = [class_index(f[key]) for f in features]
         if self.num_classes is not None:
             bad = sorted({y for y in labels if y < 0 or y >= self.num_classes})
             if bad:

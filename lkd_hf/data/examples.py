@@ -6,10 +6,13 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import datasets
+import numpy as np
 import torch
 from PIL import Image
 
-__all__ = ["check_columns", "with_transform"]
+from .collator import class_index
+
+__all__ = ["check_columns", "read_labels", "with_transform"]
 
 
 class _BatchTransform:
@@ -37,7 +40,7 @@ class _BatchTransform:
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
         out = {"pixel_values": [self.transform(self._decode(image)) for image in batch["image"]]}
         if "label" in batch:
-            out["labels"] = [int(label) for label in batch["label"]]
+            out["labels"] = [class_index(label) for label in batch["label"]]
         return out
 
 
@@ -126,3 +129,25 @@ def check_columns(dataset: Any, split_name: str) -> None:
             f"The {split_name} split cannot be used for training or evaluation: it has "
             f"{' and '.join(problems)}. Its examples have the columns {columns}."
         )
+
+
+def read_labels(dataset: Any) -> tuple[str, np.ndarray, int | None] | None:
+    """The labels of every example of ``dataset``, read from its label column without decoding an image:
+    ``(column, labels, declared)``, ``declared`` being the number of classes of its ``ClassLabel`` feature (``None``
+    when the column is not a ``ClassLabel``). ``None`` when the labels cannot be read so (not a
+    :class:`datasets.Dataset`, an on-the-fly transform other than :func:`with_transform`'s, no label column).
+
+    Args:
+        dataset: a dataset.
+    """
+    if not isinstance(dataset, datasets.Dataset):
+        return None
+    transform = ((dataset.format or {}).get("format_kwargs") or {}).get("transform")
+    if transform is not None and not isinstance(transform, _BatchTransform):
+        return None
+    column = next((c for c in ("labels", "label") if c in dataset.column_names), None)
+    if column is None:
+        return None
+    feature = dataset.features[column]
+    declared = int(feature.num_classes) if isinstance(feature, datasets.ClassLabel) else None
+    return column, np.asarray(dataset.with_format("numpy", columns=[column])[column]), declared

@@ -25,6 +25,12 @@ _TRANSFORM_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "cr
 class ConvertMode:
     """Convert a PIL image (or an array) to the PIL mode ``mode``; picklable, unlike a lambda.
 
+    Images of more than 8 bits per value are first brought to 8 bits by their real range (PIL's own conversion
+    clips them, which turns a 16-bit image almost white): 16-bit images (modes ``I;16*``, ``uint16`` arrays) from
+    0..65535; 32-bit integer images (mode ``I``, other integer arrays) from 0..255 when their values fit, else
+    from 0..65535; float images (mode ``F``, float arrays) from 0..1 when their values fit, else from 0..255.
+    Values outside these ranges are an error: convert such images to 8 bits with a transform of your own.
+
     Args:
         mode: a PIL mode, e.g. ``"RGB"`` or ``"L"``.
     """
@@ -34,11 +40,36 @@ class ConvertMode:
 
     def __call__(self, image: Image.Image) -> Image.Image:
         if not isinstance(image, Image.Image):
-            image = Image.fromarray(np.asarray(image))
+            values = np.asarray(image)
+            values = values if values.dtype == np.uint8 else _to_8_bits(values, f"a {values.dtype} array")
+            image = Image.fromarray(values)
+        elif image.mode.startswith("I;16") or image.mode in ("I", "F"):
+            image = Image.fromarray(_to_8_bits(np.asarray(image), f"an image of mode {image.mode!r}"))
         return image if image.mode == self.mode else image.convert(self.mode)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(mode={self.mode!r})"
+
+
+def _to_8_bits(values: np.ndarray, what: str) -> np.ndarray:
+    """``values`` as ``uint8``, scaled from their range (see :class:`ConvertMode`)."""
+    if values.dtype == np.bool_:
+        return values.astype(np.uint8) * 255
+    low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    if values.dtype.kind == "u" and values.itemsize == 2:
+        top = 65535.0
+    elif values.dtype.kind in "iu":
+        top = 255.0 if high <= 255 else 65535.0
+    elif values.dtype.kind == "f":
+        top = 1.0 if high <= 1 else 255.0
+    else:
+        raise ValueError(f"Cannot convert {what} to an image: values of type {values.dtype}.")
+    if not (low >= 0 and high <= top):  # also NaN
+        raise ValueError(
+            f"Cannot convert {what} with values in [{low:g}, {high:g}] to 8 bits: they exceed 0..{top:g}. Scale the "
+            "images to 8 bits with a transform of your own before this one."
+        )
+    return np.round(values.astype(np.float64) * (255.0 / top)).astype(np.uint8)
 
 
 class _ResizeNotice:

@@ -23,17 +23,6 @@
   batch), the same learned per-sample weight ``s_i`` and a learned per-class weight ``u_c = 1 + mean_i m_ic`` in
   (0, 2). Bounded in ``[0, 4 (beta + gamma) T^2 exp(log_weight)]``, exactly DIST at initialisation.
 
-* ``label_trust=True`` adds a learned per-sample weight of the cross-entropy on the labels (Meta-Weight-Net's
-  idea, Shu et al. 2019, with the teacher's view of the sample as input): the network's loss gains
-
-  ``mean_i tanh(h_i) * CE_i``, ``h_i = MLP(q_i)``
-
-  where ``CE_i`` is the student's cross-entropy on label ``y_i`` and ``q_i`` five detached per-sample inputs: the
-  teacher's and the student's probability of ``y_i``, the teacher's top probability, whether the teacher's top
-  class is ``y_i`` and ``log1p(CE_i) / 10``. With the objective's cross-entropy weight 1 each sample's label weight
-  is ``1 + tanh(h_i)`` in (0, 2): the outer loop can turn down labels the teacher contradicts (noisy labels) or
-  turn up labels a weak teacher misses. Zero-initialised output layer: nothing changes at initialisation.
-
 ``FeatureLossNet`` is the feature-side loss network (one network for every feature tap and model pair):
 
 * per element ``(n, c, h, w)`` of the (connector-mapped) student feature ``s`` and teacher feature ``t``, inputs
@@ -63,7 +52,6 @@ from ..constants import LOGIT_LOSS_BASES
 from .logit import pearson_rows
 
 _NUM_INPUTS = 6
-_NUM_LABEL_INPUTS = 5
 _MIN_TEMPERATURE, _MAX_TEMPERATURE = 0.5, 20.0
 _MIN_LOG_WEIGHT, _MAX_LOG_WEIGHT = -10.0, 3.0
 _LOG_RATIO_CLIP = 10.0
@@ -85,7 +73,6 @@ class LogitLossNet(
         learn_weight: whether the outer loop may change the global weight of the distillation term.
         base: the hand-made loss reproduced exactly at initialisation: ``"kd"`` (Hinton KD) or ``"dist"`` (DIST).
         dist_beta / dist_gamma: DIST's inter- and intra-class weights (``base="dist"`` only).
-        label_trust: add the learned per-sample weight of the cross-entropy on the labels (zero at initialisation).
     """
 
     def __init__(
@@ -97,7 +84,6 @@ class LogitLossNet(
         base: str = "kd",
         dist_beta: float = 1.0,
         dist_gamma: float = 1.0,
-        label_trust: bool = False,
     ) -> None:
         super().__init__()
         if not _MIN_TEMPERATURE <= temperature <= _MAX_TEMPERATURE:
@@ -112,13 +98,7 @@ class LogitLossNet(
         )
         self.class_head = nn.Linear(hidden_dim, 1)
         self.sample_head = nn.Linear(hidden_dim, 1)
-        heads = [self.class_head, self.sample_head]
-        self.label_trust = label_trust
-        if label_trust:
-            self.label_mlp = nn.Sequential(nn.Linear(_NUM_LABEL_INPUTS, hidden_dim), nn.SiLU())
-            self.label_head = nn.Linear(hidden_dim, 1)
-            heads.append(self.label_head)
-        for head in heads:
+        for head in (self.class_head, self.sample_head):
             nn.init.zeros_(head.weight)
             nn.init.zeros_(head.bias)
 
@@ -167,48 +147,9 @@ class LogitLossNet(
             class_weight = 1 + modulation.mean(dim=0)
             inter = (sample_weight * (1 - pearson_rows(p_s, p_t))).mean()
             intra = (class_weight * (1 - pearson_rows(p_s.t(), p_t.t()))).mean()
-            loss = self.weight * t**2 * (self.dist_beta * inter + self.dist_gamma * intra)
-        else:
-            per_sample = sample_weight * t**2 * (kl + (divergence * modulation).sum(-1)).clamp_min(0)  # >= 0 (rounding)
-            loss = self.weight * per_sample.mean()
-        if self.label_trust:
-            loss = loss + self.label_correction(student_logits, teacher_logits, labels)
-        return loss
-
-    def label_weights(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor,
-                      labels: torch.Tensor) -> torch.Tensor:
-        """The learned correction ``tanh(h_i)`` of each sample's cross-entropy weight, ``(batch,)`` in (-1, 1) (zero
-        without ``label_trust``).
-
-        Args:
-            student_logits: the student's logits, ``(batch, classes)``.
-            teacher_logits: the teacher's logits, ``(batch, classes)``.
-            labels: ``(batch,)`` class indices.
-        """
-        if not self.label_trust:
-            return student_logits.new_zeros(labels.shape, dtype=self.log_weight.dtype)
-        dtype = self.log_weight.dtype
-        with torch.no_grad():
-            p_t = F.softmax(teacher_logits.to(dtype), dim=-1)
-            p_s = F.softmax(student_logits.to(dtype), dim=-1)
-            top_t, arg_t = p_t.max(dim=-1)
-            label = labels.unsqueeze(-1)
-            ce = -p_s.gather(-1, label).squeeze(-1).clamp_min(1e-12).log()
-            inputs = torch.stack([p_t.gather(-1, label).squeeze(-1), p_s.gather(-1, label).squeeze(-1), top_t,
-                                  (arg_t == labels).to(dtype), ce.log1p() / _LOG_RATIO_CLIP], dim=-1)
-        return torch.tanh(self.label_head(self.label_mlp(inputs)).squeeze(-1))
-
-    def label_correction(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor,
-                         labels: torch.Tensor) -> torch.Tensor:
-        """``mean_i tanh(h_i) * CE_i``: what ``label_trust`` adds to the loss (see the module's docstring).
-
-        Args:
-            student_logits: the student's logits, ``(batch, classes)``.
-            teacher_logits: the teacher's logits, ``(batch, classes)``.
-            labels: ``(batch,)`` class indices.
-        """
-        ce = F.cross_entropy(student_logits.to(self.log_weight.dtype), labels, reduction="none")
-        return (self.label_weights(student_logits, teacher_logits, labels) * ce).mean()
+            return self.weight * t**2 * (self.dist_beta * inter + self.dist_gamma * intra)
+        per_sample = sample_weight * t**2 * (kl + (divergence * modulation).sum(-1)).clamp_min(0)  # >= 0 up to rounding
+        return self.weight * per_sample.mean()
 
     @torch.no_grad()
     def knobs(self) -> dict[str, float]:

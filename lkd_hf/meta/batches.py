@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Callable, Iterator
 
 import torch
@@ -150,8 +151,19 @@ def meta_validation_data(
         args: the run's :class:`~lkd_hf.LKDConfig`.
         train_dataset: the training set.
         meta_dataset: the validation set passed to the trainer, if any.
-        learns_loss: whether the run learns a loss (else nothing is split off).
+        learns_loss: whether the run learns a loss (else nothing is split off; with ``freeze_loss`` a
+            ``meta_dataset`` or ``lkd_val_fraction`` given is unused, and a warning says so).
     """
+    unused = [name for name, value in (("meta_dataset", meta_dataset), ("lkd_val_fraction", args.lkd_val_fraction))
+              if value is not None]
+    if not learns_loss and args.freeze_loss and unused:
+        warnings.warn(
+            f"{' and '.join(unused)} unused: the learned loss is kept fixed (freeze_loss=True, the default for a loss "
+            "learned beforehand), so no meta step validates on it. Set freeze_loss=False to learn the loss further, or "
+            f"leave {' and '.join(unused)} out.",
+            UserWarning,
+            stacklevel=3,
+        )
     val_source = default_val_source(args, meta_dataset)
     if learns_loss and val_source == "heldout" and meta_dataset is None and train_dataset is not None:
         if args.lkd_val_fraction is None:

@@ -13,7 +13,7 @@ for ``k < K``; the outer objective is ``L_val(w_K)``. An estimator returns ``d L
 * ``implicit``: the implicit-function-theorem hypergradient with a ``K``-term Neumann series: ``finite_difference``
   with every virtual step linearised at ``w_0`` (no trajectory; validation gradient at ``w_0``). At ``K == 1`` it is
   the first-order term of the one-step look-ahead. The series converges only where ``lr`` times the training
-  loss's curvature is below 2 (it diverged for ``K >= 5`` at the student's learning rate in docs/benchmarks.md: use
+  loss's curvature is below 2 (it diverged for ``K >= 5`` at the student's learning rate in docs/experiments.md: use
   ``K == 1`` or a smaller ``lookahead_lr``). Works for every model.
 
 Both draw the same dropout randomness for a virtual step and for its perturbed re-evaluations. With

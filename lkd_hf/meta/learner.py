@@ -82,6 +82,9 @@ def full_precision(module: nn.Module) -> Iterator[None]:
 class LossLearner:
     """Learns the trainable parameters of a student objective's loss networks by bi-level optimisation.
 
+    ``updates`` counts the meta steps that updated them (skipped ones not; kept in its saved state; ``None`` after
+    loading a state saved without the count).
+
     Args:
         objective: the student objective; the trainable parameters of its loss networks are learned.
         config: the outer loop's settings, a :class:`~lkd_hf.meta.settings.MetaConfig` (an
@@ -160,6 +163,7 @@ class LossLearner:
             and args.gradient_accumulation_steps == 1 and world_size == 1 and not args.mixed_precision
         )
         self.last_step = -1
+        self.updates: int | None = 0
         self.warmup_steps = args.meta_warmup_steps
         self.seconds = 0.0
         self.metrics: dict[str, list[torch.Tensor]] = collections.defaultdict(list)
@@ -268,6 +272,8 @@ class LossLearner:
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.updates is not None:
+            self.updates += 1
         self.metrics["meta/val_loss_after"].append(result.val_loss)
         self.metrics["meta/hypergrad_norm"].append(grad_norm.detach())
         self.metrics["meta/skipped"].append(torch.zeros((), device=self.device))
@@ -430,6 +436,7 @@ class LossLearner:
             "horizon_rng": self.horizon_rng.getstate(),
             "meta_batches_drawn": 0 if self.meta_batches is None else self.meta_batches.position,
             "last_meta_step": self.last_step,
+            "meta_updates": self.updates,
             "metrics": {name: _cpu_copy(values) for name, values in self.metrics.items()},
             "meta_seconds": self.seconds,
         }
@@ -506,6 +513,7 @@ class LossLearner:
         if self.meta_batches is not None:
             self.meta_batches.seek(int(state["meta_batches_drawn"]))
         self.last_step = int(state["last_meta_step"])
+        self.updates = state.get("meta_updates")  # states saved before the count lack it: unknown
         self.metrics = collections.defaultdict(list)
         for name, values in state["metrics"].items():
             self.metrics[name] = [v.to(self.device) for v in values]

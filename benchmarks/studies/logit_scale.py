@@ -1,13 +1,14 @@
 """How large is each loss's gradient, and how does the validation CE rank its students? (animal-mnist)
 
-    HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python benchmarks/logit_scale.py --threads 1
+    HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python benchmarks/studies/logit_scale.py --threads 1
 
 For each loss of ``LOSSES`` a student of each ``--pairs`` pair is trained with the accuracy benchmark's recipe
 (``benchmarks/accuracy.py``: 2000 images, 6 epochs, SGD, ``max_grad_norm=1``), seed ``--seed``. Reported: the
 median and range of the Trainer's logged ``grad_norm`` (the student's gradient norm *before* clipping to 1), and on
 the 1000-image validation split: top-1, plain cross-entropy, the cross-entropy after temperature scaling
-(``lkd_hf.meta.outer_objectives.calibrated_cross_entropy``, the ``calibrated_ce`` outer objective), the fitted logit scale
-and the standard deviation of the logits. It measures two facts behind the meta step's design (docs/benchmarks.md):
+(``lkd_hf.meta.outer_objectives.calibrated_cross_entropy``, the ``calibrated_ce`` outer objective), the fitted logit
+scale and the standard deviation of the logits. It measures two facts behind the meta step's design
+(docs/experiments.md):
 LKD's virtual steps must clip like the real ones, and plain CE ranks these students by their logit scale, not by
 what they predict (hence the ``calibrated_ce`` outer objective).
 """
@@ -17,10 +18,12 @@ from __future__ import annotations
 import json
 import os
 import statistics
+import sys
 from dataclasses import dataclass, field
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # benchmarks/: common
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402

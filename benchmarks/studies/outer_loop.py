@@ -1,7 +1,7 @@
 """Outer-loop study: which meta-step settings keep a good starting loss, or find one? (animal-mnist, parallel)
 
-    HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python benchmarks/outer_loop.py --workers 2      # all variants, 3 seeds
-    python benchmarks/outer_loop.py --variants dist-tuned,k20-ho --pairs "teacher->s16" --num_seeds 1
+    HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python benchmarks/studies/outer_loop.py --workers 2   # all variants, 3 seeds
+    python benchmarks/studies/outer_loop.py --variants dist-tuned,k20-ho --pairs "teacher->s16" --num_seeds 1
 
 The accuracy benchmark's setting (``benchmarks/accuracy.py``: same data, teacher, student recipe, 6 epochs, 2000
 training images, last-epoch test top-1); only the loss and its outer loop vary. ``kK-{tb,ho}[-lrX]`` start LKD
@@ -17,8 +17,8 @@ Every variant names ``meta_val_loss`` where it matters (``lkd`` sets plain CE, t
 runs, unless a variant names calibrated CE). ``dist-tuned`` (that DIST, no outer loop) and ``dist-T8`` are
 references. ``from-*`` start from an explicit loss instead: DIST's paper default (T=1, w=1), KD (T=4) or DIST T=16;
 ``dist-T1`` and ``dist-T16`` are those losses without an outer loop. Both validation top-1 (1000 images, the split
-used to pick settings) and test top-1 are recorded; pick by validation, never by test. docs/benchmarks.md reports
-the runs (some on the lent GPU machine's CPU cores, ``benchmarks/device_run.sh``); the first started from the T=4
+used to pick settings) and test top-1 are recorded; pick by validation, never by test. docs/experiments.md reports
+the runs (some on the CPU cores of a GPU machine); the first started from the T=4
 picks of the accuracy benchmark's earlier grid: ``--tuned_from
 docs/benchmark_device/call1/outer_loop_results.json`` repeats that.
 
@@ -32,12 +32,14 @@ from __future__ import annotations
 import json
 import os
 import statistics
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # benchmarks/: common
 
 import torch  # noqa: E402
 from transformers import HfArgumentParser, TrainerCallback  # noqa: E402
@@ -45,7 +47,7 @@ from transformers import HfArgumentParser, TrainerCallback  # noqa: E402
 from common import PAIRS, Setting, WorkerPool, format_mean_std, repository_path, run_dir, split_list  # noqa: E402
 
 DEFAULT_OUTPUT_DIR = "outputs/benchmark_outer_loop"
-DEFAULT_TUNED_FROM = repository_path("docs", "benchmark_accuracy", "results.json")
+DEFAULT_TUNED_FROM = repository_path("docs", "benchmark_accuracy", "animal-mnist", "results.json")
 
 
 def lkd(k: int, source: str, lr: float, **extra: Any) -> dict[str, Any]:

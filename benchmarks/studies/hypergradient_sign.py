@@ -1,6 +1,6 @@
 """Which way does the hypergradient push the temperature and the weight, as the horizon K grows? (animal-mnist)
 
-    HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python benchmarks/hypergradient_sign.py --threads 1
+    HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python benchmarks/studies/hypergradient_sign.py --threads 1
 
 A student of ``--pair`` is trained for the accuracy benchmark's 6 epochs with the DIST that ``dist-tuned`` picked
 for it (``--temperature``/``--weight``; the loss is ``LogitLossNet(base="dist")`` with meta learning rate 0, so it
@@ -21,11 +21,13 @@ import itertools
 import json
 import os
 import statistics
+import sys
 import time
 from dataclasses import dataclass, field
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # benchmarks/: common
 
 import torch  # noqa: E402
 from transformers import HfArgumentParser, TrainerCallback  # noqa: E402
@@ -65,8 +67,9 @@ def main() -> None:
     steps, horizons = [int(s) for s in split_list(args.steps)], [int(k) for k in split_list(args.horizons)]
     setting = Setting()
     fields = dict(loss="lkd", lkd_init="dist", dist_temperature=args.temperature, distill_weight=args.weight,
-                  meta_learning_rate=0.0, meta_val_source="heldout", lkd_val_fraction=0.1, meta_batch_size=200, snapshot_strategy="current",
-                  meta_interval=10**9, lookahead_steps=max(horizons), meta_val_loss=args.meta_val_loss)
+                  meta_learning_rate=0.0, meta_val_source="heldout", lkd_val_fraction=0.1, meta_batch_size=200,
+                  snapshot_strategy="current", meta_interval=10**9, lookahead_steps=max(horizons),
+                  meta_val_loss=args.meta_val_loss)
     if args.hypergradient:
         fields["hypergradient"] = args.hypergradient
     recorder = RecordWeights(set(steps))
@@ -105,7 +108,8 @@ def main() -> None:
             row = dict(step=step, lr=lr, K=k, **{f"d{name}": d for name, d in draws.items()},
                        seconds=(time.perf_counter() - start) / args.draws)
             rows.append(row)
-            cells = " | ".join(f"{statistics.median(d):+.3g} | {sum(g < 0 for g in d)}/{len(d)}" for d in draws.values())
+            cells = " | ".join(f"{statistics.median(d):+.3g} | {sum(g < 0 for g in d)}/{len(d)}"
+                               for d in draws.values())
             print(f"| {step} | {lr:.4f} | {k} | {cells} | {row['seconds']:.1f} |", flush=True)
     os.makedirs(args.output_dir, exist_ok=True)
     with open(os.path.join(args.output_dir, "results.json"), "w") as f:

@@ -1,7 +1,7 @@
 """Horizon and snapshot-pool study: does a one-step look-ahead drift the learned loss, and do K steps fix it?
 
-    HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python benchmarks/horizon.py
-    python benchmarks/horizon.py --variants k1-current,k5-uniform --num_seeds 1 --epochs 2   # smoke check
+    HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python benchmarks/studies/horizon.py
+    python benchmarks/studies/horizon.py --variants k1-current,k5-uniform --num_seeds 1 --epochs 2   # smoke check
 
 The learned loss (``lkd``, initialised to KD with T=4) is meta-trained with enough authority to move (meta learning
 rate ``--meta_learning_rate`` 1e-2, a meta step every ``--meta_interval`` 1 student step) under several outer-loop
@@ -14,10 +14,10 @@ settings (``VARIANTS``):
 
 plus hand-made references ``kd-T4`` (the learned loss's starting point) and ``kd-T2`` (where a drifting T goes).
 Setting and data are those of ``benchmarks/accuracy.py`` (animal-mnist, 2000 training images, the same student
-recipe and the same committed teacher, ``benchmarks/teacher``); LKD holds out ``lkd_val_fraction`` of them for its meta steps. Reported per
-variant: the temperature and weight trajectory of the learned loss (logged every ``--logging_steps``), validation
-and last-epoch test top-1 (mean over seeds), wall time. Outputs: ``results.json``, ``results.md`` and
-``temperature.png`` in ``--output_dir``.
+recipe and the same committed teacher, ``benchmarks/teacher``); LKD holds out ``lkd_val_fraction`` of them for its
+meta steps. Reported per variant: the temperature and weight trajectory of the learned loss (logged every
+``--logging_steps``), validation and last-epoch test top-1 (mean over seeds), wall time. Outputs: ``results.json``,
+``results.md`` and ``temperature.png`` in ``--output_dir``.
 """
 
 from __future__ import annotations
@@ -25,12 +25,14 @@ from __future__ import annotations
 import json
 import os
 import statistics
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # benchmarks/: common
 
 from transformers import HfArgumentParser  # noqa: E402
 
@@ -64,7 +66,8 @@ class HorizonArguments:
     def __post_init__(self) -> None:
         unknown = [v for v in self.variant_list if v not in VARIANTS]
         if unknown or self.pair not in PAIRS:
-            raise ValueError(f"Unknown variants {unknown} or pair {self.pair!r}; known: {list(VARIANTS)}, {list(PAIRS)}.")
+            raise ValueError(f"Unknown variants {unknown} or pair {self.pair!r}; known: {list(VARIANTS)}, "
+                             f"{list(PAIRS)}.")
 
     @property
     def variant_list(self) -> list[str]:
@@ -161,7 +164,8 @@ def main() -> None:
     with open(os.path.join(args.output_dir, "results.md"), "w") as f:
         f.write(text + "\n")
     plot(records, args, os.path.join(args.output_dir, "temperature.png"))
-    print(f"\nSaved {args.output_dir}/results.json, results.md, temperature.png; total {time.perf_counter() - started:.0f} s.")
+    print(f"\nSaved {args.output_dir}/results.json, results.md, temperature.png; "
+          f"total {time.perf_counter() - started:.0f} s.")
 
 
 if __name__ == "__main__":
