@@ -38,7 +38,11 @@ cross-entropy in place of the cross-entropy, no teacher); ``lkd`` (``LKDConfig``
 loss, kept fixed, with two students side by side, at its temperature and weight and at twice both, the one with the
 better validation top-1 kept), ``lkd-meta`` (the same, the loss learned further by meta steps), ``lkd-single``
 (``lkd`` with a single student: DIST at the pre-learned temperature, weight and intra-class weight), ``lkd-from-kd``
-(LKD from KD(T=4), without pre-learning, meta steps on) and ``lkd+feat`` (not in the default list).
+(LKD from KD(T=4), without pre-learning, meta steps on), ``lkd-pop3`` (``lkd`` with a third student at a third of the
+temperature and a sixteenth of the weight) and ``lkd+feat`` (not in the default list). Not in the default lists:
+``lkd-meta-val`` and ``lkd-meta-heads`` (the loss learned further by meta steps against the validation split, all of
+it or only its per-class and per-sample weights) and the studies of DIST's search ``dist-tuned-g8`` (gamma {1, 8})
+and ``dist-tuned-wg`` (small weights at T 2 and 4, gamma {1, 8}).
 
 Tuning (``tuning.SEARCHES``): every ``*-tuned`` method searches a grid of the same size, 16 trials, over its published
 knobs (KD: T x weight; DIST: T x weight x intra-class weight gamma, which spans beta too; DKD: alpha x beta with the
@@ -118,6 +122,8 @@ METHODS: dict[str, dict[str, Any]] = {  # LKDConfig fields of each method (tuned
     "kd-tuned": dict(loss="kd"),
     "dist": dict(loss="dist"),
     "dist-tuned": dict(loss="dist"),
+    "dist-tuned-g8": dict(loss="dist"),  # studies of DIST's search (STUDY_ONLY)
+    "dist-tuned-wg": dict(loss="dist"),
     # DKD's CIFAR-100 setting: alpha 1, beta 8, T 4, the loss warmed up over the first 20 of 240 epochs
     "dkd": dict(loss="dkd", dkd_warmup_fraction=20 / 240),
     "dkd-tuned": dict(loss="dkd"),
@@ -151,14 +157,16 @@ FROM_PRETRAINED = ("lkd", "lkd-meta", "lkd-single", "lkd+feat", "lkd-meta-val", 
 LEARNED = ("lkd-meta", "lkd-from-kd", "lkd+feat", "lkd-meta-val", "lkd-meta-heads")  # loss networks meta-trained
 META_ON_VALIDATION = ("lkd-meta-val", "lkd-meta-heads")  # meta set: the validation split (where the tuned methods pick)
 LONG_TAILED_ONLY = ("la-tuned",)  # in the default method list of long-tailed settings only
+STUDY_ONLY = ("dist-tuned-g8", "dist-tuned-wg")  # not in the default method lists
 TUNED_KEYS = ("temperature", "dist_temperature", "dist_beta", "dist_gamma", "distill_weight", "ce_weight", "dkd_alpha",
               "dkd_beta", "dkd_warmup_fraction", "la_tau", "lkd_init", "meta_learning_rate", "meta_val_source",
               "lookahead_steps", "meta_warmup_steps", "meta_val_loss", "ls_temperature", "ctkd_lambda_max")
 QUICK = dict(pairs="teacher->s4", methods="ce,kd,kd-tuned,lkd,lkd-single", num_seeds=1, epochs=2.0)
 FULL = dict(pairs=",".join(PAIRS), methods=",".join(m for m in METHODS if m not in ("lkd+feat", *LONG_TAILED_ONLY,
-                                                                                   *META_ON_VALIDATION)),
+                                                                                   *META_ON_VALIDATION, *STUDY_ONLY)),
             num_seeds=5, epochs=6.0)
-FULL_LONG_TAILED = dict(FULL, methods=",".join(m for m in METHODS if m not in ("lkd+feat", *META_ON_VALIDATION)))
+FULL_LONG_TAILED = dict(FULL, methods=",".join(m for m in METHODS
+                                               if m not in ("lkd+feat", *META_ON_VALIDATION, *STUDY_ONLY)))
 CONFIG_KEYS = ("epochs", "train_subset", "batch_size", "learning_rate", "split_seed", "lkd_meta_interval",
                "lkd_meta_learning_rate",
                "lkd_lookahead_steps", "lkd_snapshot_strategy", "lkd_val_fraction", "lkd_meta_batch_size", "dataset",

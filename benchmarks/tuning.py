@@ -143,6 +143,22 @@ SEARCHES: dict[str, SearchSpace] = {
         "w * tau^2 * (beta * inter + gamma * intra): (w, beta, gamma) act only through w * beta and w * gamma, so "
         "w and gamma at beta 1 span beta as well.",
     ),
+    "dist-tuned-g8": SearchSpace(
+        "distg8", dict(loss="dist", ce_weight=1.0, dist_beta=1.0),
+        (Knob("dist_temperature", "T", (2.0, 4.0, 8.0, 16.0), *_temperature((2.0, 4.0, 8.0, 16.0))),
+         _weight("w", "distill_weight", (1.0, 2.0)),
+         Knob("dist_gamma", "g", (1.0, 8.0), below=(0.5, 0.25, 0.0), above=(16.0, 32.0))),
+        "A study of DIST's search: dist-tuned's grid with gamma {1, 8} (8: the intra-class weight the shipped loss "
+        "uses).",
+    ),
+    "dist-tuned-wg": SearchSpace(
+        "distwg", dict(loss="dist", ce_weight=1.0, dist_beta=1.0),
+        (Knob("dist_temperature", "T", (2.0, 4.0), *_temperature((2.0, 4.0))),
+         _weight("w", "distill_weight", (1 / 16, 1 / 8, 1 / 4, 1 / 2)),
+         Knob("dist_gamma", "g", (1.0, 8.0), below=(0.5, 0.25, 0.0), above=(16.0, 32.0))),
+        "A study of DIST's search: small weights at low temperature with gamma {1, 8}, the region where a weak teacher's "
+        "tuned DIST and population student lie.",
+    ),
     "dkd-tuned": SearchSpace(
         "dkd", dict(loss="dkd", ce_weight=1.0, distill_weight=1.0, temperature=4.0, dkd_warmup_fraction=20 / 240),
         (_weight("a", "dkd_alpha", (0.5, 1.0, 2.0, 4.0)), _weight("b", "dkd_beta", (1.0, 2.0, 4.0, 8.0))),

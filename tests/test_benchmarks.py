@@ -92,7 +92,7 @@ def test_paired_ci95_matches_a_hand_computation(tuning):
 
 def test_every_tuned_method_has_the_same_grid_budget_and_distinct_trial_names(tuning, accuracy):
     assert set(tuning.SEARCHES) <= set(accuracy.METHODS)
-    assert {m for m in accuracy.METHODS if m.endswith("-tuned")} == set(tuning.SEARCHES)
+    assert {m for m in accuracy.METHODS if "-tuned" in m} == set(tuning.SEARCHES)
     for space in tuning.SEARCHES.values():
         grid = space.grid()
         assert len(grid) == tuning.BUDGET

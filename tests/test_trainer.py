@@ -297,6 +297,21 @@ def test_frozen_loss_from_a_saved_loss_network_runs_without_meta_steps(
     assert "distill" in logged and not any(k.startswith("meta/") for k in logged)
 
 
+def test_learn_knobs_false_keeps_a_loss_from_networks_temperature_and_weight(
+    tmp_path, make_models, make_dataset, make_config
+):
+    LogitLossNet(temperature=2.0).save_pretrained(str(tmp_path / "learned"))
+    student, teacher = make_models()
+    for learn_knobs in (True, False):
+        args = make_config(tmp_path, loss_from=str(tmp_path / "learned"), freeze_loss=False,
+                           lkd_learn_knobs=learn_knobs, lkd_val_fraction=0.25)
+        trainer = LKDTrainer(model=student, teacher=teacher, args=args, train_dataset=make_dataset(64))
+        knobs = [trainer.distill_loss.log_temperature, trainer.distill_loss.log_weight]
+        learned = {id(p) for p in trainer.loss_params}
+        assert all((id(k) in learned) == learn_knobs for k in knobs)
+        assert id(trainer.distill_loss.class_head.weight) in learned  # the per-class weights are learned either way
+
+
 def test_disk_backed_snapshot_pool_gives_the_same_meta_steps_as_memory(tmp_path, lkd_trainer):
     def run(**overrides):
         trainer = lkd_trainer(
