@@ -35,7 +35,7 @@ FLOORS_VENV ?= $(VENV)/floors
 FLOORS_TESTS ?= tests/test_hub.py::test_round_trip_gives_identical_losses_config_card_and_plot \
 	tests/test_hub.py::test_trainer_pushes_the_loss_with_the_student_and_to_its_own_repo \
 	tests/test_trainer.py::test_lkd_training_logs_meta_statistics_and_evaluates \
-	tests/test_resume.py::test_hand_made_loss_resumes_and_a_checkpoint_without_lkd_state_warns \
+	tests/test_resume.py::test_hand_made_loss_resumes_and_a_checkpoint_without_lkd_state_or_settings_warns \
 	tests/test_population.py::test_each_member_trains_as_it_would_alone
 SITE_PACKAGES := import sysconfig; print(sysconfig.get_paths()["purelib"])
 FLOOR_PINS := import re, tomllib; deps = tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]; \

@@ -196,3 +196,16 @@ def test_the_config_lists_every_field_of_its_own_and_keeps_help_short():
     sentences = {f.name: len(re.findall(r"[a-z0-9)'\]][.!?](?:\s|$)", f.metadata["help"].replace("e.g.", "eg")))
                  for f in own}
     assert {name: n for name, n in sentences.items() if n > 2} == {}
+
+
+def test_the_dependency_floor_tests_named_in_the_makefile_exist():
+    import re
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "Makefile"), encoding="utf-8") as f:
+        block = re.search(r"^FLOORS_TESTS \?=(.*?)(?<!\\)\n", f.read(), re.M | re.S).group(1)
+    names = re.findall(r"(tests/\S+\.py)::(\w+)", block)
+    assert len(names) >= 5
+    for path, test in names:
+        with open(os.path.join(root, path), encoding="utf-8") as f:
+            assert re.search(rf"^def {test}\(", f.read(), re.M), f"{path}::{test} named by FLOORS_TESTS does not exist"
