@@ -6,7 +6,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo test test-fast test-floors bench-overhead bench-accuracy clean
+.PHONY: install demo test test-fast lint test-floors bench-overhead bench-accuracy clean
 
 install: $(VENV)/.installed
 
@@ -26,6 +26,9 @@ test: install
 
 test-fast: install
 	$(PY) -m pytest -q -m "not slow"
+
+lint: install
+	$(PY) -m ruff check .
 
 # The declared dependency floors: a venv with the `>=` versions of pyproject.toml's dependencies pinned (torch
 # aside: it uses the .venv's packages for everything else) runs a few tests that reach the Trainer, accelerate, Hub,

@@ -1,7 +1,9 @@
-"""Accuracy benchmark: does the default learned loss beat tuned hand-made distillation losses? (2 datasets, CPU)
+r"""Accuracy benchmark: does the default learned loss beat tuned hand-made distillation losses? (2 datasets, CPU)
 
-    HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python benchmarks/accuracy.py --threads 1 --workers 2 --validate   # animal-mnist
-    HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python benchmarks/accuracy.py --dataset mnist-5k --threads 1 --workers 2 --validate
+    # animal-mnist
+    HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python benchmarks/accuracy.py --threads 1 --workers 2 --validate
+    HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python benchmarks/accuracy.py --dataset mnist-5k --threads 1 --workers 2 \
+        --validate
     HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python benchmarks/accuracy.py --quick    # smoke check (~2 min)
     python benchmarks/accuracy.py --resume                      # continue an interrupted run
     python benchmarks/accuracy.py --quick --pairs "teacher->resnet8" --methods ce,kd,lkd
@@ -203,8 +205,8 @@ class AccuracyArguments:
     )
     lkd_loss_from: str | None = field(
         default=None,
-        metadata={"help": "The pre-learned loss lkd, lkd-meta, lkd-single and lkd+feat start from (default: one learned "
-                  "without --dataset: on mnist-5k the loss shipped with lkd_hf, on animal-mnist "
+        metadata={"help": "The pre-learned loss lkd, lkd-meta, lkd-single and lkd+feat start from (default: one "
+                  "learned without --dataset: on mnist-5k the loss shipped with lkd_hf, on animal-mnist "
                   "benchmarks/pretrained_losses/mnist-5k+digits)."},
     )
     dataset: str = field(

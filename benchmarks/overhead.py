@@ -28,9 +28,9 @@ step (from ``trainer.loss_learner.seconds``) and its ratio to a KD step, and pea
 "delta" the growth over the RSS before ``train()``; ratios are to ``kd``'s.
 
 Targets (a benchmark, not a test), checked in the table: a ``finite_difference`` meta step <= 2.0x a
-KD step (``lkd-fd-i1``, ``lkd-fd-i10``, ``lkd-fd-i10-uniform``, ``lkd-fd-i10-val2x``); LKD at ``meta_interval=10`` <= 1.15x KD per step
-(the K=1 rows at interval 10); a frozen learned loss <= 1.05x KD per step (``lkd-frozen``). The other rows are
-for reference.
+KD step (``lkd-fd-i1``, ``lkd-fd-i10``, ``lkd-fd-i10-uniform``, ``lkd-fd-i10-val2x``); LKD at
+``meta_interval=10`` <= 1.15x KD per step (the K=1 rows at interval 10); a frozen learned loss <= 1.05x KD per
+step (``lkd-frozen``). The other rows are for reference.
 
 Recipe of every row: SGD (Nesterov, momentum 0.9), constant learning rate 0.05, batch ``--batch_size``, no
 augmentation, no evaluation, logging or saving, ``dataloader_num_workers=0``, ``torch.set_num_threads(--threads)``.
@@ -490,8 +490,8 @@ def print_report(args: OverheadArguments, rows: list[Row], summary: dict[str, di
           f"load average at start {', '.join(f'{x:.2f}' for x in env['load_average_at_start'])}")
     print(f"Student {args.student_model}, teacher {args.teacher_model} "
           f"({'weights ' + args.teacher_weights if args.teacher_weights else 'random init: cost does not depend on it'}"
-          f"), {args.dataset}, batch {args.batch_size} (meta batch {args.batch_size}, {2 * args.batch_size} where the row "
-          f"says 2x), {args.steps} steps per row, "
+          f"), {args.dataset}, batch {args.batch_size} (meta batch {args.batch_size}, {2 * args.batch_size} where the "
+          f"row says 2x), {args.steps} steps per row, "
           f"first {args.warmup_steps} not timed, {args.repeats} run(s) per row (median), seed {args.seed}"
           f"{', bf16 mixed precision' if args.bf16 else ''}.\n")
     if env["load_average_at_start"][0] > BUSY_LOAD:

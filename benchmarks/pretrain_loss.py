@@ -1,11 +1,12 @@
-"""Learn a logit loss beforehand, over several teacher -> student pairs (CPU): the loss that ``loss="lkd"`` starts
+r"""Learn a logit loss beforehand, over several teacher -> student pairs (CPU): the loss that ``loss="lkd"`` starts
 from by default, and the one the accuracy benchmark scores the default with on the other dataset.
 
     # the loss shipped with lkd_hf (LKDConfig.lkd_init="pretrained"), learned on animal-mnist and scikit-learn's
     # digits; the accuracy benchmark scores it on mnist-5k
     python benchmarks/pretrain_loss.py --datasets animal-mnist,digits --output_dir lkd_hf/pretrained/logit_loss
     # learned on mnist-5k and digits; the accuracy benchmark scores it on animal-mnist
-    python benchmarks/pretrain_loss.py --datasets mnist-5k,digits --output_dir benchmarks/pretrained_losses/mnist-5k+digits
+    python benchmarks/pretrain_loss.py --datasets mnist-5k,digits \
+        --output_dir benchmarks/pretrained_losses/mnist-5k+digits
 
 Setting: ``common.Setting`` of each dataset (the accuracy benchmark's: up to 2000 training images, 6 epochs, the
 committed teacher) and every pair of ``common.PAIRS``; seed 0. Only the training and validation splits are read.
@@ -125,7 +126,8 @@ tags:
 A DIST-based `lkd_hf.LogitLossNet` with temperature {logit.temperature.item():.3f}, weight
 {logit.weight.item():.3f} and intra-class weight {logit.dist_gamma:g}, learned on {", ".join(record["datasets"])}
 with the pairs {", ".join(record["pairs"])} (training and validation splits only). Its per-sample and per-class
-weights are neutral (exactly DIST); a run with `loss="lkd", freeze_loss=False` learns them. It works for any number of classes.
+weights are neutral (exactly DIST); a run with `loss="lkd", freeze_loss=False` learns them. \
+It works for any number of classes.
 
 ## How it was learned
 
@@ -141,7 +143,8 @@ gamma["candidates"])} at that temperature and weight: {gamma["best"]:g} (mean va
 ## Use
 
 `LKDConfig(loss="lkd")` uses this loss as it is (`lkd_init="pretrained"`, the default); with an `eval_dataset`, two
-students train side by side, at its temperature and weight and at twice both, and the better is kept. `freeze_loss=False` learns it
+students train side by side, at its temperature and weight and at twice both, and the better is kept. \
+`freeze_loss=False` learns it
 further during the run; `lkd_hf.pretrained_logit_loss()` returns it.
 """
 

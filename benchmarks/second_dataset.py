@@ -1,7 +1,8 @@
-"""The accuracy benchmark's datasets besides animal-mnist and their teachers, strong and weak (CPU).
+r"""The accuracy benchmark's datasets besides animal-mnist and their teachers, strong and weak (CPU).
 
     HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python benchmarks/second_dataset.py --train_teacher --threads 1
-    HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python benchmarks/second_dataset.py --dataset digits --train_teacher --threads 1
+    HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python benchmarks/second_dataset.py --dataset digits --train_teacher \
+        --threads 1
     python benchmarks/second_dataset.py --dataset letters --train_teacher --threads 1
     python benchmarks/second_dataset.py --dataset letters --weak --threads 1   # also animal-mnist, mnist-5k
     HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python benchmarks/second_dataset.py      # load it, print its top-1

@@ -156,8 +156,8 @@ SEARCHES: dict[str, SearchSpace] = {
         (Knob("dist_temperature", "T", (2.0, 4.0), *_temperature((2.0, 4.0))),
          _weight("w", "distill_weight", (1 / 16, 1 / 8, 1 / 4, 1 / 2)),
          Knob("dist_gamma", "g", (1.0, 8.0), below=(0.5, 0.25, 0.0), above=(16.0, 32.0))),
-        "A study of DIST's search: small weights at low temperature with gamma {1, 8}, the region where a weak teacher's "
-        "tuned DIST and population student lie.",
+        "A study of DIST's search: small weights at low temperature with gamma {1, 8}, the region where a weak "
+        "teacher's tuned DIST and population student lie.",
     ),
     "dkd-tuned": SearchSpace(
         "dkd", dict(loss="dkd", ce_weight=1.0, distill_weight=1.0, temperature=4.0, dkd_warmup_fraction=20 / 240),

@@ -73,27 +73,26 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY))
 
 
-__all__ = sorted(
-    [
-        "ATLoss",
-        "DISTLoss",
-        "DKDLoss",
-        "FeatureLossNet",
-        "FitNetLoss",
-        "KDLoss",
-        "LOSS_DIRNAME",
-        "LearnedLoss",
-        "LearnedLossConfig",
-        "LogitLossNet",
-        "PRETRAINED_LOSS_DIR",
-        "available_hypergradients",
-        "available_losses",
-        "build_loss",
-        "parse_loss_spec",
-        "pretrained_logit_loss",
-        "register_hypergradient",
-        "register_loss",
-        "__version__",
-        *_LAZY,
-    ]
-)
+__all__ = [
+    "ATLoss",
+    "DISTLoss",
+    "DKDLoss",
+    "FeatureLossNet",
+    "FitNetLoss",
+    "KDLoss",
+    "LOSS_DIRNAME",
+    "LearnedLoss",
+    "LearnedLossConfig",
+    "LogitLossNet",
+    "PRETRAINED_LOSS_DIR",
+    "available_hypergradients",
+    "available_losses",
+    "build_loss",
+    "parse_loss_spec",
+    "pretrained_logit_loss",
+    "register_hypergradient",
+    "register_loss",
+    "__version__",
+    *_LAZY,
+]
+__all__.sort()

@@ -200,10 +200,12 @@ class LKDConfig(TrainingArguments):
 
     # --- options of single hand-made losses (deprecated: use loss_kwargs) ------------------------------------
     dist_beta: float = field(
-        default=1.0, metadata={"help": "DIST: weight of the inter-class relation (a loaded learned loss keeps its own)."}
+        default=1.0,
+        metadata={"help": "DIST: weight of the inter-class relation (a loaded learned loss keeps its own)."},
     )
     dist_gamma: float = field(
-        default=1.0, metadata={"help": "DIST: weight of the intra-class relation (a loaded learned loss keeps its own)."}
+        default=1.0,
+        metadata={"help": "DIST: weight of the intra-class relation (a loaded learned loss keeps its own)."},
     )
     dist_temperature: float = field(default=1.0, metadata={"help": "DIST: softmax temperature."})
     dkd_alpha: float = field(default=1.0, metadata={"help": "DKD: weight of target-class KD (TCKD)."})
@@ -297,7 +299,8 @@ class LKDConfig(TrainingArguments):
     # --- outer (meta) loop -----------------------------------------------------------------------------------
     meta_interval: int = field(default=5, metadata={"help": "Update the learned loss every N student steps."})
     meta_warmup_steps: int = field(
-        default=0, metadata={"help": "Student steps before the first meta update (overrides meta_warmup_ratio when > 0)."}
+        default=0,
+        metadata={"help": "Student steps before the first meta update (overrides meta_warmup_ratio when > 0)."},
     )
     meta_warmup_ratio: float = field(
         default=0.0,
@@ -371,7 +374,9 @@ class LKDConfig(TrainingArguments):
     )
     snapshot_storage_dir: str | None = field(
         default=None,
-        metadata={"help": "Keep snapshots as safetensors files in this directory instead of CPU memory (large models)."},
+        metadata={
+            "help": "Keep snapshots as safetensors files in this directory instead of CPU memory (large models)."
+        },
     )
 
     # --- safety ----------------------------------------------------------------------------------------------

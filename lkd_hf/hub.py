@@ -253,7 +253,8 @@ class LearnedLoss(
                 "one for this task (loss='lkd' without loss_from)."
             )
         if self.feature is not None:
-            learned_channels, run_channels = feature_channels(c.teacher_feature_shapes), feature_channels(teacher_feature_shapes)
+            learned_channels = feature_channels(c.teacher_feature_shapes)
+            run_channels = feature_channels(teacher_feature_shapes)
             if differ(c.teacher_taps, teacher_taps) or differ(learned_channels, run_channels):
                 errors.append(
                     f"its feature loss was learned on teacher taps {c.teacher_taps} with {learned_channels} channels, "
@@ -265,8 +266,9 @@ class LearnedLoss(
                 feature_channels(c.student_feature_shapes), feature_channels(student_feature_shapes)
             ):
                 notes.append(
-                    f"student taps {student_taps} with {feature_channels(student_feature_shapes)} channels (learned with "
-                    f"{c.student_taps}, {feature_channels(c.student_feature_shapes)} channels; connectors map them)"
+                    f"student taps {student_taps} with {feature_channels(student_feature_shapes)} channels (learned "
+                    f"with {c.student_taps}, {feature_channels(c.student_feature_shapes)} channels; connectors map "
+                    "them)"
                 )
         for role, learned, run in (("teacher", c.teacher, teacher), ("student", c.student, student)):
             if differ(learned, run):

@@ -64,7 +64,8 @@ def check_finite(module: nn.Module, action: str) -> None:
     nonfinite = find_nonfinite(module)
     if nonfinite:
         raise NonFiniteWeightsError(
-            f"Refusing {action}: non-finite weights ({', '.join(nonfinite[:5])}{', ...' if len(nonfinite) > 5 else ''})."
+            f"Refusing {action}: non-finite weights "
+            f"({', '.join(nonfinite[:5])}{', ...' if len(nonfinite) > 5 else ''})."
             " Resume from an earlier checkpoint."
         )
 

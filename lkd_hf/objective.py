@@ -92,7 +92,11 @@ class DistillationObjective:
         Args:
             directory: a checkpoint folder.
         """
-        state = {f"{i}.{k}": v.detach().cpu().contiguous() for i, m in self._student_trained() for k, v in m.state_dict().items()}
+        state = {
+            f"{i}.{k}": v.detach().cpu().contiguous()
+            for i, m in self._student_trained()
+            for k, v in m.state_dict().items()
+        }
         if state:
             save_file(state, os.path.join(directory, LOSS_STATE_NAME))
 
@@ -171,7 +175,9 @@ def build_objective(
     feature_loss = feature_loss_network
     if feature_loss is None and spec.feature is not None:
         feature_loss = build_loss(spec.feature, args)
-    objective = DistillationObjective(distill_loss, feature_loss, args.ce_weight, args.distill_weight, args.feature_weight)
+    objective = DistillationObjective(
+        distill_loss, feature_loss, args.ce_weight, args.distill_weight, args.feature_weight
+    )
     if args.freeze_loss:
         for module in objective.loss_modules:
             module.requires_grad_(False)
@@ -231,5 +237,7 @@ def _trains_with_student(module: nn.Module) -> bool:
 def _global_knobs(loss: nn.Module | None) -> dict[str, torch.Tensor]:
     """The tensor-valued ``temperature`` and ``weight`` attributes of a loss, detached."""
     return {
-        k: getattr(loss, k).detach() for k in ("temperature", "weight") if isinstance(getattr(loss, k, None), torch.Tensor)
+        k: getattr(loss, k).detach()
+        for k in ("temperature", "weight")
+        if isinstance(getattr(loss, k, None), torch.Tensor)
     }

@@ -529,8 +529,9 @@ class LKDTrainer(Trainer):
 
     def save_learned_loss(self, output_dir: str) -> None:
         """Save the run's learned loss (:meth:`learned_loss`) to ``<output_dir>/lkd_loss`` (its card names
-        ``<hub_model_id>/lkd_loss`` when the trainer pushes): the loss networks the run trained the student with, learned
-        or kept fixed (a population's at the kept student's temperature and weight); nothing for hand-made losses.
+        ``<hub_model_id>/lkd_loss`` when the trainer pushes): the loss networks the run trained the student with,
+        learned or kept fixed (a population's at the kept student's temperature and weight); nothing for hand-made
+        losses.
 
         Args:
             output_dir: the output or checkpoint folder.

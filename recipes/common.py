@@ -121,8 +121,8 @@ def concise_help(parser: HfArgumentParser, recipe_cls: type) -> HfArgumentParser
             parser.print_help()
             parser.exit()
 
-    parser.add_argument("--help_all", nargs=0, action=HelpAll, default=argparse.SUPPRESS, help="Show every option, LKDConfig's and the Trainer's "
-                        "(TrainingArguments) included, and exit.")
+    parser.add_argument("--help_all", nargs=0, action=HelpAll, default=argparse.SUPPRESS,
+                        help="Show every option, LKDConfig's and the Trainer's (TrainingArguments) included, and exit.")
     parser.epilog = "Every LKDConfig / TrainingArguments field is accepted as an option: --help_all lists them."
     return parser
 

@@ -167,7 +167,9 @@ def test_ls_and_ctkd_are_registered_and_built_from_the_config(tmp_path):
     assert build_loss("ctkd", defaults).curriculum_fraction == pytest.approx(1 / 24)
 
 
-def test_ctkd_temperature_is_trained_by_the_student_optimizer_and_resumes(tmp_path, make_config, make_dataset, make_models):
+def test_ctkd_temperature_is_trained_by_the_student_optimizer_and_resumes(
+    tmp_path, make_config, make_dataset, make_models
+):
     student, teacher = make_models()
     args = make_config(tmp_path, loss="ctkd", max_steps=4, ctkd_curriculum_fraction=0.5, save_strategy="steps",
                        save_steps=4)

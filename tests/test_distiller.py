@@ -137,4 +137,8 @@ def test_a_feature_loss_connects_the_student_and_saves_the_connectors_apart(make
     assert distiller.describe_population() == {}  # a single student
     assert len(described["student_taps"]) == len(described["teacher_feature_shapes"]) == 1
     with pytest.raises(ValueError, match="input_size"):
-        Distiller(timm.create_model("test_resnet", num_classes=10), teacher, DistillationObjective(None, objective.feature_loss))
+        Distiller(
+            timm.create_model("test_resnet", num_classes=10),
+            teacher,
+            DistillationObjective(None, objective.feature_loss),
+        )

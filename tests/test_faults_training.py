@@ -80,7 +80,8 @@ def test_nan_pixels_skip_the_step_and_keep_the_batch_norm_statistics_finite(lkd_
     data = make_dataset(32)[:]
     pixels = data["pixel_values"].clone()
     pixels[3] = float("nan")
-    bad = datasets.Dataset.from_dict({"pixel_values": pixels.numpy(), "labels": data["labels"].numpy()}).with_format("torch")
+    bad = datasets.Dataset.from_dict({"pixel_values": pixels.numpy(), "labels": data["labels"].numpy()})
+    bad = bad.with_format("torch")
     trainer = lkd_run(train_dataset=bad, max_steps=2, per_device_train_batch_size=32)
     with pytest.warns(RuntimeWarning, match="Step 0: non-finite pixel_values"):
         trainer.train()
@@ -250,8 +251,8 @@ def test_a_failing_lkd_state_save_leaves_the_previous_state_whole(checkpointed, 
 def test_an_eval_set_without_labels_fails_at_construction(tmp_path, make_config, make_dataset, make_models):
     student, teacher = make_models()
     with pytest.raises(ValueError, match="eval_dataset"):
-        LKDTrainer(model=student, teacher=teacher, args=make_config(tmp_path, loss="kd"), train_dataset=make_dataset(32),
-                   eval_dataset=make_dataset(16).remove_columns("labels"))
+        LKDTrainer(model=student, teacher=teacher, args=make_config(tmp_path, loss="kd"),
+                   train_dataset=make_dataset(32), eval_dataset=make_dataset(16).remove_columns("labels"))
 
 
 # --- where the meta steps validate -----------------------------------------------------------------------------

@@ -62,7 +62,8 @@ def test_feature_objective_is_fitnet_at_initialisation(tmp_path, feature_trainer
     trainer = feature_trainer(tmp_path, loss="kd+feat")
     fitnet = feature_trainer(tmp_path, loss="kd+fitnet")
     fitnet.model.load_state_dict(trainer.model.state_dict())
-    batch = trainer.with_teacher_outputs(trainer._prepare_inputs(trainer.data_collator([trainer.train_dataset[i] for i in range(8)])))
+    examples = [trainer.train_dataset[i] for i in range(8)]
+    batch = trainer.with_teacher_outputs(trainer._prepare_inputs(trainer.data_collator(examples)))
     trainer.model.train(), fitnet.model.train()
     torch.manual_seed(0)
     learned = trainer.compute_loss(trainer.model, batch)
@@ -80,7 +81,8 @@ def test_teacher_features_come_from_the_same_forward_as_its_logits(tmp_path, fea
     out = trainer.with_teacher_outputs(trainer._prepare_inputs(batch))
     assert len(calls) == 1
     torch.testing.assert_close(out["teacher_logits"], trainer.teacher(batch["pixel_values"]))
-    assert [tuple(f.shape[1:]) for f in out["teacher_features"]] == [(192, 2, 2), (96, 1, 1)]  # test_resnet layer3, layer4
+    # test_resnet layer3, layer4
+    assert [tuple(f.shape[1:]) for f in out["teacher_features"]] == [(192, 2, 2), (96, 1, 1)]
 
 
 def test_hand_made_feature_baselines_combine_with_logit_losses(tmp_path, feature_trainer):

@@ -96,7 +96,9 @@ def test_a_loss_network_handed_on_to_another_run_stays_learnable_unless_frozen(m
     assert not any(p.requires_grad for p in first)  # parked between meta steps
     second = LossLearner(DistillationObjective(setup.loss_net), make_config(tmp_path / "second"))
     assert [id(p) for p in second.params] == [id(p) for p in first]
-    frozen = build_objective(make_config(tmp_path / "frozen", loss="lkd", freeze_loss=True), loss_network=setup.loss_net)
+    frozen = build_objective(
+        make_config(tmp_path / "frozen", loss="lkd", freeze_loss=True), loss_network=setup.loss_net
+    )
     assert frozen.meta_parameters() == []
     with pytest.raises(ValueError, match="no trainable loss parameters"):
         LossLearner(frozen, make_config(tmp_path / "frozen"))

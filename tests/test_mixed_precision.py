@@ -2,8 +2,9 @@
 
 The student step runs under the Trainer's bf16 autocast; the meta step's training-loss passes run in fp32 and its
 validation pass in ``meta_precision`` (bf16 under ``bf16=True`` by default; ``lkd_hf.meta.learner.full_precision``
-keeps Accelerate's autocast wrapper out of it), and the loss networks stay in fp32. One step per run: the first meta step comes before any student update (bf16
-student steps of this tiny model can overflow on CPU, for plain CE too, which is not what these tests are about).
+keeps Accelerate's autocast wrapper out of it), and the loss networks stay in fp32. One step per run: the first
+meta step comes before any student update (bf16 student steps of this tiny model can overflow on CPU, for plain CE
+too, which is not what these tests are about).
 """
 
 import contextlib
@@ -63,7 +64,10 @@ def test_meta_step_under_bf16_autocast_would_distort_the_hypergradient(tmp_path,
     reference = _first_hypergradient(make_trainer(tmp_path, "fp32"))
     monkeypatch.setattr(learner_module, "full_precision", lambda module: contextlib.nullcontext())
     distorted = _first_hypergradient(make_trainer(tmp_path, "bf16", bf16=True, meta_precision="fp32"))
-    close = F.cosine_similarity(distorted, reference, dim=0) > 0.99 and abs(distorted.norm() / reference.norm() - 1) < 0.1
+    close = (
+        F.cosine_similarity(distorted, reference, dim=0) > 0.99
+        and abs(distorted.norm() / reference.norm() - 1) < 0.1
+    )
     assert not close
 
 

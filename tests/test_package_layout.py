@@ -50,7 +50,9 @@ def _import_graph() -> dict[str, set[str]]:
                 graph[name].add(target)
                 parts = target.split(".")
                 own_packages = {name.rsplit(".", i)[0] for i in range(1, name.count(".") + 1)}
-                graph[name].update(".".join(parts[:i]) for i in range(2, len(parts)) if ".".join(parts[:i]) not in own_packages)
+                graph[name].update(
+                    ".".join(parts[:i]) for i in range(2, len(parts)) if ".".join(parts[:i]) not in own_packages
+                )
         graph[name].discard(name)
     return graph
 

@@ -73,7 +73,9 @@ def assert_same_training_state(a: LKDTrainer, b: LKDTrainer) -> None:
             assert torch.equal(value, sb["state"][i][key]), f"meta optimizer state {i}/{key}"
     for (name, x), (_, y) in zip(a.model.state_dict().items(), b.model.state_dict().items(), strict=True):
         assert torch.equal(x, y), f"student {name}"
-    assert [s.step for s in a.loss_learner.snapshot_pool.snapshots] == [s.step for s in b.loss_learner.snapshot_pool.snapshots]
+    assert [s.step for s in a.loss_learner.snapshot_pool.snapshots] == [
+        s.step for s in b.loss_learner.snapshot_pool.snapshots
+    ]
     assert a.loss_learner.snapshot_pool.interval == b.loss_learner.snapshot_pool.interval
     for s, t in zip(a.loss_learner.snapshot_pool.snapshots, b.loss_learner.snapshot_pool.snapshots):
         assert all(torch.equal(v, t.params[n]) for n, v in s.params.items())

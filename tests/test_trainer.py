@@ -45,7 +45,9 @@ def test_config_defaults_and_cli_parsing(tmp_path):
         args=["--output_dir", str(tmp_path), "--loss", "kd", "--temperature", "2", "--per_device_train_batch_size", "8",
               "--hypergradient", "finite_difference", "--lookahead_steps", "3"]
     )
-    assert (config.loss, config.temperature, config.hypergradient, config.lookahead_steps) == ("kd", 2.0, "finite_difference", 3)
+    assert (config.loss, config.temperature, config.hypergradient, config.lookahead_steps) == (
+        "kd", 2.0, "finite_difference", 3
+    )
     assert config.remove_unused_columns is False
     assert config.label_names == ["labels"]
     assert config.meta_batch_size == 8  # the training batch by default
@@ -73,7 +75,9 @@ def test_unknown_hypergradient_is_rejected_at_construction(tmp_path, make_models
 def test_unknown_loss_lists_known_losses(tmp_path, make_models, make_dataset, make_config):
     student, teacher = make_models()
     with pytest.raises(ValueError, match=r"Unknown loss 'kdd'.*Known losses: .*dkd.*kd.*lkd"):
-        LKDTrainer(model=student, teacher=teacher, args=make_config(tmp_path, loss="kdd"), train_dataset=make_dataset(32))
+        LKDTrainer(
+            model=student, teacher=teacher, args=make_config(tmp_path, loss="kdd"), train_dataset=make_dataset(32)
+        )
 
 
 def test_class_count_mismatch_is_an_error(tmp_path, make_models, make_dataset, make_config):
@@ -230,7 +234,10 @@ def test_lkd_training_logs_meta_statistics_and_evaluates(tmp_path, lkd_trainer):
     trainer = lkd_trainer(tmp_path)
     trainer.train()
     logged = {k for entry in trainer.state.log_history for k in entry}
-    assert {"ce", "distill", "meta/val_loss_before", "meta/val_loss_after", "meta/hypergrad_norm", "meta/time_share", "lkd/temperature", "lkd/weight"} <= logged
+    assert {
+        "ce", "distill", "meta/val_loss_before", "meta/val_loss_after", "meta/hypergrad_norm", "meta/time_share",
+        "lkd/temperature", "lkd/weight",
+    } <= logged
     metrics = trainer.evaluate()
     assert 0.0 <= metrics["eval_accuracy"] <= metrics["eval_top5_accuracy"] <= 1.0
     assert np.isfinite(metrics["eval_loss"])
@@ -239,7 +246,9 @@ def test_lkd_training_logs_meta_statistics_and_evaluates(tmp_path, lkd_trainer):
 @pytest.mark.slow
 def test_short_lkd_run_learns_the_loss_and_the_student(tmp_path, lkd_trainer):
     """Loss network parameters move, held-out accuracy ends well above chance, and the saved loss reloads."""
-    trainer = lkd_trainer(tmp_path, noise=0.4, max_steps=50, meta_interval=2, meta_learning_rate=1e-2, learning_rate=0.05)
+    trainer = lkd_trainer(
+        tmp_path, noise=0.4, max_steps=50, meta_interval=2, meta_learning_rate=1e-2, learning_rate=0.05
+    )
     initial = [p.clone() for p in trainer.loss_params]
     trainer.train()
     moved = sum((a - b).abs().sum().item() for a, b in zip(initial, trainer.loss_params))
@@ -360,6 +369,8 @@ def test_learn_loss_needs_snapshots_and_a_learnable_loss(tmp_path, make_models, 
     with pytest.raises(ValueError, match="snapshot_checkpoints"):
         lkd_trainer(tmp_path).learn_loss(1)
     student, teacher = make_models()
-    trainer = LKDTrainer(model=student, teacher=teacher, args=make_config(tmp_path, loss="kd"), train_dataset=make_dataset(32))
+    trainer = LKDTrainer(
+        model=student, teacher=teacher, args=make_config(tmp_path, loss="kd"), train_dataset=make_dataset(32)
+    )
     with pytest.raises(ValueError, match="learnable loss"):
         trainer.learn_loss(1)

@@ -1,7 +1,8 @@
 """Hypergradient estimators of the bi-level LKD objective, registered by name.
 
-The student's virtual trajectory from weights ``w_0`` is ``w_{k+1} = w_k - lr * clip(grad_w L_train(w_k, batch_k; phi))``
-for ``k < K``; the outer objective is ``L_val(w_K)``. An estimator returns ``d L_val(w_K) / d phi``.
+The student's virtual trajectory from weights ``w_0`` is
+``w_{k+1} = w_k - lr * clip(grad_w L_train(w_k, batch_k; phi))`` for ``k < K``; the outer objective is
+``L_val(w_K)``. An estimator returns ``d L_val(w_K) / d phi``.
 
 * ``unrolled``: exact: reverse mode through the ``K`` virtual steps with exact products, recomputing each step
   (mixed products by forward mode, Hessian-vector products by a double backward through one step), so its memory

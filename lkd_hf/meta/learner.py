@@ -176,9 +176,10 @@ class LossLearner:
 
     def _create_optimizer(self) -> torch.optim.Optimizer:
         args = self.config
+        kwargs = {"lr": args.meta_learning_rate, "weight_decay": args.meta_weight_decay}
         if args.meta_optimizer == "sgd":
-            return torch.optim.SGD(self.params, lr=args.meta_learning_rate, momentum=0.9, weight_decay=args.meta_weight_decay)
-        return torch.optim.Adam(self.params, lr=args.meta_learning_rate, weight_decay=args.meta_weight_decay)
+            return torch.optim.SGD(self.params, momentum=0.9, **kwargs)
+        return torch.optim.Adam(self.params, **kwargs)
 
     def _broadcast_params(self) -> None:
         if dist.is_available() and dist.is_initialized():
@@ -207,7 +208,8 @@ class LossLearner:
             total_steps: the run's number of optimizer steps.
         """
         args = self.config
-        self.warmup_steps = args.meta_warmup_steps if args.meta_warmup_steps > 0 else math.ceil(args.meta_warmup_ratio * total_steps)
+        warmup = args.meta_warmup_steps
+        self.warmup_steps = warmup if warmup > 0 else math.ceil(args.meta_warmup_ratio * total_steps)
 
     def is_due(self, step: int) -> bool:
         """Whether a meta step is due at student step ``step`` (warm-up over, on the interval, not yet done).
@@ -333,7 +335,8 @@ class LossLearner:
             val_loss=val_loss,
             loss_params=self.params,
             train_batches=list(self.recent_batches)[-(horizon or self.sample_horizon()):],
-            val_batch=self.recent_batches[-1] if self.meta_batches is None else self.prepare_batch(next(self.meta_batches)),
+            val_batch=(self.recent_batches[-1] if self.meta_batches is None
+                       else self.prepare_batch(next(self.meta_batches))),
             lr=self.config.lookahead_lr if self.config.lookahead_lr is not None else lr,
             fd_epsilon=self.config.fd_epsilon,
             # the virtual steps clip their gradient like the real ones: unclipped, a loss with a large gradient (e.g.
@@ -354,9 +357,9 @@ class LossLearner:
             p.requires_grad_(True)
         try:
             result = estimator(problem, params)
-        except (RuntimeError, NotImplementedError) as error:
-            if self.config.hypergradient == "unrolled" and ("derivative for" in str(error) or "forward AD" in str(error)):
-                raise RuntimeError(unrolled_unsupported(student, error)) from error
+        except (RuntimeError, NotImplementedError) as err:
+            if self.config.hypergradient == "unrolled" and ("derivative for" in str(err) or "forward AD" in str(err)):
+                raise RuntimeError(unrolled_unsupported(student, err)) from err
             raise
         finally:
             park_meta_parameters(self.params)
@@ -483,9 +486,10 @@ class LossLearner:
             loss: the run's loss spec, named in the error when the saved loss networks do not fit.
         """
         verify_manifest(directory, "LKD state")
-        state = _read(os.path.join(directory, STATE_NAME), lambda path: torch.load(path, map_location="cpu", weights_only=True))
+        state_path = os.path.join(directory, STATE_NAME)
+        state = _read(state_path, lambda path: torch.load(path, map_location="cpu", weights_only=True))
         if not isinstance(state, dict) or "format_version" not in state:
-            raise ValueError(f"{os.path.join(directory, STATE_NAME)} is not an LKD state: resume from a checkpoint of an LKD run.")
+            raise ValueError(f"{state_path} is not an LKD state: resume from a checkpoint of an LKD run.")
         if state["format_version"] > STATE_FORMAT_VERSION:
             raise ValueError(
                 f"The LKD state in {directory!r} has format version {state['format_version']}; this lkd_hf reads "
@@ -536,7 +540,8 @@ class LossLearner:
             )
         return state.get("extra", {})
 
-    def save_checkpoint(self, checkpoint_dir: str, main_process: bool = True, extra: dict[str, Any] | None = None) -> None:
+    def save_checkpoint(self, checkpoint_dir: str, main_process: bool = True,
+                        extra: dict[str, Any] | None = None) -> None:
         """:meth:`save` into ``<checkpoint_dir>/lkd_state``.
 
         Args:

@@ -10,7 +10,7 @@
 Create them with ``timm.create_model(name, num_classes=..., in_chans=...)``.
 """
 
-from . import cifar_resnet, convnet, wrn
+from . import cifar_resnet, convnet, wrn  # noqa: F401  (importing them registers their models in timm)
 from ._base import create_lkd_model
 from .cifar_resnet import CifarBasicBlock, CifarResNet
 from .convnet import ConvNet
