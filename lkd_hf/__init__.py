@@ -55,7 +55,7 @@ _LAZY = {
     "forward_with_features": "features",
     "build_compute_metrics": "metrics",
     "plot_learned_loss": "plots",
-    "checkpoint_step": "resume",
+    "checkpoint_step": "resume.state",
     "model_num_classes": "model_info",
 }
 

@@ -30,7 +30,7 @@ from .losses.networks import FeatureLossNet, LogitLossNet
 from .model_info import model_num_classes, timm_name
 from .objective import DistillationObjective
 from .population import StudentPopulation, member_objectives
-from .resume import load_student_params
+from .resume.state import load_student_params
 
 
 class Distiller(TrainingTask):

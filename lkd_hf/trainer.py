@@ -45,10 +45,10 @@ from .model_info import model_num_classes
 from .nonfinite import NonFiniteGuard, check_finite
 from .objective import DistillationObjective, build_objective, pop_means
 from .population import choice_line, choice_logs, member_key, population_factors, selection_score
-from .resume import checkpoint_step, is_checkpoint_of_step, load_run_state, save_run_state
-from .resume_checks import checkpoint_to_resume, named_checkpoint_failure
+from .resume.state import checkpoint_step, is_checkpoint_of_step, load_run_state, save_run_state
+from .resume.checks import checkpoint_to_resume, named_checkpoint_failure
 from .run_checks import check_optimizer, check_unrolled_support, checked_teacher, input_size, reused_networks
-from .run_settings import check_resume_settings, run_settings, save_run_settings
+from .resume.settings import check_resume_settings, run_settings, save_run_settings
 from .safe_io import OutputDirOwner, named_save_failure
 
 logger = logging.get_logger(__name__)
@@ -263,7 +263,7 @@ class LKDTrainer(Trainer):
     def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any) -> Any:
         """:meth:`transformers.Trainer.train`, holding ``output_dir`` for this run alone (another writer fails at
         start), resuming only from a verified checkpoint of this run's settings
-        (:func:`~lkd_hf.resume_checks.checkpoint_to_resume`, :func:`~lkd_hf.run_settings.check_resume_settings`), and
+        (:func:`~lkd_hf.resume.checks.checkpoint_to_resume`, :func:`~lkd_hf.resume.settings.check_resume_settings`), and
         naming the checkpoint folder when a save fails (a full disk).
 
         Args:
@@ -272,7 +272,7 @@ class LKDTrainer(Trainer):
                 when there is none) or ``None`` / ``False`` (start afresh).
             *args, **kwargs: as in :meth:`transformers.Trainer.train` (``trial``, ``ignore_keys_for_eval``).
 
-        Resuming restores the run state beside the Trainer's own first (:func:`~lkd_hf.resume.load_run_state`). A
+        Resuming restores the run state beside the Trainer's own first (:func:`~lkd_hf.resume.state.load_run_state`). A
         population then keeps its best student (:meth:`select_member`).
         """
         full_state = not (self.args.save_only_model or self.is_deepspeed_enabled or self.is_fsdp_enabled)
@@ -476,7 +476,7 @@ class LKDTrainer(Trainer):
         with non-finite weights is refused first. While a temperature population trains, ``model.safetensors`` holds
         every student (``members.<k>.*``, what a resumed run needs); once one is kept, that plain student. Into the
         checkpoint folder of the current step also the settings a resume compares (``lkd_run.json``) and, unless
-        ``save_only_model``, the run state a resumed run needs (:func:`~lkd_hf.resume.save_run_state`), before the
+        ``save_only_model``, the run state a resumed run needs (:func:`~lkd_hf.resume.state.save_run_state`), before the
         Trainer writes ``trainer_state.json``, which marks the checkpoint complete."""
         output_dir = output_dir if output_dir is not None else self.args.output_dir
         check_finite(self.distiller.trainable_module, f"saving the student to {output_dir!r}")

@@ -15,7 +15,7 @@ from conftest import make_config, make_dataset, make_models
 from lkd_hf import LKDTrainer
 from lkd_hf.constants import LKD_STATE_DIRNAME, LOSS_DIRNAME
 from lkd_hf.meta.learner import STATE_NAME
-from lkd_hf.resume_checks import (
+from lkd_hf.resume.checks import (
     checkpoint_problem,
     checkpoint_to_resume,
     last_complete_checkpoint,

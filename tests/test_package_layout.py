@@ -124,7 +124,7 @@ def test_import_and_learned_losses_leave_the_trainer_stack_unimported():
 def test_file_names_kept_outside_the_trainer_stack_match_transformers():
     import transformers.trainer
 
-    from lkd_hf import resume_checks
+    from lkd_hf.resume import checks as resume_checks
 
     assert resume_checks.TRAINER_STATE_NAME == transformers.trainer.TRAINER_STATE_NAME
     assert resume_checks.OPTIMIZER_NAME == transformers.trainer.OPTIMIZER_NAME
@@ -211,3 +211,10 @@ def test_the_dependency_floor_tests_named_in_the_makefile_exist():
     for path, test in names:
         with open(os.path.join(root, path), encoding="utf-8") as f:
             assert re.search(rf"^def {test}\(", f.read(), re.M), f"{path}::{test} named by FLOORS_TESTS does not exist"
+
+
+def test_every_public_name_resolves():
+    import lkd_hf
+
+    missing = [name for name in lkd_hf.__all__ if not hasattr(lkd_hf, name)]
+    assert not missing, f"lkd_hf.__all__ names what lkd_hf does not give: {missing}"

@@ -13,7 +13,7 @@ from lkd_hf.constants import LKD_STATE_DIRNAME
 from lkd_hf.meta.batches import MetaBatchSampler
 from lkd_hf.meta.learner import SNAPSHOTS_SUBDIR as LKD_SNAPSHOTS_SUBDIR
 from lkd_hf.meta.learner import STATE_NAME as LKD_STATE_NAME
-from lkd_hf.run_settings import RUN_SETTINGS_NAME
+from lkd_hf.resume.settings import RUN_SETTINGS_NAME
 
 N_STEPS, RESUME_STEP = 12, 6
 

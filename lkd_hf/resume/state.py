@@ -12,11 +12,11 @@ from safetensors.torch import load_file
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import SAFE_WEIGHTS_NAME, logging
 
-from .constants import CONNECTORS_NAME, LKD_STATE_DIRNAME
+from ..constants import CONNECTORS_NAME, LKD_STATE_DIRNAME
 
 if TYPE_CHECKING:
-    from .meta.learner import LossLearner
-    from .objective import DistillationObjective
+    from ..meta.learner import LossLearner
+    from ..objective import DistillationObjective
 
 logger = logging.get_logger(__name__)
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from .losses.registry import loss_options, parse_loss_spec
+from ..losses.registry import loss_options, parse_loss_spec
 
 RUN_SETTINGS_NAME = "lkd_run.json"
 

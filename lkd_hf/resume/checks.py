@@ -18,8 +18,8 @@ from transformers.utils import (
     WEIGHTS_NAME,
 )
 
-from .constants import LKD_STATE_DIRNAME
-from .safe_io import file_problem, manifest_problem
+from ..constants import LKD_STATE_DIRNAME
+from ..safe_io import file_problem, manifest_problem
 
 # transformers.trainer's names (importing it loads the Trainer)
 TRAINER_STATE_NAME, OPTIMIZER_NAME, SCHEDULER_NAME = "trainer_state.json", "optimizer.pt", "scheduler.pt"
