@@ -108,6 +108,10 @@ class LKDConfig(TrainingArguments):
             logit loss alone with an eval_dataset, else one student.
         population_weight_factors (`list[float]` or `None`, defaults to `None`):
             The population's factors of the learned loss's weight, one per student (the first is 1.0).
+        population_drop_fraction (`float` or `None`, defaults to `None`):
+            With three or more students and a loss kept fixed, drop the one scoring worst on the eval_dataset once
+            this fraction of training has run; the best of the others is kept at the end. Sets
+            ``ddp_find_unused_parameters=True``.
 
         > Outer (meta) loop
 
@@ -295,6 +299,11 @@ class LKDConfig(TrainingArguments):
         metadata={"help": "The population's factors of the learned loss's weight, one per student (the first is 1.0). "
                   "Default: [1.0, 2.0] with the default temperature factors, else 1.0 each."},
     )
+    population_drop_fraction: float | None = field(
+        default=None,
+        metadata={"help": "With three or more students and a loss kept fixed, drop the one scoring worst on the "
+                  "eval_dataset once this fraction of training has run; the best of the others is kept at the end."},
+    )
 
     # --- outer (meta) loop -----------------------------------------------------------------------------------
     meta_interval: int = field(default=5, metadata={"help": "Update the learned loss every N student steps."})
@@ -398,6 +407,11 @@ class LKDConfig(TrainingArguments):
         if self.use_cpu or not torch.accelerator.is_available():  # pinned memory only serves an accelerator
             self.dataloader_pin_memory = False
         check_ranges(self, LKD_CONFIG_RANGES, type(self).__name__)
+        if self.population_drop_fraction is not None:  # under DDP a dropped student's weights get no gradient
+            if self.ddp_find_unused_parameters is False:
+                raise ValueError("population_drop_fraction leaves the dropped student's weights without gradients: "
+                                 "DistributedDataParallel needs ddp_find_unused_parameters=True (or unset).")
+            self.ddp_find_unused_parameters = True
         self.loss_kwargs = _loss_kwargs_with_deprecated_fields(self)
         for name, options in self.loss_kwargs.items():
             check_ranges(options, LOSS_OPTION_RANGES.get(name, {}), f"{type(self).__name__}.loss_kwargs[{name!r}]")

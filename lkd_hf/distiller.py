@@ -132,6 +132,21 @@ class Distiller(TrainingTask):
         """The number of students trained side by side (1 without a population, or once one is kept)."""
         return 1 if self.population is None else len(self.population.members)
 
+    @property
+    def active_members(self) -> list[int]:
+        """The indices of the students still training (``[0]`` without a population)."""
+        return [0] if self.population is None else self.population.active_members
+
+    def drop(self, k: int) -> None:
+        """Stop training student ``k`` of the population (:meth:`StudentPopulation.drop`).
+
+        Args:
+            k: the index of a student still training.
+        """
+        if self.population is None:
+            raise ValueError("This run trains a single student.")
+        self.population.drop(k)
+
     def select(self, k: int) -> None:
         """Let student ``k`` of the population answer in evaluation mode (and be the one saved).
 
@@ -191,11 +206,13 @@ class Distiller(TrainingTask):
         teacher_outputs: dict[str, Any] | None = None,
         module: nn.Module | None = None,
     ) -> dict[str, Any]:
-        """In training mode, the objectives summed over the students; in evaluation mode, the cross-entropy.
+        """In training mode, the objectives summed over the students still training (:attr:`active_members`); in
+        evaluation mode, the cross-entropy.
 
-        Returns ``{"loss", "output", "parts", "members"}``: the loss to minimise, the (first) student's logits, the
-        first student's objective parts (``ce``, ``distill``, ``feature``, ``feature/<tap>``) and, per student, its
-        objective (``loss``) and parts (``members``; no parts and no members in evaluation).
+        Returns ``{"loss", "output", "parts", "members"}``: the loss to minimise, the first training student's logits
+        and objective parts (``ce``, ``distill``, ``feature``, ``feature/<tap>``) and, per training student in the
+        order of :attr:`active_members`, its objective (``loss``) and parts (``members``; no parts and no members in
+        evaluation).
 
         Args:
             input: ``(batch, channels, height, width)``.
@@ -216,19 +233,21 @@ class Distiller(TrainingTask):
         logits = logits if self.population is not None else logits[None]  # (students, batch, classes)
         results = [objective(student_logits, teacher_outputs.get("teacher_logits"), target, features,
                              teacher_outputs.get("teacher_features"))
-                   for objective, student_logits in zip(self.objectives, logits)]
+                   for objective, student_logits in zip([self.objectives[k] for k in self.active_members], logits,
+                                                        strict=True)]
         return {"loss": sum(result[0] for result in results), "output": logits[0], "parts": results[0][1],
                 "members": [{"loss": loss, **parts} for loss, parts in results]}
 
     def clip_grad_norm_(self, max_norm: float) -> torch.Tensor:
-        """Clip each student's gradient on its own to ``max_norm``, as a run of that student alone would; returns the
-        first student's norm (before clipping).
+        """Clip each training student's gradient on its own to ``max_norm``, as a run of that student alone would;
+        returns the first training student's norm (before clipping).
 
         Args:
             max_norm: the largest gradient norm.
         """
         population = self.population
-        students = population.members if population is not None else [self.trainable_module]
+        students = ([population.members[k] for k in population.active_members] if population is not None
+                    else [self.trainable_module])
         norms = [torch.nn.utils.clip_grad_norm_(student.parameters(), max_norm) for student in students]
         return norms[0]
 
@@ -279,7 +298,8 @@ class Distiller(TrainingTask):
             return {}
         shared = self.objectives[0].distill_loss
         return {"population_factors": [list(pair) for pair in self.factors], "population_member": self.kept,
-                "population_network_knobs": {"temperature": float(shared.temperature), "weight": float(shared.weight)}}
+                "population_network_knobs": {"temperature": float(shared.temperature.detach()),
+                                             "weight": float(shared.weight.detach())}}
 
     def describe(self) -> dict[str, Any]:
         """The setting a learned loss is tied to: teacher / student names, ``num_classes`` and, with feature

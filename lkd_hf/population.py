@@ -31,8 +31,10 @@ DEFAULT_WEIGHT_FACTORS = (1.0, 2.0)
 class StudentPopulation(nn.Module):
     """Students of one architecture trained side by side (the first is the trainer's own student).
 
-    In training mode the forward returns every member's logits stacked, ``(members, batch, classes)``; in evaluation
-    mode only the ``selected`` member's, ``(batch, classes)``, as a plain student would.
+    In training mode the forward returns the logits of every member still training stacked, ``(active members,
+    batch, classes)``; in evaluation mode only the ``selected`` member's, ``(batch, classes)``, as a plain student
+    would. A member :meth:`drop`-ped stops training; which members still train is the ``active`` buffer, saved and
+    loaded with the members' weights.
 
     Args:
         members: the students; their parameters must not be shared.
@@ -44,6 +46,28 @@ class StudentPopulation(nn.Module):
             raise ValueError(f"A population needs at least two students, got {len(members)}.")
         self.members = nn.ModuleList(members)
         self.selected = 0
+        self.register_buffer("active", torch.ones(len(members), dtype=torch.bool))
+        self._active = list(range(len(members)))  # the buffer's indices, kept on the host: no device sync per step
+        self.register_load_state_dict_post_hook(lambda module, keys: module._sync_active())
+
+    @property
+    def active_members(self) -> list[int]:
+        """The indices of the members still training."""
+        return list(self._active)
+
+    def drop(self, k: int) -> None:
+        """Stop training member ``k`` (its weights stay as they are; it is no longer a candidate to keep).
+
+        Args:
+            k: an active member's index; at least one other stays active.
+        """
+        if k not in self._active or len(self._active) < 2:
+            raise ValueError(f"Cannot drop student {k}: the students training are {self._active}.")
+        self.active[k] = False
+        self._sync_active()
+
+    def _sync_active(self) -> None:
+        self._active = [k for k, on in enumerate(self.active.tolist()) if on]
 
     @classmethod
     def of_copies(cls, student: nn.Module, size: int) -> StudentPopulation:
@@ -63,7 +87,7 @@ class StudentPopulation(nn.Module):
         """
         if not self.training:
             return self.members[self.selected](pixel_values)
-        return torch.stack([member(pixel_values) for member in self.members])
+        return torch.stack([self.members[k](pixel_values) for k in self._active])
 
 
 class ScaledLoss(nn.Module):
@@ -206,39 +230,41 @@ def selection_score(metrics: dict[str, float], metric: str | None, greater_is_be
     return metrics[key] if greater_is_better else -metrics[key]
 
 
-def choice_logs(best: int, evaluations: list[dict[str, float]], factors: Sequence[tuple[float, float]],
-                scores: list[float]) -> dict[str, float]:
+def choice_logs(best: int, evaluations: dict[int, dict[str, float]], factors: Sequence[tuple[float, float]],
+                scores: dict[int, float]) -> dict[str, float]:
     """The log of the population's choice: ``population/*`` and the kept student's evaluation under ``eval_*``.
 
     Args:
         best: the index of the student kept.
-        evaluations: each student's evaluation (keys prefixed ``eval_member<k>_``).
+        evaluations: each evaluated student's evaluation (keys prefixed ``eval_member<k>_``), by index.
         factors: each student's ``(temperature factor, weight factor)``.
-        scores: each student's :func:`selection_score`.
+        scores: each evaluated student's :func:`selection_score`, by index.
     """
     kept = f"eval_member{best}_"
     return {"population/selected": best, "population/temperature_factor": factors[best][0],
             "population/weight_factor": factors[best][1],
-            **{f"population/score_{k}": score for k, score in enumerate(scores)},
+            **{f"population/score_{k}": score for k, score in scores.items()},
             **{f"eval_{key[len(kept):]}": value for key, value in evaluations[best].items() if key.startswith(kept)}}
 
 
-def choice_line(best: int, evaluations: list[dict[str, float]], factors: Sequence[tuple[float, float]],
+def choice_line(best: int, evaluations: dict[int, dict[str, float]], factors: Sequence[tuple[float, float]],
                 metric: str | None, knobs: dict[str, float]) -> str:
-    """The console line of the population's choice: the student kept, its factors, its score and every student's,
-    and the temperature and weight of the logit loss it trained with.
+    """The console line of the population's choice: the student kept, its factors, its score and every student's
+    (``dropped`` for a student dropped during the run), and the temperature and weight of the logit loss it trained
+    with.
 
     Args:
         best: the index of the student kept.
-        evaluations: each student's evaluation (keys prefixed ``eval_member<k>_``).
+        evaluations: each evaluated student's evaluation (keys prefixed ``eval_member<k>_``), by index.
         factors: each student's ``(temperature factor, weight factor)``.
         metric: ``metric_for_best_model`` (see :func:`selection_metric`).
         knobs: the kept student's loss knobs (``lkd/temperature``, ``lkd/weight``).
     """
     metric = selection_metric(evaluations[best], metric, f"eval_member{best}")
-    values = [evaluation[f"eval_member{k}_{metric}"] for k, evaluation in enumerate(evaluations)]
+    values = [f"{evaluations[k][f'eval_member{k}_{metric}']:.4g}" if k in evaluations else "dropped"
+              for k in range(len(factors))]
     temperature_factor, weight_factor = factors[best]
-    return (f"Population: keeping student {best} of {len(values)} (temperature factor {temperature_factor:g}, "
-            f"weight factor {weight_factor:g}), eval_{metric} {values[best]:.4g} (each student's: "
-            f"{', '.join(f'{value:.4g}' for value in values)}); it trained with the logit loss at temperature "
+    return (f"Population: keeping student {best} of {len(factors)} (temperature factor {temperature_factor:.4g}, "
+            f"weight factor {weight_factor:.4g}), eval_{metric} {values[best]} (each student's: "
+            f"{', '.join(values)}); it trained with the logit loss at temperature "
             f"{knobs['lkd/temperature']:.4g}, weight {knobs['lkd/weight']:.4g}.")

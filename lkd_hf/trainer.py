@@ -44,7 +44,8 @@ from .model_card import dataset_name, last_eval_metrics
 from .model_info import model_num_classes
 from .nonfinite import NonFiniteGuard, check_finite
 from .objective import DistillationObjective, build_objective, pop_means
-from .population import choice_line, choice_logs, member_key, population_factors, selection_score
+from .population import choice_line, choice_logs, member_key, population_factors
+from .population_choice import DropWorstStudent, evaluate_students
 from .resume.state import checkpoint_step, is_checkpoint_of_step, load_run_state, save_run_state
 from .resume.checks import checkpoint_to_resume, named_checkpoint_failure
 from .run_checks import check_optimizer, check_unrolled_support, checked_teacher, input_size, reused_networks
@@ -141,6 +142,8 @@ class LKDTrainer(Trainer):
         )
         self.loss_is_scaled_for_ga = False  # compute_loss returns a per-batch mean
         self.add_callback(CheckpointPushFiles())
+        if args.population_drop_fraction is not None:
+            self.add_callback(DropWorstStudent(self, args.population_drop_fraction, learns_loss))
         if self.distiller.num_students > 1 and (self.is_fsdp_enabled or self.is_deepspeed_enabled):
             raise ValueError("A population clips each student on its own: not under FSDP or DeepSpeed; "
                              "leave population_weight_factors unset and set population_temperature_factors=[1.0].")
@@ -221,8 +224,8 @@ class LKDTrainer(Trainer):
         result = self.distiller(inputs["pixel_values"], inputs["labels"], inputs, module=model)
         for name, value in result["parts"].items():
             self._metrics[name].append(value.detach())
-        if self.distiller.num_students > 1:
-            for k, member in enumerate(result["members"]):
+        if self.distiller.num_students > 1 and result["members"]:  # training: one entry per student still training
+            for k, member in zip(self.distiller.active_members, result["members"], strict=True):
                 for name, value in member.items():
                     self._metrics[member_key(k, name)].append(value.detach())
         return (result["loss"], {"logits": result["output"]}) if return_outputs else result["loss"]
@@ -301,7 +304,7 @@ class LKDTrainer(Trainer):
     ) -> torch.Tensor:
         """Teacher forward once per batch, a meta step when due, then the student step; a student step whose loss
         or gradient is not finite is skipped (:class:`~lkd_hf.nonfinite.NonFiniteGuard`). Returns the loss the
-        Trainer logs as ``loss``: the objective (a population's first student's, at factors 1.0, as a run of that
+        Trainer logs as ``loss``: the objective (a population's first student still training, as a run of that
         student alone logs it), divided by the gradient accumulation steps as the Trainer does.
 
         Args:
@@ -325,8 +328,9 @@ class LKDTrainer(Trainer):
         logged = {name: len(values) for name, values in self._metrics.items()}
         loss = super().training_step(model, inputs, num_items_in_batch)
         parts = {name: values[-1] for name, values in self._metrics.items() if len(values) > logged.get(name, 0)}
-        if self.distiller.num_students > 1:  # the Trainer's `loss`: the first student's objective, not the sum
-            loss = parts[member_key(0, "loss")] / self.current_gradient_accumulation_steps
+        if self.distiller.num_students > 1:  # the Trainer's `loss`: the first training student's objective
+            first = member_key(self.distiller.active_members[0], "loss")
+            loss = parts[first] / self.current_gradient_accumulation_steps
         checked = {"pixel_values": inputs["pixel_values"], "teacher_logits": inputs.get("teacher_logits"), **parts}
         if self.accelerator.sync_gradients:
             self.objective.average_student_trained_gradients()
@@ -435,7 +439,8 @@ class LKDTrainer(Trainer):
         return self.distiller.clip_grad_norm_(self.args.max_grad_norm)
 
     def select_member(self) -> int:
-        """Evaluate every student of the population on the (first) ``eval_dataset``, keep the best by
+        """Evaluate every student of the population still training on the (first) ``eval_dataset``
+        (:func:`~lkd_hf.population_choice.evaluate_students`), keep the best by
         ``metric_for_best_model`` (default: accuracy) as the trainer's model and objective (:meth:`Distiller.keep`),
         log ``population/*`` and the kept student's ``eval_*``, and name it on the console (a warning of
         ``lkd_hf.trainer``, main process). Called by :meth:`train` once training ends.
@@ -445,16 +450,8 @@ class LKDTrainer(Trainer):
         """
         if self.distiller.num_students == 1:
             raise ValueError("This run trains a single student.")
-        dataset = self.eval_dataset
-        dataset = next(iter(dataset.values())) if isinstance(dataset, dict) else dataset
-        scores, evaluations = [], []
-        for k in range(self.distiller.num_students):
-            self.distiller.select(k)
-            prefix = f"eval_member{k}"
-            evaluations.append(self.evaluate(eval_dataset=dataset, metric_key_prefix=prefix))
-            scores.append(selection_score(evaluations[k], self.args.metric_for_best_model, self.args.greater_is_better,
-                                          prefix))
-        best = max(range(len(scores)), key=scores.__getitem__)
+        evaluations, scores = evaluate_students(self, self.distiller.active_members)
+        best = max(scores, key=lambda k: (scores[k], -k))  # on a tie, the earlier student
         self.model = self.model_wrapped = self.distiller.keep(best)
         if self.is_world_process_zero():
             logger.warning(choice_line(best, evaluations, self.distiller.factors, self.args.metric_for_best_model,

@@ -1,16 +1,21 @@
 """The population: students side by side, each at its temperature and weight of the learned loss, trained
 as they would be alone; the trainer keeps the best on its evaluation dataset."""
 
+import collections
 import logging
 import math
 import os
+import subprocess
+import sys
 
 import pytest
 import timm
 import torch
 from safetensors.torch import load_file
+from transformers import TrainerCallback
 
 from lkd_hf import LearnedLoss, LKDConfig, LKDTrainer, LogitLossNet
+from lkd_hf import population_choice
 from lkd_hf import trainer as trainer_module
 from lkd_hf.objective import build_objective
 from lkd_hf.population import (
@@ -242,7 +247,7 @@ def test_a_later_member_is_kept_with_its_scaled_loss(tmp_path, make_config, make
     """The second student (twice the temperature and weight) wins the selection: it and its loss at its own
     temperature and weight are what the trainer keeps and saves; the console, the saved config and the card say
     so, and that the shared loss was learned."""
-    monkeypatch.setattr(trainer_module, "selection_score",
+    monkeypatch.setattr(population_choice, "selection_score",
                         lambda metrics, metric, greater, prefix: float(prefix == "eval_member1"))
     trainer = _trainer(tmp_path, "run", make_config, make_dataset, loss="lkd", temperature=3.0, max_grad_norm=1.0)
     members = trainer.model.members
@@ -297,3 +302,111 @@ def test_a_population_resumes_exactly(tmp_path, make_config, make_dataset):
     for a, b in zip(full.model.state_dict().values(), resumed.model.state_dict().values(), strict=True):
         assert torch.equal(a, b)
     assert full.loss_knobs() == resumed.loss_knobs()
+
+
+# --- dropping the worst student part-way --------------------------------------------------------------------------
+THREE = dict(loss="lkd", temperature=3.0, freeze_loss=True, population_temperature_factors=[1.0, 2.0, 1 / 3],
+             population_weight_factors=[1.0, 2.0, 1 / 16])
+
+
+def test_a_dropped_student_stops_training_and_the_best_of_the_rest_is_kept(tmp_path, make_config, make_dataset,
+                                                                            monkeypatch, caplog):
+    """Three students, the worst dropped after 3 of 6 steps: from then on it is neither updated nor a candidate; the
+    console and the log name it, and the better of the other two is kept at the end."""
+    scores = {0: [0.5, 0.2], 1: [0.6, 0.9], 2: [0.1, 0.3]}  # each student's score at the drop, then at the end
+    calls = collections.Counter()
+
+    def score(metrics, metric, greater, prefix):
+        k = int(prefix.removeprefix("eval_member"))
+        calls[k] += 1
+        return scores[k][calls[k] - 1]
+
+    monkeypatch.setattr(population_choice, "selection_score", score)
+    trainer = _trainer(tmp_path, "drop", make_config, make_dataset, population_drop_fraction=0.5, logging_steps=1,
+                       **THREE)
+    members = list(trainer.model.members)
+    weights = {}
+
+    class Weights(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            weights[state.global_step] = [[p.detach().clone() for p in m.parameters()] for m in members]
+
+    trainer.add_callback(Weights())
+    with caplog.at_level(logging.WARNING):
+        trainer.train()
+    assert calls == {0: 2, 1: 2, 2: 1}  # the dropped student is not evaluated at the end
+    logged = next(log for log in trainer.state.log_history if "population/dropped" in log)
+    assert logged["population/dropped"] == 2 and logged["step"] == 3
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Population:")]
+    assert lines[0].startswith("Population: dropping student 2 of 3 after step 3 of 6, eval_accuracy ")
+    assert lines[1].startswith("Population: keeping student 1 of 3") and lines[1].endswith(
+        "dropped); it trained with the logit loss at temperature "
+        f"{2 * 3.0:.4g}, weight {2 * float(trainer.distiller.objectives[0].distill_loss.weight):.4g}.")
+    assert trainer.model is members[1]
+    for before, after in zip(weights[3][2], weights[6][2], strict=True):  # the dropped student stays as it was
+        assert torch.equal(before, after)
+    for k in (0, 1):  # the others train on
+        assert not all(torch.equal(a, b) for a, b in zip(weights[3][k], weights[6][k], strict=True))
+    member_logs = {key for log in trainer.state.log_history if log["step"] > 3 for key in log}
+    assert "member2/loss" not in member_logs and "member1/loss" in member_logs
+
+
+def test_when_the_first_student_is_dropped_the_logged_loss_is_the_next_ones(tmp_path, make_config, make_dataset,
+                                                                             monkeypatch):
+    monkeypatch.setattr(population_choice, "selection_score",
+                        lambda metrics, metric, greater, prefix: -1.0 if prefix == "eval_member0" else 0.0)
+    trainer = _trainer(tmp_path, "drop0", make_config, make_dataset, population_drop_fraction=0.5, logging_steps=1,
+                       **THREE)
+    trainer.train()
+    after = [log for log in _training_logs(trainer) if log["step"] > 3]
+    assert after and all("member0/loss" not in log and log["loss"] == log["member1/loss"] for log in after)
+    assert trainer.distiller.kept == 1  # the better of students 1 and 2 by the patched scores (a tie: the earlier)
+
+
+def test_a_run_resumes_exactly_before_and_after_its_drop(tmp_path, make_config, make_dataset):
+    fields = dict(THREE, max_steps=6, save_strategy="steps", save_steps=2, logging_steps=1, max_grad_norm=1.0,
+                  population_drop_fraction=0.5)
+    full = _trainer(tmp_path, "full", make_config, make_dataset, **fields)
+    members = list(full.model.members)
+    full.train()
+    for checkpoint in ("checkpoint-2", "checkpoint-4"):  # before the drop (after step 3) and after it
+        resumed = _trainer(tmp_path, f"resumed-{checkpoint}", make_config, make_dataset, **fields)
+        resumed_members = list(resumed.model.members)
+        resumed.train(resume_from_checkpoint=os.path.join(full.args.output_dir, checkpoint))
+        for a, b in zip(members, resumed_members, strict=True):
+            for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True):
+                assert torch.equal(x, y)
+        assert resumed.distiller.kept == full.distiller.kept
+    saved = load_file(os.path.join(full.args.output_dir, "checkpoint-4", "model.safetensors"))
+    assert saved["active"].sum() == 2  # one student dropped at step 3, in the checkpoint of step 4
+    other = _trainer(tmp_path, "other", make_config, make_dataset, **dict(fields, population_drop_fraction=0.25))
+    with pytest.raises(ValueError, match="population_drop"):
+        other.train(resume_from_checkpoint=os.path.join(full.args.output_dir, "checkpoint-4"))
+
+
+@pytest.mark.parametrize("fields, message", [
+    (dict(loss="lkd", temperature=3.0), "three or more students"),
+    (dict(THREE, freeze_loss=False), "kept fixed"),
+])
+def test_a_drop_needs_three_students_and_a_fixed_loss(tmp_path, make_config, make_dataset, fields, message):
+    with pytest.raises(ValueError, match=message):
+        _trainer(tmp_path, "bad", make_config, make_dataset, population_drop_fraction=0.5, **fields)
+    with pytest.raises(ValueError, match="population_drop_fraction"):
+        make_config(tmp_path, population_drop_fraction=1.0)
+    with pytest.raises(ValueError, match="ddp_find_unused_parameters"):
+        make_config(tmp_path, population_drop_fraction=0.5, ddp_find_unused_parameters=False)
+    assert make_config(tmp_path, population_drop_fraction=0.5).ddp_find_unused_parameters  # a dropped student idles
+
+
+@pytest.mark.slow
+def test_two_processes_drop_and_keep_the_same_students(tmp_path):
+    """Under DistributedDataParallel (two CPU processes, gloo) the dropped student's idle weights are allowed
+    (``ddp_find_unused_parameters``), both ranks drop and keep the same students and end with the same weights."""
+    worker = os.path.join(os.path.dirname(__file__), "distributed_drop_worker.py")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", worker,
+               str(tmp_path)]
+    proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    lines = sorted(line for line in proc.stdout.splitlines() if line.startswith("rank "))
+    assert len(lines) == 2 and lines[0].split(":")[1] == lines[1].split(":")[1] and lines[0].endswith("equal True")
