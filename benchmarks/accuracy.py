@@ -666,8 +666,9 @@ Task = tuple[str, str, int, dict[str, Any], bool, dict[str, Any]]
 def next_runs(bench: Benchmark) -> list[Task]:
     """The runs that can train now, none already recorded: the pending trials of every unfinished search (its grid,
     then each round of edge extensions), every method that depends on no other run, and the other seeds of the tuned
-    methods whose search is over (a finished search is recorded first, :meth:`Benchmark.finish_search`). Tuned
-    methods always record their validation top-1 (the best tuned method is picked by its validation mean)."""
+    methods whose search is over (a finished search is recorded first, :meth:`Benchmark.finish_search`), seed by
+    seed with the methods alternating (the wall times of methods compared in one run then share the machine's drift).
+    Tuned methods always record their validation top-1 (the best tuned method is picked by its validation mean)."""
     a = bench.args
     tasks: list[Task] = []
     runs = []
@@ -682,6 +683,7 @@ def next_runs(bench: Benchmark) -> list[Task]:
             else:
                 bench.finish_search(pair, method)
                 runs += [(pair, method, seed) for seed in a.seeds[1:]]
+    runs.sort(key=lambda run: (run[0], run[2]))  # seed by seed, the methods alternating: a drift of speed hits all
     for pair, method, seed in runs:
         if bench.results.get(pair, method, seed) is None:
             fields, extra = bench.method_fields(pair, method, seed)

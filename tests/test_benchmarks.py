@@ -265,3 +265,11 @@ def test_early_selection_reads_each_choice_off_one_run_and_counts_its_cost():
     # the worst of three after epoch 1 dropped (run 0: student 2, run 1: student 1), the better of two at the end
     assert ways["pop3-drop-worst-epoch1"]["kept"] == [0, 2] and ways["pop3-drop-worst-epoch1"]["student_runs"] == 2.5
     assert study.summarize([dict(runs[0], dataset="mnist-5k/lt50")], epochs=2)["metric"] == "test_balanced"
+
+
+def test_runs_go_seed_by_seed_with_the_methods_alternating(accuracy):
+    args = SimpleNamespace(pair_list=["teacher->s4"], method_list=["ce", "kd"], seeds=[0, 1], validate=False)
+    bench = SimpleNamespace(args=args, results=SimpleNamespace(get=lambda pair, method, seed: None),
+                            method_fields=lambda pair, method, seed: ({}, {}))
+    tasks = accuracy.next_runs(bench)
+    assert [(task[1], task[2]) for task in tasks] == [("ce", 0), ("kd", 0), ("ce", 1), ("kd", 1)]
