@@ -34,6 +34,8 @@ def main() -> None:
     dist.all_gather(gathered, weights)
     print(f"rank {os.environ['RANK']}: dropped {dropped}, kept {trainer.distiller.kept}, "
           f"equal {all(torch.equal(gathered[0], g) for g in gathered)}", flush=True)
+    dist.barrier()  # a clean exit: no collective left running at interpreter shutdown
+    dist.destroy_process_group()
 
 
 if __name__ == "__main__":

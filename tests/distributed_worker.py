@@ -117,6 +117,9 @@ def main() -> None:
     estimators = sys.argv[2].split(",") if len(sys.argv) > 2 else ["unrolled"]
     for estimator in estimators:
         run(out_dir, estimator)
+    if torch.distributed.is_initialized():  # a clean exit: no collective left running at interpreter shutdown
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
