@@ -46,10 +46,10 @@ from .nonfinite import NonFiniteGuard, check_finite
 from .objective import DistillationObjective, build_objective, pop_means
 from .population import choice_line, choice_logs, member_key, population_factors
 from .population_choice import DropWorstStudent, evaluate_students
-from .resume.state import checkpoint_step, is_checkpoint_of_step, load_run_state, save_run_state
 from .resume.checks import checkpoint_to_resume, named_checkpoint_failure
-from .run_checks import check_optimizer, check_unrolled_support, checked_teacher, input_size, reused_networks
 from .resume.settings import check_resume_settings, run_settings, save_run_settings
+from .resume.state import checkpoint_step, is_checkpoint_of_step, load_run_state, save_run_state
+from .run_checks import check_optimizer, check_unrolled_support, checked_teacher, input_size, reused_networks
 from .safe_io import OutputDirOwner, named_save_failure
 
 logger = logging.get_logger(__name__)
