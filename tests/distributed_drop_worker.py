@@ -1,6 +1,7 @@
 """One rank of a 2-process CPU run (gloo) of a three-student population that drops its worst student halfway; run by
-``tests/test_population.py`` with ``torch.distributed.run``. Each rank prints the student it dropped, the student it
-kept and whether every student's weights are equal on both ranks."""
+``tests/test_population.py`` with ``torch.distributed.run``. Each rank writes, to ``rank<N>.txt`` in the given
+folder, the student it dropped, the student it kept and whether every student's weights are equal on both ranks (a
+file per rank: lines printed by two processes to one pipe can interleave)."""
 
 from __future__ import annotations
 
@@ -32,8 +33,8 @@ def main() -> None:
     weights = torch.cat([p.detach().flatten() for member in members for p in member.parameters()])
     gathered = [torch.zeros_like(weights) for _ in range(dist.get_world_size())]
     dist.all_gather(gathered, weights)
-    print(f"rank {os.environ['RANK']}: dropped {dropped}, kept {trainer.distiller.kept}, "
-          f"equal {all(torch.equal(gathered[0], g) for g in gathered)}", flush=True)
+    Path(out, f"rank{os.environ['RANK']}.txt").write_text(
+        f"dropped {dropped}, kept {trainer.distiller.kept}, equal {all(torch.equal(gathered[0], g) for g in gathered)}")
     dist.barrier()  # a clean exit: no collective left running at interpreter shutdown
     dist.destroy_process_group()
 
