@@ -47,7 +47,8 @@ temperature and a sixteenth of the weight) and ``lkd+feat`` (not in the default 
 it or only its per-class and per-sample weights) and the studies of DIST's search ``dist-tuned-g8`` (gamma {1, 8})
 and ``dist-tuned-wg`` (small weights at T 2 and 4, gamma {1, 8}), ``lkd-pop-low`` (``lkd`` whose second student
 is ``lkd-pop3``'s third instead of the one at twice the temperature and weight) and ``lkd-pop3-halve`` (``lkd-pop3``
-with the worst student by validation top-1 dropped halfway, ``population_drop_fraction=0.5``).
+with the worst student by validation top-1 dropped halfway, ``population_drop_fractions=[0.5]``) and
+``lkd-pop3-halve2`` (the same, the worse of the other two dropped at three quarters, ``[0.5, 0.75]``).
 
 Tuning (``tuning.SEARCHES``): every ``*-tuned`` method searches a grid of the same size, 16 trials, over its published
 knobs (KD: T x weight; DIST: T x weight x intra-class weight gamma, which spans beta too; DKD: alpha x beta with the
@@ -158,18 +159,21 @@ METHODS: dict[str, dict[str, Any]] = {  # LKDConfig fields of each method (tuned
                      population_weight_factors=[1.0, 2.0, 1 / 16]),
     # the three students, the worst by validation top-1 dropped halfway (2.5 students' steps)
     "lkd-pop3-halve": dict(loss="lkd", population_temperature_factors=[1.0, 2.0, 1 / 3],
-                           population_weight_factors=[1.0, 2.0, 1 / 16], population_drop_fraction=0.5),
+                           population_weight_factors=[1.0, 2.0, 1 / 16], population_drop_fractions=[0.5]),
+    # the same, the worse of the other two dropped at three quarters (2.25 students' steps)
+    "lkd-pop3-halve2": dict(loss="lkd", population_temperature_factors=[1.0, 2.0, 1 / 3],
+                            population_weight_factors=[1.0, 2.0, 1 / 16], population_drop_fractions=[0.5, 0.75]),
     # that third student instead of the one at twice the temperature and weight (two students, the default's cost)
     "lkd-pop-low": dict(loss="lkd", population_temperature_factors=[1.0, 1 / 3],
                         population_weight_factors=[1.0, 1 / 16]),
 }
 # start from the leave-one-dataset-out pre-learned loss
 FROM_PRETRAINED = ("lkd", "lkd-meta", "lkd-single", "lkd+feat", "lkd-meta-val", "lkd-meta-heads", "lkd-pop3",
-                   "lkd-pop3-halve", "lkd-pop-low")
+                   "lkd-pop3-halve", "lkd-pop3-halve2", "lkd-pop-low")
 LEARNED = ("lkd-meta", "lkd-from-kd", "lkd+feat", "lkd-meta-val", "lkd-meta-heads")  # loss networks meta-trained
 META_ON_VALIDATION = ("lkd-meta-val", "lkd-meta-heads")  # meta set: the validation split (where the tuned methods pick)
 LONG_TAILED_ONLY = ("la-tuned",)  # in the default method list of long-tailed settings only
-STUDY_ONLY = ("dist-tuned-g8", "dist-tuned-wg", "lkd-pop-low", "lkd-pop3-halve")  # not in the default method lists
+STUDY_ONLY = ("dist-tuned-g8", "dist-tuned-wg", "lkd-pop-low", "lkd-pop3-halve", "lkd-pop3-halve2")  # not by default
 TUNED_KEYS = ("temperature", "dist_temperature", "dist_beta", "dist_gamma", "distill_weight", "ce_weight", "dkd_alpha",
               "dkd_beta", "dkd_warmup_fraction", "la_tau", "lkd_init", "meta_learning_rate", "meta_val_source",
               "lookahead_steps", "meta_warmup_steps", "meta_val_loss", "ls_temperature", "ctkd_lambda_max")

@@ -108,10 +108,10 @@ class LKDConfig(TrainingArguments):
             logit loss alone with an eval_dataset, else one student.
         population_weight_factors (`list[float]` or `None`, defaults to `None`):
             The population's factors of the learned loss's weight, one per student (the first is 1.0).
-        population_drop_fraction (`float` or `None`, defaults to `None`):
-            With three or more students and a loss kept fixed, drop the one scoring worst on the eval_dataset once
-            this fraction of training has run; the best of the others is kept at the end. Sets
-            ``ddp_find_unused_parameters=True``.
+        population_drop_fractions (`list[float]` or `None`, defaults to `None`):
+            With a loss kept fixed, after each of these fractions of training (increasing, fewer than the students)
+            the student still training that scores worst on the eval_dataset is dropped; the best of the others is
+            kept at the end. Sets ``ddp_find_unused_parameters=True``.
 
         > Outer (meta) loop
 
@@ -299,10 +299,11 @@ class LKDConfig(TrainingArguments):
         metadata={"help": "The population's factors of the learned loss's weight, one per student (the first is 1.0). "
                   "Default: [1.0, 2.0] with the default temperature factors, else 1.0 each."},
     )
-    population_drop_fraction: float | None = field(
+    population_drop_fractions: list[float] | None = field(
         default=None,
-        metadata={"help": "With three or more students and a loss kept fixed, drop the one scoring worst on the "
-                  "eval_dataset once this fraction of training has run; the best of the others is kept at the end."},
+        metadata={"help": "With a loss kept fixed, after each of these fractions of training (increasing, fewer than "
+                  "the students) the student still training that scores worst on the eval_dataset is dropped; the "
+                  "best of the others is kept at the end."},
     )
 
     # --- outer (meta) loop -----------------------------------------------------------------------------------
@@ -407,9 +408,12 @@ class LKDConfig(TrainingArguments):
         if self.use_cpu or not torch.accelerator.is_available():  # pinned memory only serves an accelerator
             self.dataloader_pin_memory = False
         check_ranges(self, LKD_CONFIG_RANGES, type(self).__name__)
-        if self.population_drop_fraction is not None:  # under DDP a dropped student's weights get no gradient
+        if self.population_drop_fractions is not None:  # under DDP a dropped student's weights get no gradient
+            fractions = self.population_drop_fractions
+            if not fractions or any(a >= b for a, b in zip(fractions, fractions[1:])):
+                raise ValueError(f"population_drop_fractions must be increasing and not empty, got {fractions}.")
             if self.ddp_find_unused_parameters is False:
-                raise ValueError("population_drop_fraction leaves the dropped student's weights without gradients: "
+                raise ValueError("population_drop_fractions leaves the dropped students' weights without gradients: "
                                  "DistributedDataParallel needs ddp_find_unused_parameters=True (or unset).")
             self.ddp_find_unused_parameters = True
         self.loss_kwargs = _loss_kwargs_with_deprecated_fields(self)

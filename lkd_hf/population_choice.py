@@ -1,5 +1,5 @@
 """When a population chooses among its students: each student still training evaluated on the ``eval_dataset``, the
-worst one dropped once a fraction of training has run (``population_drop_fraction``), the best kept at the end.
+worst one dropped after each given fraction of training (``population_drop_fractions``), the best kept at the end.
 
 Dropping the worst of three students halfway trains 2.5 students' worth of steps instead of three and keeps the
 choice at the end between the two that lead halfway (``docs/method.md``, the population).
@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import copy
 from typing import Any
+
+import torch
 
 from transformers import TrainerCallback
 from transformers.utils import logging
@@ -42,34 +44,42 @@ def evaluate_students(trainer: Any, students: list[int]) -> tuple[dict[int, dict
 
 
 class DropWorstStudent(TrainerCallback):
-    """Drop the population's worst student (by ``metric_for_best_model`` on the ``eval_dataset``) after the step
-    that ends ``fraction`` of training; the others train on and the best of them is kept at the end. A run resumed
-    after that step finds the student already dropped (the population's ``active`` buffer is in its checkpoint).
+    """Drop the population's worst student still training (by ``metric_for_best_model`` on the ``eval_dataset``)
+    after each step that ends one of ``fractions`` of training; the others train on and the best of them is kept at
+    the end. The evaluations draw nothing from the training's random stream (a student trains as it would without
+    them). A run resumed after a drop finds the student already dropped (the population's ``active`` buffer is in its
+    checkpoint).
 
     Args:
-        trainer: the :class:`~lkd_hf.LKDTrainer` of a population of three or more students.
-        fraction: the fraction of the run's steps after which the worst student is dropped, in (0, 1).
+        trainer: the :class:`~lkd_hf.LKDTrainer` of a population of more students than ``fractions``.
+        fractions: the increasing fractions of the run's steps after which a student is dropped, each in (0, 1).
         learns_loss: whether the run learns its loss (meta steps learn from the first student: not with a drop).
     """
 
-    def __init__(self, trainer: Any, fraction: float, learns_loss: bool) -> None:
-        if trainer.distiller.num_students < 3:
-            raise ValueError("population_drop_fraction needs three or more students (population_temperature_factors "
-                             f"/ population_weight_factors), got {trainer.distiller.num_students}.")
+    def __init__(self, trainer: Any, fractions: list[float], learns_loss: bool) -> None:
+        if trainer.distiller.num_students <= len(fractions):
+            raise ValueError(f"population_drop_fractions drops {len(fractions)} student(s): it needs more students "
+                             "(population_temperature_factors / population_weight_factors), got "
+                             f"{trainer.distiller.num_students}.")
         if learns_loss:
-            raise ValueError("population_drop_fraction needs a loss kept fixed (freeze_loss=True): meta steps learn "
+            raise ValueError("population_drop_fractions needs a loss kept fixed (freeze_loss=True): meta steps learn "
                              "from the first student, which may be dropped.")
-        self.trainer, self.fraction, self.drop_step = trainer, fraction, None
+        self.trainer, self.fractions, self.drop_steps = trainer, list(fractions), []
 
     def on_train_begin(self, args, state, control, **kwargs):
-        self.drop_step = max(1, round(self.fraction * state.max_steps))
+        self.drop_steps = [max(1, round(fraction * state.max_steps)) for fraction in self.fractions]
 
     def on_step_end(self, args, state, control, **kwargs):
         distiller = self.trainer.distiller
-        if state.global_step != self.drop_step or len(distiller.active_members) < distiller.num_students:
+        due = [i for i, step in enumerate(self.drop_steps) if step == state.global_step]
+        # the i-th drop leaves num_students - i - 1 students; a resumed run finds its drops done
+        due = [i for i in due if len(distiller.active_members) == distiller.num_students - i]
+        if not due:
             return
         flags = copy.copy(control)  # evaluating and logging here must not reset this step's log / evaluate / save
-        evaluations, scores = evaluate_students(self.trainer, distiller.active_members)
+        device = args.device
+        with torch.random.fork_rng(devices=[device] if device.type != "cpu" else [], device_type=device.type):
+            evaluations, scores = evaluate_students(self.trainer, distiller.active_members)
         worst = min(scores, key=lambda k: (scores[k], -k))  # on a tie, the later student goes
         distiller.drop(worst)
         if self.trainer.is_world_process_zero():

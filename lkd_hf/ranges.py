@@ -101,7 +101,7 @@ LKD_CONFIG_RANGES: dict[str, Range] = {
     "snapshot_distance": Range(low=0, integer=True),
     "fd_epsilon": ABOVE_0,
     "lkd_val_fraction": Range(low=0, high=1, low_open=True, high_open=True, optional=True),
-    "population_drop_fraction": Range(low=0, high=1, low_open=True, high_open=True, optional=True),
+    "population_drop_fractions": Range(low=0, high=1, low_open=True, high_open=True, optional=True),
 }
 """The range of each numeric field of :class:`~lkd_hf.LKDConfig` (its own; ``TrainingArguments``' are its own), of
 each element for a list. The population's factor lists are checked with their pairing rules in ``LKDConfig``."""

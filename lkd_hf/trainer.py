@@ -142,8 +142,8 @@ class LKDTrainer(Trainer):
         )
         self.loss_is_scaled_for_ga = False  # compute_loss returns a per-batch mean
         self.add_callback(CheckpointPushFiles())
-        if args.population_drop_fraction is not None:
-            self.add_callback(DropWorstStudent(self, args.population_drop_fraction, learns_loss))
+        if args.population_drop_fractions is not None:
+            self.add_callback(DropWorstStudent(self, args.population_drop_fractions, learns_loss))
         if self.distiller.num_students > 1 and (self.is_fsdp_enabled or self.is_deepspeed_enabled):
             raise ValueError("A population clips each student on its own: not under FSDP or DeepSpeed; "
                              "leave population_weight_factors unset and set population_temperature_factors=[1.0].")

@@ -23,7 +23,7 @@ def main() -> None:
     student, teacher = make_models()
     args = make_config(Path(out), output_dir=os.path.join(out, "run"), loss="lkd", temperature=3.0, freeze_loss=True,
                        population_temperature_factors=[1.0, 2.0, 1 / 3],
-                       population_weight_factors=[1.0, 2.0, 1 / 16], population_drop_fraction=0.5,
+                       population_weight_factors=[1.0, 2.0, 1 / 16], population_drop_fractions=[0.5],
                        ddp_backend="gloo", per_device_train_batch_size=8, max_steps=6, dataloader_num_workers=0)
     trainer = LKDTrainer(model=student, teacher=teacher, args=args, train_dataset=make_dataset(256, size=16),
                          eval_dataset=make_dataset(32, size=16, seed=1))

@@ -322,7 +322,7 @@ def test_a_dropped_student_stops_training_and_the_best_of_the_rest_is_kept(tmp_p
         return scores[k][calls[k] - 1]
 
     monkeypatch.setattr(population_choice, "selection_score", score)
-    trainer = _trainer(tmp_path, "drop", make_config, make_dataset, population_drop_fraction=0.5, logging_steps=1,
+    trainer = _trainer(tmp_path, "drop", make_config, make_dataset, population_drop_fractions=[0.5], logging_steps=1,
                        **THREE)
     members = list(trainer.model.members)
     weights = {}
@@ -351,11 +351,61 @@ def test_a_dropped_student_stops_training_and_the_best_of_the_rest_is_kept(tmp_p
     assert "member2/loss" not in member_logs and "member1/loss" in member_logs
 
 
+def test_two_drops_leave_the_last_student_to_train_alone(tmp_path, make_config, make_dataset, monkeypatch):
+    """Drops after half and three quarters of 8 steps: the worst of three goes after step 4, the worse of two after
+    step 6, and the last student is the one kept."""
+    monkeypatch.setattr(population_choice, "selection_score",
+                        lambda metrics, metric, greater, prefix: {"eval_member0": 0.5, "eval_member1": 0.2,
+                                                                  "eval_member2": 0.9}[prefix])
+    trainer = _trainer(tmp_path, "twice", make_config, make_dataset, population_drop_fractions=[0.5, 0.75],
+                       max_steps=8, logging_steps=1, **THREE)
+    trainer.train()
+    drops = [(log["step"], log["population/dropped"]) for log in trainer.state.log_history
+             if "population/dropped" in log]
+    assert drops == [(4, 1), (6, 0)] and trainer.distiller.kept == 2
+    last = [log for log in _training_logs(trainer) if log["step"] > 6]
+    keys = {key for log in last for key in log if key.startswith("member")}
+    assert last and keys and all(key.startswith("member2/") for key in keys)
+
+
+class _Jittered(torch.utils.data.Dataset):
+    """Training images with noise drawn from torch's random stream on each read (a random augmentation)."""
+
+    def __init__(self, dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        example = self.dataset[i]
+        return {"pixel_values": example["pixel_values"] + 0.5 * torch.randn_like(example["pixel_values"]),
+                "labels": example["labels"]}
+
+
+def test_the_drops_evaluations_leave_the_training_random_stream_alone(tmp_path, make_config, make_dataset):
+    """The students still training after a drop end as they end in a run without drops: the evaluation at the drop
+    draws nothing from the random stream that the training's augmentation draws from."""
+    members = {}
+    for run, drop in (("plain", {}), ("dropping", {"population_drop_fractions": [0.25]})):
+        torch.manual_seed(0)
+        student, teacher = (timm.create_model("test_resnet", num_classes=10) for _ in range(2))
+        args = make_config(tmp_path, output_dir=str(tmp_path / run), max_steps=8, max_grad_norm=1.0, **THREE, **drop)
+        trainer = LKDTrainer(model=student, teacher=teacher, args=args, train_dataset=_Jittered(make_dataset(64)),
+                             eval_dataset=make_dataset(48, seed=1))
+        members[run] = list(trainer.model.members)
+        trainer.train()
+    dropped = next(log["population/dropped"] for log in trainer.state.log_history if "population/dropped" in log)
+    for k in {0, 1, 2} - {dropped}:
+        for a, b in zip(members["plain"][k].parameters(), members["dropping"][k].parameters(), strict=True):
+            assert torch.equal(a, b)
+
+
 def test_when_the_first_student_is_dropped_the_logged_loss_is_the_next_ones(tmp_path, make_config, make_dataset,
                                                                              monkeypatch):
     monkeypatch.setattr(population_choice, "selection_score",
                         lambda metrics, metric, greater, prefix: -1.0 if prefix == "eval_member0" else 0.0)
-    trainer = _trainer(tmp_path, "drop0", make_config, make_dataset, population_drop_fraction=0.5, logging_steps=1,
+    trainer = _trainer(tmp_path, "drop0", make_config, make_dataset, population_drop_fractions=[0.5], logging_steps=1,
                        **THREE)
     trainer.train()
     after = [log for log in _training_logs(trainer) if log["step"] > 3]
@@ -365,7 +415,7 @@ def test_when_the_first_student_is_dropped_the_logged_loss_is_the_next_ones(tmp_
 
 def test_a_run_resumes_exactly_before_and_after_its_drop(tmp_path, make_config, make_dataset):
     fields = dict(THREE, max_steps=6, save_strategy="steps", save_steps=2, logging_steps=1, max_grad_norm=1.0,
-                  population_drop_fraction=0.5)
+                  population_drop_fractions=[0.5])
     full = _trainer(tmp_path, "full", make_config, make_dataset, **fields)
     members = list(full.model.members)
     full.train()
@@ -379,23 +429,24 @@ def test_a_run_resumes_exactly_before_and_after_its_drop(tmp_path, make_config, 
         assert resumed.distiller.kept == full.distiller.kept
     saved = load_file(os.path.join(full.args.output_dir, "checkpoint-4", "model.safetensors"))
     assert saved["active"].sum() == 2  # one student dropped at step 3, in the checkpoint of step 4
-    other = _trainer(tmp_path, "other", make_config, make_dataset, **dict(fields, population_drop_fraction=0.25))
+    other = _trainer(tmp_path, "other", make_config, make_dataset, **dict(fields, population_drop_fractions=[0.25]))
     with pytest.raises(ValueError, match="population_drop"):
         other.train(resume_from_checkpoint=os.path.join(full.args.output_dir, "checkpoint-4"))
 
 
 @pytest.mark.parametrize("fields, message", [
-    (dict(loss="lkd", temperature=3.0), "three or more students"),
+    (dict(loss="lkd", temperature=3.0, freeze_loss=True), "needs more students"),  # two students, two drops
     (dict(THREE, freeze_loss=False), "kept fixed"),
 ])
-def test_a_drop_needs_three_students_and_a_fixed_loss(tmp_path, make_config, make_dataset, fields, message):
+def test_drops_need_more_students_and_a_fixed_loss(tmp_path, make_config, make_dataset, fields, message):
     with pytest.raises(ValueError, match=message):
-        _trainer(tmp_path, "bad", make_config, make_dataset, population_drop_fraction=0.5, **fields)
-    with pytest.raises(ValueError, match="population_drop_fraction"):
-        make_config(tmp_path, population_drop_fraction=1.0)
+        _trainer(tmp_path, "bad", make_config, make_dataset, population_drop_fractions=[0.5, 0.75], **fields)
+    for fractions in ([1.0], [0.0], [0.75, 0.5], [0.5, 0.5], []):
+        with pytest.raises(ValueError, match="population_drop_fractions"):
+            make_config(tmp_path, population_drop_fractions=fractions)
     with pytest.raises(ValueError, match="ddp_find_unused_parameters"):
-        make_config(tmp_path, population_drop_fraction=0.5, ddp_find_unused_parameters=False)
-    assert make_config(tmp_path, population_drop_fraction=0.5).ddp_find_unused_parameters  # a dropped student idles
+        make_config(tmp_path, population_drop_fractions=[0.5], ddp_find_unused_parameters=False)
+    assert make_config(tmp_path, population_drop_fractions=[0.5]).ddp_find_unused_parameters  # a dropped student idles
 
 
 @pytest.mark.slow

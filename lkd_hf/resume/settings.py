@@ -25,7 +25,7 @@ SETTINGS_FIELDS: dict[str, str] = {
     "student_taps": "the student's feature taps (LKDConfig.feature_taps)",
     "teacher_taps": "the teacher's feature taps (LKDConfig.teacher_feature_taps)",
     "population": "the population's (temperature factor, weight factor) pairs, one per student",
-    "population_drop": "when the population drops its worst student (LKDConfig.population_drop_fraction)",
+    "population_drop": "when the population drops its worst students (LKDConfig.population_drop_fractions)",
 }
 """The settings a checkpoint records, and what each is."""
 
@@ -52,7 +52,7 @@ def run_settings(args: Any, distiller: Any, loss_from: Any = None) -> dict[str, 
         "student_taps": run.get("student_taps"),
         "teacher_taps": run.get("teacher_taps"),
         "population": [list(pair) for pair in distiller.factors],
-        "population_drop": args.population_drop_fraction,
+        "population_drop": args.population_drop_fractions,
     }
 
 
