@@ -38,17 +38,18 @@ epochs), ``ls`` (KD on z-scored logits, logit standardization: base T=2, KD weig
 FitNet hint on the last stage), their tuned versions ``kd-tuned``, ``dist-tuned``, ``dkd-tuned``, ``ls-tuned``,
 ``ctkd-tuned``, and for long-tailed settings ``la-tuned`` (logit adjustment, Menon et al. 2021: the logit-adjusted
 cross-entropy in place of the cross-entropy, no teacher); ``lkd`` (``LKDConfig``'s defaults: the pre-learned logit
-loss, kept fixed, with two students side by side, at its temperature and weight and at twice both, the one with the
-better validation top-1 kept), ``lkd-meta`` (the same, the loss learned further by meta steps), ``lkd-single``
-(``lkd`` with a single student: DIST at the pre-learned temperature, weight and intra-class weight), ``lkd-from-kd``
-(LKD from KD(T=4), without pre-learning, meta steps on), ``lkd-pop3`` (``lkd`` with a third student at a third of the
-temperature and a sixteenth of the weight) and ``lkd+feat`` (not in the default list). Not in the default lists:
-``lkd-meta-val`` and ``lkd-meta-heads`` (the loss learned further by meta steps against the validation split, all of
-it or only its per-class and per-sample weights) and the studies of DIST's search ``dist-tuned-g8`` (gamma {1, 8})
-and ``dist-tuned-wg`` (small weights at T 2 and 4, gamma {1, 8}), ``lkd-pop-low`` (``lkd`` whose second student
-is ``lkd-pop3``'s third instead of the one at twice the temperature and weight) and ``lkd-pop3-halve`` (``lkd-pop3``
-with the worst student by validation top-1 dropped halfway, ``population_drop_fractions=[0.5]``) and
-``lkd-pop3-halve2`` (the same, the worse of the other two dropped at three quarters, ``[0.5, 0.75]``).
+loss, kept fixed, three students side by side, at its temperature and weight, at twice both, and at a third of the
+temperature and a sixteenth of the weight, the worst by validation top-1 dropped after half of the steps, the worse
+of the other two after three quarters, the last one kept), ``lkd-meta`` (the loss learned further by meta steps; with
+them the default population is the first two students, the better at the end kept), ``lkd-single`` (``lkd`` with a
+single student: DIST at the pre-learned temperature, weight and intra-class weight), ``lkd-from-kd`` (LKD from
+KD(T=4), without pre-learning, meta steps on), ``lkd-pop3`` (the three students, none dropped, the best at the end
+kept) and ``lkd+feat`` (not in the default list). Not in the default lists: ``lkd-meta-val`` and ``lkd-meta-heads``
+(the loss learned further by meta steps against the validation split, all of it or only its per-class and
+per-sample weights), the studies of DIST's search ``dist-tuned-g8`` (gamma {1, 8}) and ``dist-tuned-wg`` (small
+weights at T 2 and 4, gamma {1, 8}), and of the population: ``lkd-pop2`` (the default before 2026-12-07: the first
+two students, the better at the end kept), ``lkd-pop-low`` (the first student and ``lkd-pop3``'s third) and
+``lkd-pop3-halve`` (the three students, only the worst dropped, halfway: ``population_drop_fractions=[0.5]``).
 
 Tuning (``tuning.SEARCHES``): every ``*-tuned`` method searches a grid of the same size, 16 trials, over its published
 knobs (KD: T x weight; DIST: T x weight x intra-class weight gamma, which spans beta too; DKD: alpha x beta with the
@@ -154,26 +155,25 @@ METHODS: dict[str, dict[str, Any]] = {  # LKDConfig fields of each method (tuned
     # per-class and per-sample weights (its temperature and weight kept)
     "lkd-meta-val": dict(loss="lkd", freeze_loss=False),
     "lkd-meta-heads": dict(loss="lkd", freeze_loss=False, lkd_learn_knobs=False),
-    # a third student at a third of the temperature and a sixteenth of the weight (a teacher not to lean on)
+    # the three students of the default population (the third: a teacher not to lean on), none dropped
     "lkd-pop3": dict(loss="lkd", population_temperature_factors=[1.0, 2.0, 1 / 3],
                      population_weight_factors=[1.0, 2.0, 1 / 16]),
     # the three students, the worst by validation top-1 dropped halfway (2.5 students' steps)
     "lkd-pop3-halve": dict(loss="lkd", population_temperature_factors=[1.0, 2.0, 1 / 3],
                            population_weight_factors=[1.0, 2.0, 1 / 16], population_drop_fractions=[0.5]),
-    # the same, the worse of the other two dropped at three quarters (2.25 students' steps)
-    "lkd-pop3-halve2": dict(loss="lkd", population_temperature_factors=[1.0, 2.0, 1 / 3],
-                            population_weight_factors=[1.0, 2.0, 1 / 16], population_drop_fractions=[0.5, 0.75]),
-    # that third student instead of the one at twice the temperature and weight (two students, the default's cost)
+    # the default population before 2026-12-07: two students, the better at the end kept
+    "lkd-pop2": dict(loss="lkd", population_temperature_factors=[1.0, 2.0], population_weight_factors=[1.0, 2.0]),
+    # that third student instead of the one at twice the temperature and weight (the earlier default's cost)
     "lkd-pop-low": dict(loss="lkd", population_temperature_factors=[1.0, 1 / 3],
                         population_weight_factors=[1.0, 1 / 16]),
 }
 # start from the leave-one-dataset-out pre-learned loss
 FROM_PRETRAINED = ("lkd", "lkd-meta", "lkd-single", "lkd+feat", "lkd-meta-val", "lkd-meta-heads", "lkd-pop3",
-                   "lkd-pop3-halve", "lkd-pop3-halve2", "lkd-pop-low")
+                   "lkd-pop3-halve", "lkd-pop2", "lkd-pop-low")
 LEARNED = ("lkd-meta", "lkd-from-kd", "lkd+feat", "lkd-meta-val", "lkd-meta-heads")  # loss networks meta-trained
 META_ON_VALIDATION = ("lkd-meta-val", "lkd-meta-heads")  # meta set: the validation split (where the tuned methods pick)
 LONG_TAILED_ONLY = ("la-tuned",)  # in the default method list of long-tailed settings only
-STUDY_ONLY = ("dist-tuned-g8", "dist-tuned-wg", "lkd-pop-low", "lkd-pop3-halve", "lkd-pop3-halve2")  # not by default
+STUDY_ONLY = ("dist-tuned-g8", "dist-tuned-wg", "lkd-pop2", "lkd-pop-low", "lkd-pop3-halve")  # not by default
 TUNED_KEYS = ("temperature", "dist_temperature", "dist_beta", "dist_gamma", "distill_weight", "ce_weight", "dkd_alpha",
               "dkd_beta", "dkd_warmup_fraction", "la_tau", "lkd_init", "meta_learning_rate", "meta_val_source",
               "lookahead_steps", "meta_warmup_steps", "meta_val_loss", "ls_temperature", "ctkd_lambda_max")

@@ -142,10 +142,11 @@ gamma["candidates"])} at that temperature and weight: {gamma["best"]:g} (mean va
 
 ## Use
 
-`LKDConfig(loss="lkd")` uses this loss as it is (`lkd_init="pretrained"`, the default); with an `eval_dataset`, two
-students train side by side, at its temperature and weight and at twice both, and the better is kept. \
-`freeze_loss=False` learns it
-further during the run; `lkd_hf.pretrained_logit_loss()` returns it.
+`LKDConfig(loss="lkd")` uses this loss as it is (`lkd_init="pretrained"`, the default); with an `eval_dataset`, three
+students train side by side, at its temperature and weight, at twice both, and at a third of the temperature and a
+sixteenth of the weight; the worst by validation top-1 stops training halfway, the worse of the other two at three
+quarters, and the last one is kept. `freeze_loss=False` learns it further during the run;
+`lkd_hf.pretrained_logit_loss()` returns it.
 """
 
 

@@ -104,14 +104,15 @@ class LKDConfig(TrainingArguments):
 
         population_temperature_factors (`list[float]` or `None`, defaults to `None`):
             One student per factor, trained side by side, each with the learned logit loss at its temperature times
-            the factor (the first is 1.0); the best on the eval_dataset is kept. Default: ``[1.0, 2.0]`` for a learned
-            logit loss alone with an eval_dataset, else one student.
+            the factor (the first is 1.0); the best on the eval_dataset is kept. Default: ``[1.0, 2.0, 0.3333]`` for
+            a learned logit loss alone with an eval_dataset (``[1.0, 2.0]`` with meta steps), else one student.
         population_weight_factors (`list[float]` or `None`, defaults to `None`):
-            The population's factors of the learned loss's weight, one per student (the first is 1.0).
+            The population's factors of the learned loss's weight, one per student (the first is 1.0). Default:
+            ``[1.0, 2.0, 0.0625]`` with the default temperature factors (``[1.0, 2.0]`` with meta steps).
         population_drop_fractions (`list[float]` or `None`, defaults to `None`):
             With a loss kept fixed, after each of these fractions of training (increasing, fewer than the students)
             the student still training that scores worst on the eval_dataset is dropped; the best of the others is
-            kept at the end. Sets ``ddp_find_unused_parameters=True``.
+            kept at the end (``[]``: none). Default: ``[0.5, 0.75]`` for the default population, else none.
 
         > Outer (meta) loop
 
@@ -292,18 +293,21 @@ class LKDConfig(TrainingArguments):
         default=None,
         metadata={"help": "One student per factor, trained side by side with the learned logit loss at its "
                   "temperature times the factor (the first is 1.0); the best on the eval_dataset is kept. Default: "
-                  "[1.0, 2.0] for a learned logit loss alone with an eval_dataset, else one student ([1.0])."},
+                  "[1.0, 2.0, 0.3333] for a learned logit loss alone with an eval_dataset ([1.0, 2.0] with meta "
+                  "steps), else one student ([1.0])."},
     )
     population_weight_factors: list[float] | None = field(
         default=None,
         metadata={"help": "The population's factors of the learned loss's weight, one per student (the first is 1.0). "
-                  "Default: [1.0, 2.0] with the default temperature factors, else 1.0 each."},
+                  "Default: [1.0, 2.0, 0.0625] with the default temperature factors ([1.0, 2.0] with meta steps), "
+                  "else 1.0 each."},
     )
     population_drop_fractions: list[float] | None = field(
         default=None,
         metadata={"help": "With a loss kept fixed, after each of these fractions of training (increasing, fewer than "
                   "the students) the student still training that scores worst on the eval_dataset is dropped; the "
-                  "best of the others is kept at the end."},
+                  "best of the others is kept at the end ([]: none). Default: [0.5, 0.75] for the default "
+                  "population, else none."},
     )
 
     # --- outer (meta) loop -----------------------------------------------------------------------------------
@@ -408,14 +412,9 @@ class LKDConfig(TrainingArguments):
         if self.use_cpu or not torch.accelerator.is_available():  # pinned memory only serves an accelerator
             self.dataloader_pin_memory = False
         check_ranges(self, LKD_CONFIG_RANGES, type(self).__name__)
-        if self.population_drop_fractions is not None:  # under DDP a dropped student's weights get no gradient
-            fractions = self.population_drop_fractions
-            if not fractions or any(a >= b for a, b in zip(fractions, fractions[1:])):
-                raise ValueError(f"population_drop_fractions must be increasing and not empty, got {fractions}.")
-            if self.ddp_find_unused_parameters is False:
-                raise ValueError("population_drop_fractions leaves the dropped students' weights without gradients: "
-                                 "DistributedDataParallel needs ddp_find_unused_parameters=True (or unset).")
-            self.ddp_find_unused_parameters = True
+        fractions = self.population_drop_fractions
+        if fractions is not None and any(a >= b for a, b in zip(fractions, fractions[1:])):
+            raise ValueError(f"population_drop_fractions must be increasing, got {fractions}.")
         self.loss_kwargs = _loss_kwargs_with_deprecated_fields(self)
         for name, options in self.loss_kwargs.items():
             check_ranges(options, LOSS_OPTION_RANGES.get(name, {}), f"{type(self).__name__}.loss_kwargs[{name!r}]")

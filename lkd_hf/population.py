@@ -22,10 +22,14 @@ from torch.func import functional_call
 
 from .objective import DistillationObjective
 
-DEFAULT_TEMPERATURE_FACTORS = (1.0, 2.0)
-"""The temperature factors ``population_temperature_factors=None`` resolves to when a population applies."""
-DEFAULT_WEIGHT_FACTORS = (1.0, 2.0)
+DEFAULT_TEMPERATURE_FACTORS = (1.0, 2.0, 1 / 3)
+"""The temperature factors ``population_temperature_factors=None`` resolves to when a population applies and the loss
+is kept fixed (with meta steps: the first two)."""
+DEFAULT_WEIGHT_FACTORS = (1.0, 2.0, 1 / 16)
 """The weight factors ``population_weight_factors=None`` resolves to when a population applies by default."""
+DEFAULT_DROP_FRACTIONS = (0.5, 0.75)
+"""The fractions of training after which the default population (loss kept fixed) drops its worst student still
+training: the worst of three at half, the worse of two at three quarters; the last one is kept."""
 
 
 class StudentPopulation(nn.Module):
@@ -145,9 +149,10 @@ def population_factors(args: Any, objective: DistillationObjective,
     A population needs a logit loss with learnable temperature and weight parameters (``log_temperature``,
     ``log_weight``, e.g. ``loss="lkd"``), no feature loss, and an evaluation dataset to choose the student on. With
     ``population_temperature_factors`` and ``population_weight_factors`` both ``None``, the members are
-    :data:`DEFAULT_TEMPERATURE_FACTORS` and :data:`DEFAULT_WEIGHT_FACTORS` paired where a population applies and a
-    single student elsewhere; one list set alone pairs with factors 1.0; factors set by hand where no population
-    applies are an error.
+    :data:`DEFAULT_TEMPERATURE_FACTORS` and :data:`DEFAULT_WEIGHT_FACTORS` paired where a population applies (with
+    a loss learned by meta steps, the first two pairs: the meta steps learn from the first student, which the default
+    drops may remove) and a single student elsewhere; one list set alone pairs with factors 1.0; factors set by hand
+    where no population applies are an error.
 
     Args:
         args: an :class:`~lkd_hf.LKDConfig`.
@@ -159,8 +164,10 @@ def population_factors(args: Any, objective: DistillationObjective,
                  and objective.feature_loss is None and has_eval_dataset)
     members = args.population_members
     if members is None:
-        pairs = zip(DEFAULT_TEMPERATURE_FACTORS, DEFAULT_WEIGHT_FACTORS, strict=True) if supported else [(1.0, 1.0)]
-        return tuple(pairs)
+        if not supported:
+            return ((1.0, 1.0),)
+        pairs = tuple(zip(DEFAULT_TEMPERATURE_FACTORS, DEFAULT_WEIGHT_FACTORS, strict=True))
+        return pairs[:2] if objective.meta_parameters() else pairs
     if len(members) > 1 and not supported:
         raise ValueError(
             "A population (population_temperature_factors, population_weight_factors) needs a learned logit loss with "
@@ -168,6 +175,26 @@ def population_factors(args: Any, objective: DistillationObjective,
             "on; leave population_weight_factors unset and set population_temperature_factors=[1.0] (a single student)."
         )
     return tuple(members)
+
+
+def population_drops(args: Any, objective: DistillationObjective,
+                     factors: Sequence[tuple[float, float]]) -> tuple[float, ...]:
+    """The fractions of training after which the population drops its worst student still training (empty: none).
+
+    ``population_drop_fractions`` when set (``[]``: none); else :data:`DEFAULT_DROP_FRACTIONS` for the default
+    population of a loss kept fixed, and none otherwise.
+
+    Args:
+        args: an :class:`~lkd_hf.LKDConfig`.
+        objective: the run's student objective.
+        factors: the population's members (:func:`population_factors`).
+    """
+    if args.population_drop_fractions is not None:
+        return tuple(args.population_drop_fractions)
+    default = tuple(zip(DEFAULT_TEMPERATURE_FACTORS, DEFAULT_WEIGHT_FACTORS, strict=True))
+    if args.population_members is None and tuple(factors) == default and not objective.meta_parameters():
+        return DEFAULT_DROP_FRACTIONS
+    return ()
 
 
 def member_objectives(objective: DistillationObjective,

@@ -64,6 +64,10 @@ class DropWorstStudent(TrainerCallback):
         if learns_loss:
             raise ValueError("population_drop_fractions needs a loss kept fixed (freeze_loss=True): meta steps learn "
                              "from the first student, which may be dropped.")
+        if trainer.args.ddp_find_unused_parameters is False:  # under DDP a dropped student's weights get no gradient
+            raise ValueError("Dropping students (population_drop_fractions) leaves their weights without gradients: "
+                             "DistributedDataParallel needs ddp_find_unused_parameters=True (or unset); or set "
+                             "population_drop_fractions=[].")
         self.trainer, self.fractions, self.drop_steps = trainer, list(fractions), []
 
     def on_train_begin(self, args, state, control, **kwargs):

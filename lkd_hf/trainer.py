@@ -44,7 +44,7 @@ from .model_card import dataset_name, last_eval_metrics
 from .model_info import model_num_classes
 from .nonfinite import NonFiniteGuard, check_finite
 from .objective import DistillationObjective, build_objective, pop_means
-from .population import choice_line, choice_logs, member_key, population_factors
+from .population import choice_line, choice_logs, member_key, population_drops, population_factors
 from .population_choice import DropWorstStudent, evaluate_students
 from .resume.checks import checkpoint_to_resume, named_checkpoint_failure
 from .resume.settings import check_resume_settings, run_settings, save_run_settings
@@ -116,9 +116,10 @@ class LKDTrainer(Trainer):
             input_size=input_size(model, train_dataset) if with_features else None,
             population_factors=population_factors(args, objective, eval_dataset is not None),
         )
+        drops = population_drops(args, objective, self.distiller.factors)
         if learned is not None:  # errors on other classes / teacher feature taps, warns on another pair
             learned.check_compatible(**self.distiller.describe())
-        self.run_settings = run_settings(args, self.distiller, learned)  # what a resume compares (lkd_run.json)
+        self.run_settings = run_settings(args, self.distiller, drops, learned)  # what a resume compares (lkd_run.json)
         learns_loss = bool(objective.meta_parameters())
         if learns_loss and args.hypergradient == "unrolled":
             check_unrolled_support(self.distiller.learning_student, input_size(model, train_dataset))
@@ -142,8 +143,8 @@ class LKDTrainer(Trainer):
         )
         self.loss_is_scaled_for_ga = False  # compute_loss returns a per-batch mean
         self.add_callback(CheckpointPushFiles())
-        if args.population_drop_fractions is not None:
-            self.add_callback(DropWorstStudent(self, args.population_drop_fractions, learns_loss))
+        if drops:
+            self.add_callback(DropWorstStudent(self, drops, learns_loss))
         if self.distiller.num_students > 1 and (self.is_fsdp_enabled or self.is_deepspeed_enabled):
             raise ValueError("A population clips each student on its own: not under FSDP or DeepSpeed; "
                              "leave population_weight_factors unset and set population_temperature_factors=[1.0].")

@@ -19,11 +19,13 @@ from lkd_hf import population_choice
 from lkd_hf import trainer as trainer_module
 from lkd_hf.objective import build_objective
 from lkd_hf.population import (
+    DEFAULT_DROP_FRACTIONS,
     DEFAULT_TEMPERATURE_FACTORS,
     DEFAULT_WEIGHT_FACTORS,
     ScaledLoss,
     StudentPopulation,
     member_objectives,
+    population_drops,
     population_factors,
     selection_score,
 )
@@ -109,9 +111,9 @@ def test_which_runs_train_a_population(tmp_path, make_config):
         return population_factors(args, build_objective(args), has_eval)
 
     default = tuple(zip(DEFAULT_TEMPERATURE_FACTORS, DEFAULT_WEIGHT_FACTORS, strict=True))
-    assert default[0] == (1.0, 1.0) and len(default) > 1
-    assert factors(loss="lkd") == default
+    assert default[0] == (1.0, 1.0) and len(default) == 3
     assert factors(loss="lkd", freeze_loss=True) == default
+    assert factors(loss="lkd") == default[:2]  # learned by meta steps (from KD): they learn from the first student
     assert factors(False, loss="lkd") == ((1.0, 1.0),)  # nothing to choose on
     assert factors(loss="kd") == ((1.0, 1.0),) and factors(loss="lkd+feat") == ((1.0, 1.0),)
     assert factors(loss="lkd", population_temperature_factors=[1, 1.5, 3]) == ((1.0, 1.0), (1.5, 1.0), (3.0, 1.0))
@@ -123,6 +125,21 @@ def test_which_runs_train_a_population(tmp_path, make_config):
         factors(loss="kd", population_temperature_factors=[1.0, 2.0])
     with pytest.raises(ValueError, match="needs a learned logit loss"):
         factors(False, loss="lkd", population_weight_factors=[1.0, 2.0])
+
+
+def test_which_populations_drop_students(tmp_path, make_config):
+    def drops(has_eval=True, **fields):
+        args = make_config(tmp_path, **fields)
+        objective = build_objective(args)
+        return population_drops(args, objective, population_factors(args, objective, has_eval))
+
+    fixed = dict(loss="lkd", freeze_loss=True)
+    assert drops(**fixed) == DEFAULT_DROP_FRACTIONS == (0.5, 0.75)  # the default population, its loss fixed
+    assert drops(loss="lkd") == ()  # meta steps
+    assert drops(False, **fixed) == () and drops(loss="kd") == ()  # a single student
+    assert drops(**fixed, population_temperature_factors=[1, 2, 3]) == ()  # a population set by hand
+    assert drops(**fixed, population_drop_fractions=[]) == ()
+    assert drops(**fixed, population_temperature_factors=[1, 2, 3], population_drop_fractions=[0.4]) == (0.4,)
 
 
 @pytest.mark.parametrize("fields, match", [
@@ -435,18 +452,20 @@ def test_a_run_resumes_exactly_before_and_after_its_drop(tmp_path, make_config, 
 
 
 @pytest.mark.parametrize("fields, message", [
-    (dict(loss="lkd", temperature=3.0, freeze_loss=True), "needs more students"),  # two students, two drops
+    (dict(loss="lkd", temperature=3.0, freeze_loss=True, population_temperature_factors=[1.0, 2.0]),
+     "needs more students"),  # two students, two drops
     (dict(THREE, freeze_loss=False), "kept fixed"),
 ])
 def test_drops_need_more_students_and_a_fixed_loss(tmp_path, make_config, make_dataset, fields, message):
     with pytest.raises(ValueError, match=message):
         _trainer(tmp_path, "bad", make_config, make_dataset, population_drop_fractions=[0.5, 0.75], **fields)
-    for fractions in ([1.0], [0.0], [0.75, 0.5], [0.5, 0.5], []):
+    for fractions in ([1.0], [0.0], [0.75, 0.5], [0.5, 0.5]):
         with pytest.raises(ValueError, match="population_drop_fractions"):
             make_config(tmp_path, population_drop_fractions=fractions)
-    with pytest.raises(ValueError, match="ddp_find_unused_parameters"):
-        make_config(tmp_path, population_drop_fractions=[0.5], ddp_find_unused_parameters=False)
-    assert make_config(tmp_path, population_drop_fractions=[0.5]).ddp_find_unused_parameters  # a dropped student idles
+    default = dict(loss="lkd", temperature=3.0, freeze_loss=True, ddp_find_unused_parameters=False)
+    with pytest.raises(ValueError, match="ddp_find_unused_parameters"):  # under DDP a dropped student's weights idle
+        _trainer(tmp_path, "ddp", make_config, make_dataset, **default)
+    _trainer(tmp_path, "no-drops", make_config, make_dataset, **default, population_drop_fractions=[])
 
 
 @pytest.mark.slow

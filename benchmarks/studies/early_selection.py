@@ -10,9 +10,10 @@ temperature and weight, at twice both, and at a third of the temperature and a s
 Students never interact while the loss is fixed, so each student's run is the one it would have alone, and
 "choose at epoch e" is read off one run: the student with the best validation top-1 after epoch ``e`` is the one kept,
 and its test top-1 at the end is the result. A choice after epoch ``e`` of ``E`` costs
-``3 e / E + (E - e) / E`` student runs (three students until the choice, one after), against 2 for the default
-population (two students to the end) and 1 for a single student. "Drop the worst after epoch ``e``" (successive
-halving's first round) keeps two students to the end and chooses between them there: ``3 e / E + 2 (E - e) / E``.
+``3 e / E + (E - e) / E`` student runs (three students until the choice, one after), against 2 for the two-student
+population (two students to the end, the default until 2026-12-07) and 1 for a single student. "Drop the worst
+after epoch ``e``" (successive halving's first round) keeps two students to the end and chooses between them there:
+``3 e / E + 2 (E - e) / E``.
 """
 
 from __future__ import annotations
@@ -94,7 +95,7 @@ def drop_worst(val_top1: list[float], members: list[int]) -> list[int]:
 
 
 def kept_member(run: dict, way: tuple[str, int], epochs: int) -> int:
-    """The student a way of choosing keeps in one run: ``("pop2", E)`` the default's two students at the end,
+    """The student a way of choosing keeps in one run: ``("pop2", E)`` the first two students at the end,
     ``("choose", e)`` the best of three after epoch ``e``, ``("halve", e)`` the worst of three dropped after epoch
     ``e`` and the best of the other two at the end."""
     kind, e = way
@@ -114,7 +115,8 @@ def student_runs(way: tuple[str, int], epochs: int) -> float:
 
 def summarize(runs: list[dict], epochs: int) -> dict:
     """Per setting and pair: mean test top-1 (balanced for a long tail) of each way of choosing, its paired
-    difference to the default population (two students, chosen at the end) and its cost in student runs."""
+    difference to the two-student population (chosen at the end, the default until 2026-12-07) and its cost in
+    student runs."""
     metric = "test_balanced" if "lt" in runs[0]["dataset"] else "test_top1"
     ways = {"pop2-end (default)": ("pop2", epochs), "pop3-end": ("choose", epochs),
             **{f"pop3-epoch{e}": ("choose", e) for e in range(1, epochs)},

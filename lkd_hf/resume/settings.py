@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import warnings
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -30,7 +31,7 @@ SETTINGS_FIELDS: dict[str, str] = {
 """The settings a checkpoint records, and what each is."""
 
 
-def run_settings(args: Any, distiller: Any, loss_from: Any = None) -> dict[str, Any]:
+def run_settings(args: Any, distiller: Any, drop_fractions: Sequence[float], loss_from: Any = None) -> dict[str, Any]:
     """A run's settings that shape what it learns (:data:`SETTINGS_FIELDS`), as JSON values.
 
     Args:
@@ -38,6 +39,7 @@ def run_settings(args: Any, distiller: Any, loss_from: Any = None) -> dict[str, 
         distiller: the run's :class:`~lkd_hf.Distiller`, as built (its logit / feature loss modules, whose
             constructor arguments are recorded for a loss network (its ``_hub_mixin_config``), the resolved feature
             taps and the population's factor pairs).
+        drop_fractions: when the population drops its worst students (:func:`~lkd_hf.population.population_drops`).
         loss_from: the :class:`~lkd_hf.LearnedLoss` loaded with ``loss_from`` (``None``: none).
     """
     learned_logit = parse_loss_spec(args.loss).logit == "lkd"
@@ -52,7 +54,7 @@ def run_settings(args: Any, distiller: Any, loss_from: Any = None) -> dict[str, 
         "student_taps": run.get("student_taps"),
         "teacher_taps": run.get("teacher_taps"),
         "population": [list(pair) for pair in distiller.factors],
-        "population_drop": args.population_drop_fractions,
+        "population_drop": list(drop_fractions),
     }
 
 
