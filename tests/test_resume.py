@@ -1,6 +1,7 @@
 """Exact resume: a run stopped at step k and resumed from its checkpoint ends at step n with the same loss networks,
 meta optimizer, snapshot pool and student as an uninterrupted run (CPU, seeded)."""
 
+import json
 import os
 
 import pytest
@@ -141,6 +142,13 @@ def test_hand_made_loss_resumes_and_a_checkpoint_without_lkd_state_or_settings_w
     kd.train()
     checkpoint = os.path.join(kd.args.output_dir, f"checkpoint-{RESUME_STEP}")
     assert not os.path.exists(os.path.join(checkpoint, LKD_STATE_DIRNAME))  # nothing to save for a hand-made loss
+    settings_path = os.path.join(checkpoint, RUN_SETTINGS_NAME)
+    with open(settings_path) as f:
+        settings = json.load(f)
+    assert settings["population_drop"] is None  # no drops are recorded as a checkpoint without the field reads
+    del settings["population_drop"]
+    with open(settings_path, "w") as f:  # as written before checkpoints recorded the population's drops
+        json.dump(settings, f)
     kd_resumed = resumed(make_trainer, tmp_path, kd, "kd_resumed", loss="kd")
     for (name, x), (_, y) in zip(kd.model.state_dict().items(), kd_resumed.model.state_dict().items(), strict=True):
         assert torch.equal(x, y), name

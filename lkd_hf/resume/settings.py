@@ -54,7 +54,7 @@ def run_settings(args: Any, distiller: Any, drop_fractions: Sequence[float], los
         "student_taps": run.get("student_taps"),
         "teacher_taps": run.get("teacher_taps"),
         "population": [list(pair) for pair in distiller.factors],
-        "population_drop": list(drop_fractions),
+        "population_drop": list(drop_fractions) or None,  # None: no drops (as checkpoints without the key)
     }
 
 
