@@ -27,6 +27,8 @@ DEFAULT_TEMPERATURE_FACTORS = (1.0, 2.0, 1 / 3)
 is kept fixed (with meta steps: the first two)."""
 DEFAULT_WEIGHT_FACTORS = (1.0, 2.0, 1 / 16)
 """The weight factors ``population_weight_factors=None`` resolves to when a population applies by default."""
+DEFAULT_MEMBERS = tuple(zip(DEFAULT_TEMPERATURE_FACTORS, DEFAULT_WEIGHT_FACTORS, strict=True))
+"""The default population's ``(temperature factor, weight factor)`` pairs."""
 DEFAULT_DROP_FRACTIONS = (0.5, 0.75)
 """The fractions of training after which the default population (loss kept fixed) drops its worst student still
 training: the worst of three at half, the worse of two at three quarters; the last one is kept."""
@@ -166,8 +168,7 @@ def population_factors(args: Any, objective: DistillationObjective,
     if members is None:
         if not supported:
             return ((1.0, 1.0),)
-        pairs = tuple(zip(DEFAULT_TEMPERATURE_FACTORS, DEFAULT_WEIGHT_FACTORS, strict=True))
-        return pairs[:2] if objective.meta_parameters() else pairs
+        return DEFAULT_MEMBERS[:2] if objective.meta_parameters() else DEFAULT_MEMBERS
     if len(members) > 1 and not supported:
         raise ValueError(
             "A population (population_temperature_factors, population_weight_factors) needs a learned logit loss with "
@@ -177,22 +178,20 @@ def population_factors(args: Any, objective: DistillationObjective,
     return tuple(members)
 
 
-def population_drops(args: Any, objective: DistillationObjective,
-                     factors: Sequence[tuple[float, float]]) -> tuple[float, ...]:
+def population_drops(args: Any, factors: Sequence[tuple[float, float]]) -> tuple[float, ...]:
     """The fractions of training after which the population drops its worst student still training (empty: none).
 
     ``population_drop_fractions`` when set (``[]``: none); else :data:`DEFAULT_DROP_FRACTIONS` for the default
-    population of a loss kept fixed, and none otherwise.
+    population of a loss kept fixed (:func:`population_factors` resolves to all of :data:`DEFAULT_MEMBERS` only
+    then), and none otherwise.
 
     Args:
         args: an :class:`~lkd_hf.LKDConfig`.
-        objective: the run's student objective.
         factors: the population's members (:func:`population_factors`).
     """
     if args.population_drop_fractions is not None:
         return tuple(args.population_drop_fractions)
-    default = tuple(zip(DEFAULT_TEMPERATURE_FACTORS, DEFAULT_WEIGHT_FACTORS, strict=True))
-    if args.population_members is None and tuple(factors) == default and not objective.meta_parameters():
+    if args.population_members is None and tuple(factors) == DEFAULT_MEMBERS:
         return DEFAULT_DROP_FRACTIONS
     return ()
 

@@ -11,7 +11,6 @@ import copy
 from typing import Any
 
 import torch
-
 from transformers import TrainerCallback
 from transformers.utils import logging
 

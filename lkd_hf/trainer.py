@@ -116,7 +116,7 @@ class LKDTrainer(Trainer):
             input_size=input_size(model, train_dataset) if with_features else None,
             population_factors=population_factors(args, objective, eval_dataset is not None),
         )
-        drops = population_drops(args, objective, self.distiller.factors)
+        drops = population_drops(args, self.distiller.factors)
         if learned is not None:  # errors on other classes / teacher feature taps, warns on another pair
             learned.check_compatible(**self.distiller.describe())
         self.run_settings = run_settings(args, self.distiller, drops, learned)  # what a resume compares (lkd_run.json)

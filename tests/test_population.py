@@ -131,7 +131,7 @@ def test_which_populations_drop_students(tmp_path, make_config):
     def drops(has_eval=True, **fields):
         args = make_config(tmp_path, **fields)
         objective = build_objective(args)
-        return population_drops(args, objective, population_factors(args, objective, has_eval))
+        return population_drops(args, population_factors(args, objective, has_eval))
 
     fixed = dict(loss="lkd", freeze_loss=True)
     assert drops(**fixed) == DEFAULT_DROP_FRACTIONS == (0.5, 0.75)  # the default population, its loss fixed
