@@ -85,6 +85,7 @@ class Distiller(TrainingTask):
         self.objectives = member_objectives(objective, self.factors)
         self.objective = objective
         self.kept: int | None = None  # the population's student that keep() kept
+        self._stopped_before_keep: list[int] = []  # stopped_members when keep() ended the population
 
     def train(self, mode: bool = True) -> Distiller:
         """Set the students' mode; the teacher stays in evaluation mode.
@@ -137,6 +138,14 @@ class Distiller(TrainingTask):
         """The indices of the students still training (``[0]`` without a population)."""
         return [0] if self.population is None else self.population.active_members
 
+    @property
+    def stopped_members(self) -> list[int]:
+        """The indices of the population's students that stopped training part-way (:meth:`drop`; ``[]`` without a
+        population)."""
+        if self.population is None:
+            return list(self._stopped_before_keep)
+        return [k for k in range(self.num_students) if k not in self.population.active_members]
+
     def drop(self, k: int) -> None:
         """Stop training student ``k`` of the population (:meth:`StudentPopulation.drop`).
 
@@ -169,7 +178,7 @@ class Distiller(TrainingTask):
         self.select(k)
         if self.population is None:
             return self.trainable_module
-        self.kept = k
+        self.kept, self._stopped_before_keep = k, self.stopped_members
         if k > 0:
             chosen = self.objectives[k]
             chosen.distill_loss = chosen.distill_loss.materialize()
@@ -291,15 +300,17 @@ class Distiller(TrainingTask):
 
     def describe_population(self) -> dict[str, Any]:
         """The population behind :meth:`loss_networks` as :class:`~lkd_hf.LearnedLossConfig` fields: each student's
-        factors (``population_factors``), the student kept (``population_member``; ``None`` before :meth:`keep`)
-        and the temperature and weight of the logit loss network the students share, before their factors
-        (``population_network_knobs``); ``{}`` for a single student."""
+        factors (``population_factors``), the student kept (``population_member``; ``None`` before :meth:`keep`),
+        the temperature and weight of the logit loss network the students share, before their factors
+        (``population_network_knobs``) and the students that stopped training part-way (``population_dropped``);
+        ``{}`` for a single student."""
         if len(self.factors) == 1:
             return {}
         shared = self.objectives[0].distill_loss
         return {"population_factors": [list(pair) for pair in self.factors], "population_member": self.kept,
                 "population_network_knobs": {"temperature": float(shared.temperature.detach()),
-                                             "weight": float(shared.weight.detach())}}
+                                             "weight": float(shared.weight.detach())},
+                "population_dropped": self.stopped_members}
 
     def describe(self) -> dict[str, Any]:
         """The setting a learned loss is tied to: teacher / student names, ``num_classes`` and, with feature

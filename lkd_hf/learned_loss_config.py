@@ -41,6 +41,8 @@ class LearnedLossConfig:
             population trains (the networks are then the first student's, at factors 1.0).
         population_network_knobs: the ``temperature`` and ``weight`` of the logit loss network the students shared,
             before each student's factors; the networks saved are the kept student's: that network at its factors.
+        population_dropped: the indices of the population's students that stopped training part-way (each the worst
+            of those still training when dropped; ``population_drop_fractions``); ``[]``: none stopped.
 
     ``meta_steps`` and the ``population_*`` fields are written only when known (files written before them lack them,
     and load with ``None``).
@@ -65,6 +67,7 @@ class LearnedLossConfig:
     population_factors: list[list[float]] | None = None
     population_member: int | None = None
     population_network_knobs: dict[str, float] | None = None
+    population_dropped: list[int] | None = None
 
     @property
     def learned_in_run(self) -> bool | None:
@@ -156,6 +159,8 @@ _OPTIONAL_FIELD_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "population_factors": (_is_factor_pairs, "a list of [temperature, weight] factor pairs > 0, or null"),
     "population_member": (lambda v: _is_int(v) and v >= 0, "a non-negative integer or null"),
     "population_network_knobs": (_is_knobs, 'an object {"temperature": number > 0, "weight": number > 0}, or null'),
+    "population_dropped": (lambda v: isinstance(v, list) and all(_is_int(k) and k >= 0 for k in v) and
+                           len(set(v)) == len(v), "a list of distinct non-negative integers, or null"),
 }
 OPTIONAL_FIELDS = frozenset(_OPTIONAL_FIELD_CHECKS)
 """The :class:`LearnedLossConfig` fields a ``config.json`` may lack (written only when set)."""
@@ -215,6 +220,10 @@ def config_from_json(raw: Any, path: str, source: str) -> LearnedLossConfig:
     if member is not None and (factors is None or member >= len(factors)):
         raise invalid_file(source, path, f"`population_member` {member} is not a student of `population_factors` "
                            f"{factors}")
+    dropped = raw["population_dropped"] or []
+    if dropped and (factors is None or max(dropped) >= len(factors) or member in dropped):
+        raise invalid_file(source, path, f"`population_dropped` {dropped} must name students of `population_factors` "
+                           f"{factors} other than the one kept (`population_member` {member})")
     return LearnedLossConfig(**{f.name: raw[f.name] for f in fields(LearnedLossConfig)})
 
 

@@ -97,7 +97,23 @@ def population_paragraph(config: Any) -> str:
             f"loss network{network} at its own factors of the temperature and weight: {pairs}. This file holds the "
             f"loss of student {member or 0} ({'the one kept' if member is not None else 'before one was kept'}): the "
             f"shared network at temperature factor {temperature_factor:g} and weight factor {weight_factor:g}, as "
-            "that student used it.")
+            f"that student used it.{dropped_sentence(config.population_dropped)}")
+
+
+def dropped_sentence(dropped: list[int] | None) -> str:
+    """The card's sentence on the population's students that stopped training part-way (empty when none did or it
+    is not recorded).
+
+    Args:
+        dropped: the config's ``population_dropped``.
+    """
+    if not dropped:
+        return ""
+    if len(dropped) == 1:
+        who = f"Student {dropped[0]} stopped training part-way,"
+    else:
+        who = f"Students {' and '.join(str(k) for k in sorted(dropped))} stopped training part-way, each"
+    return f" {who} the worst on the validation metric of the students still training when it was dropped."
 
 
 def network_text(loss: Any) -> str:

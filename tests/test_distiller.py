@@ -99,7 +99,8 @@ def test_a_population_trains_side_by_side_and_keeps_one(make_models):
         torch.testing.assert_close(member["distill"], parts["distill"])
     assert distiller.describe_population() == {
         "population_factors": [[1.0, 1.0], [2.0, 3.0]], "population_member": None,
-        "population_network_knobs": {"temperature": pytest.approx(3.0), "weight": pytest.approx(1.0)}}
+        "population_network_knobs": {"temperature": pytest.approx(3.0), "weight": pytest.approx(1.0)},
+        "population_dropped": []}
 
     result["loss"].backward()
     norms = [torch.nn.utils.get_total_norm([p.grad for p in m.parameters()]) for m in members]

@@ -100,6 +100,8 @@ def test_newer_format_version_says_to_upgrade(saved):
         ("population_factors", [[1.0, 0.0]], "list"),
         ("population_member", "1", "str"),
         ("population_network_knobs", {"temperature": 6.0}, "dict"),
+        ("population_dropped", [1, 1], "list"),
+        ("population_dropped", 1, "int"),
     ],
 )
 def test_field_of_the_wrong_type_is_refused_naming_field_and_type(saved, name, value, type_name):
@@ -125,6 +127,16 @@ def test_a_population_member_outside_the_population_is_refused(saved):
     assert "`population_member` 2 is not a student of `population_factors`" in message and ADVICE in message
     edit_config(folder, population_member=1)
     assert LearnedLoss.from_pretrained(folder).config.population_member == 1
+
+
+@pytest.mark.parametrize("dropped", [[2], [1]])
+def test_a_dropped_student_outside_the_population_or_kept_is_refused(saved, dropped):
+    _, folder = saved
+    edit_config(folder, population_factors=[[1.0, 1.0], [2.0, 2.0]], population_member=1, population_dropped=dropped)
+    message = load_error(folder)
+    assert f"`population_dropped` {dropped} must name students of `population_factors`" in message and ADVICE in message
+    edit_config(folder, population_dropped=[0])
+    assert LearnedLoss.from_pretrained(folder).config.population_dropped == [0]
 
 
 def test_missing_fields_are_named(saved):

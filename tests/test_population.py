@@ -228,6 +228,9 @@ def test_a_fixed_loss_is_not_called_learned_and_the_card_names_the_student_kept(
     assert "did not learn it" in card and "kept fixed: no meta step" in card
     assert "learned with" not in card and "Learned distillation loss" not in card and "meta steps)" not in card
     assert f"This file holds the loss of student {selected} (the one kept)" in card
+    dropped = sorted(log["population/dropped"] for log in trainer.state.log_history if "population/dropped" in log)
+    assert len(dropped) == 2 and config.population_dropped == dropped  # the default drops two of three students
+    assert f"Students {dropped[0]} and {dropped[1]} stopped training part-way" in card
 
 
 def test_the_best_member_is_kept_with_its_loss(tmp_path, make_config, make_dataset):
@@ -383,6 +386,10 @@ def test_two_drops_leave_the_last_student_to_train_alone(tmp_path, make_config, 
     last = [log for log in _training_logs(trainer) if log["step"] > 6]
     keys = {key for log in last for key in log if key.startswith("member")}
     assert last and keys and all(key.startswith("member2/") for key in keys)
+    config = trainer.learned_loss().config  # the saved loss says which students stopped part-way
+    assert (config.population_member, config.population_dropped) == (2, [0, 1])
+    assert ("Students 0 and 1 stopped training part-way, each the worst on the validation metric of the students "
+            "still training when it was dropped.") in trainer.learned_loss().generate_model_card().text
 
 
 class _Jittered(torch.utils.data.Dataset):
