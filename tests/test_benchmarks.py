@@ -267,6 +267,52 @@ def test_early_selection_reads_each_choice_off_one_run_and_counts_its_cost():
     assert study.summarize([dict(runs[0], dataset="mnist-5k/lt50")], epochs=2)["metric"] == "test_balanced"
 
 
+def test_fork_study_copies_the_leader_over_the_runner_up_with_the_variants_factors(tmp_path, make_config,
+                                                                                  make_dataset, monkeypatch):
+    """After the first drop (step 4 of 8) the leader's weights and optimizer state are copied over the runner-up,
+    which trains on at the variant's factors; the second drop then chooses between leader and copy."""
+    import timm
+    from transformers import TrainerCallback
+
+    from lkd_hf import LKDTrainer, population_choice
+
+    study = load_script(BENCHMARKS / "studies" / "fork.py", "lkd_study_fork")
+    scores = {"eval_member0": 0.5, "eval_member1": 0.2, "eval_member2": 0.9}  # drop 1; leader 2, runner-up 0
+    monkeypatch.setattr(population_choice, "selection_score", lambda metrics, metric, greater, prefix: scores[prefix])
+    torch.manual_seed(0)
+    student, teacher = (timm.create_model("test_resnet", num_classes=10) for _ in range(2))
+    args = make_config(tmp_path, max_steps=8, max_grad_norm=1.0, logging_steps=1, loss="lkd", temperature=3.0,
+                       optim_args="momentum=0.9,nesterov=True",
+                       freeze_loss=True, population_temperature_factors=[1.0, 2.0, 1 / 3],
+                       population_weight_factors=[1.0, 2.0, 1 / 16], population_drop_fractions=[0.5, 0.75])
+    fork = study.ForkAtFirstDrop("anneal")
+    trainer = LKDTrainer(model=student, teacher=teacher, args=args, train_dataset=make_dataset(64),
+                         eval_dataset=make_dataset(48, seed=1), callbacks=[fork])
+    fork.attach(trainer)
+    members, seen = list(trainer.model.members), {}
+
+    class Seen(TrainerCallback):  # added after the fork: sees each step after it
+        def on_step_end(self, args, state, control, **kwargs):
+            seen[state.global_step] = [[p.detach().clone() for p in m.parameters()] for m in members]
+            if state.global_step == 4:
+                seen["optimizer"] = [[{k: torch.as_tensor(v).clone() for k, v in trainer.optimizer.state[p].items()}
+                                      for p in m.parameters()] for m in members]
+
+    trainer.add_callback(Seen())
+    trainer.train()
+    assert fork.done == {"step": 4, "leader": 2, "copy": 0, "factors": [1 / 3, 1 / 64],
+                         "scores": {"0": 0.5, "2": 0.9}}
+    assert trainer.distiller.factors[0] == (1 / 3, 1 / 64)
+    for copied, leader in zip(seen[4][0], seen[4][2], strict=True):
+        assert torch.equal(copied, leader)
+    for copied, leader in zip(seen["optimizer"][0], seen["optimizer"][2], strict=True):
+        assert copied.keys() == leader.keys() and copied and all(torch.equal(copied[k], leader[k]) for k in copied)
+    assert not all(torch.equal(a, b) for a, b in zip(seen[5][0], seen[5][2], strict=True))  # another loss from here
+    drops = [log["population/dropped"] for log in trainer.state.log_history if "population/dropped" in log]
+    assert drops == [1, 0] and trainer.distiller.kept == 2  # the copy scores 0.5 < 0.9 at the second drop
+    assert study.fork_factors("runnerup", ((1.0, 1.0), (2.0, 2.0), (1 / 3, 1 / 16)), 2, 0) == (1.0, 1.0)
+
+
 def test_runs_go_seed_by_seed_with_the_methods_alternating(accuracy):
     args = SimpleNamespace(pair_list=["teacher->s4"], method_list=["ce", "kd"], seeds=[0, 1], validate=False)
     bench = SimpleNamespace(args=args, results=SimpleNamespace(get=lambda pair, method, seed: None),
