@@ -3,8 +3,10 @@ at half of the run, the worse of the other two at three quarters) with its first
 accuracy benchmark's settings (design datasets only).
 
     HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python benchmarks/studies/fork.py --threads 1 --variant anneal \
-        --datasets mnist-5k,mnist-5k/weak,mnist-5k/noise40,animal-mnist,animal-mnist/weak,mnist-5k/lt50 \
-        --pairs "teacher->s4" --out docs/benchmark_accuracy/design_s4/fork/anneal_s4.json
+        --datasets mnist-5k/weak,mnist-5k/noise40,animal-mnist/weak,mnist-5k,animal-mnist,mnist-5k/lt50 \
+        --pairs "teacher->s4" --out docs/benchmark_accuracy/design_s4/fork/anneal_s4.json   # and --variant runnerup
+
+Measured 2026-12-07 (docs/experiments.md, section 9): neither variant passed its decision rule; the default stands.
 
 At the first drop (half of the steps) the worst student stops as in the default; then the student that leads on
 validation is copied (weights, batch-norm statistics and optimizer state) over the runner-up, and the copy trains on
