@@ -18,7 +18,8 @@ with other factors of the loss's temperature and weight (population-based traini
 
 At three quarters the worse of leader and copy stops and the other is kept, as in the default: the same 2.25 student
 runs. The default's records (``docs/benchmark_accuracy/design_s4/halve_twice/``, the runs that made it the default,
-``lkd-pop3-halve2``) pair with the study's runs seed by seed; ``--variant none`` copies nothing and must reproduce them exactly.
+``lkd-pop3-halve2``) pair with the study's runs seed by seed; ``--variant none`` copies nothing and must reproduce
+them exactly.
 """
 
 from __future__ import annotations
