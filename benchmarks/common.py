@@ -147,6 +147,18 @@ def format_mean_std(values: list[float]) -> str:
     return f"{mean:.2f} ± {std:.2f}"
 
 
+def save_json(path: str, data: Any) -> None:
+    """Write ``data`` to ``path`` as indented JSON, creating its folder.
+
+    Args:
+        path: the file.
+        data: JSON-serialisable records.
+    """
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(data, f, indent=1)
+
+
 class Setting:
     """The accuracy benchmark's setting: data, teacher and student recipe, the same for every run.
 

@@ -203,3 +203,12 @@ def paired_ci95(values: Iterable[float], reference: Iterable[float]) -> dict[str
         return dict(mean=mean, low=math.nan, high=math.nan, n=n)
     half = t.ppf(0.975, n - 1) * statistics.stdev(differences) / math.sqrt(n)
     return dict(mean=mean, low=mean - half, high=mean + half, n=n)
+
+
+def format_ci95(ci: dict[str, float] | None) -> str:
+    """A :func:`paired_ci95` result as ``"+mean [+low, +high]"`` with two decimals; ``"-"`` for ``None``.
+
+    Args:
+        ci: the interval, or ``None`` where none was computed.
+    """
+    return f"{ci['mean']:+.2f} [{ci['low']:+.2f}, {ci['high']:+.2f}]" if ci else "-"

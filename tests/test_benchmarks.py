@@ -8,10 +8,13 @@ from types import SimpleNamespace
 from pathlib import Path
 
 import pytest
+import timm
 import torch
 from conftest import load_script
+from transformers import TrainerCallback
 
-from lkd_hf import PRETRAINED_LOSS_DIR, LearnedLoss, LKDConfig, build_loss, parse_loss_spec
+from lkd_hf import PRETRAINED_LOSS_DIR, LearnedLoss, LKDConfig, LKDTrainer, build_loss, parse_loss_spec
+from lkd_hf import population_choice
 from lkd_hf.losses import loss_options
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -271,11 +274,6 @@ def test_fork_study_copies_the_leader_over_the_runner_up_with_the_variants_facto
                                                                                   make_dataset, monkeypatch):
     """After the first drop (step 4 of 8) the leader's weights and optimizer state are copied over the runner-up,
     which trains on at the variant's factors; the second drop then chooses between leader and copy."""
-    import timm
-    from transformers import TrainerCallback
-
-    from lkd_hf import LKDTrainer, population_choice
-
     study = load_script(BENCHMARKS / "studies" / "fork.py", "lkd_study_fork")
     scores = {"eval_member0": 0.5, "eval_member1": 0.2, "eval_member2": 0.9}  # drop 1; leader 2, runner-up 0
     monkeypatch.setattr(population_choice, "selection_score", lambda metrics, metric, greater, prefix: scores[prefix])

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 import sys
 from dataclasses import dataclass, field
 
@@ -32,9 +31,9 @@ import torch  # noqa: E402
 from transformers import HfArgumentParser, TrainerCallback  # noqa: E402
 
 from accuracy import AccuracyArguments, Benchmark  # noqa: E402
-from common import split_list  # noqa: E402
+from common import mean_std, save_json, split_list  # noqa: E402
 from settings import balanced_top1  # noqa: E402
-from tuning import paired_ci95  # noqa: E402
+from tuning import format_ci95, paired_ci95  # noqa: E402
 
 METHOD = "lkd-pop3"
 
@@ -127,7 +126,8 @@ def summarize(runs: list[dict], epochs: int) -> dict:
         kept = [kept_member(r, way, epochs) for r in runs]
         scores = [r[metric][k] * 100 for r, k in zip(runs, kept)]
         ci = paired_ci95(scores, default) if len(runs) > 1 and name != "pop2-end (default)" else None
-        rows[name] = {"mean": statistics.fmean(scores), "std": statistics.stdev(scores) if len(scores) > 1 else 0.0,
+        mean, std = mean_std(scores)
+        rows[name] = {"mean": mean, "std": std,
                       "n": len(scores), "student_runs": round(student_runs(way, epochs), 3),
                       "minus_default_ci95": ci, "kept": kept}
     return {"metric": metric, "ways": rows}
@@ -168,19 +168,15 @@ def main() -> None:
                 records["runs"].append(dict(dataset=key, pair=pair, seed=seed, val_top1=scores.val_top1,
                                             test_top1=scores.test_top1, test_balanced=scores.test_balanced))
                 print(json.dumps(records["runs"][-1]), flush=True)
-                os.makedirs(os.path.dirname(os.path.abspath(study.out)), exist_ok=True)
-                with open(study.out, "w") as f:
-                    json.dump(records, f, indent=1)
+                save_json(study.out, records)
             runs = [r for r in records["runs"] if (r["dataset"], r["pair"]) == (key, pair)]
             records["summary"][f"{key} {pair}"] = summarize(runs, len(runs[0]["val_top1"]))
-            with open(study.out, "w") as f:
-                json.dump(records, f, indent=1)
+            save_json(study.out, records)
     for name, entry in records["summary"].items():
         print(f"\n{name} ({entry['metric']}):")
         for way, row in entry["ways"].items():
-            ci = row["minus_default_ci95"]
-            interval = f"{ci['mean']:+.2f} [{ci['low']:+.2f}, {ci['high']:+.2f}]" if ci else "-"
-            print(f"  {way:20s} {row['mean']:6.2f} ± {row['std']:.2f}  vs default {interval:24s} "
+            print(f"  {way:20s} {row['mean']:6.2f} ± {row['std']:.2f}  vs default "
+                  f"{format_ci95(row['minus_default_ci95']):24s} "
                   f"student runs {row['student_runs']:.2f}  kept {row['kept']}")
 
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import statistics
 import sys
 from dataclasses import dataclass, field
 
@@ -39,8 +38,8 @@ import torch  # noqa: E402
 from transformers import HfArgumentParser, TrainerCallback  # noqa: E402
 
 from accuracy import AccuracyArguments, Benchmark  # noqa: E402
-from common import split_list  # noqa: E402
-from tuning import paired_ci95  # noqa: E402
+from common import mean_std, repository_path, save_json, split_list  # noqa: E402
+from tuning import format_ci95, paired_ci95  # noqa: E402
 
 from lkd_hf.objective import DistillationObjective  # noqa: E402
 from lkd_hf.population import ScaledLoss  # noqa: E402
@@ -48,7 +47,7 @@ from lkd_hf.population import ScaledLoss  # noqa: E402
 METHOD = "lkd"  # the default population
 DEFAULT_METHOD = "lkd-pop3-halve2"  # its name in the records that made it the default
 VARIANTS = ("none", "runnerup", "anneal")
-DEFAULT_RECORDS = "docs/benchmark_accuracy/design_s4/halve_twice/{group}/{dataset}/results.json"
+DEFAULT_RECORDS = ("docs", "benchmark_accuracy", "design_s4", "halve_twice")  # <student>/<dataset>/results.json
 
 
 def fork_factors(variant: str, factors: tuple[tuple[float, float], ...], leader: int, runner_up: int
@@ -107,7 +106,7 @@ class ForkAtFirstDrop(TrainerCallback):
 
 def default_records(dataset: str, pair: str) -> dict[int, dict]:
     """The default's records of ``dataset`` and ``pair`` by seed (empty when none are committed)."""
-    path = DEFAULT_RECORDS.format(group="s4" if pair == "teacher->s4" else pair.split("->")[1], dataset=dataset)
+    path = repository_path(*DEFAULT_RECORDS, pair.split("->")[1], dataset, "results.json")
     if not os.path.exists(path):
         return {}
     return {r["seed"]: r for r in json.load(open(path))["runs"] if (r["pair"], r["method"]) == (pair, DEFAULT_METHOD)}
@@ -118,8 +117,8 @@ def summarize(runs: list[dict], metric: str) -> dict:
     scores = [100 * r[metric] for r in runs]
     paired = [(100 * r[metric], 100 * r["default"]) for r in runs if r.get("default") is not None]
     ci = paired_ci95(*map(list, zip(*paired, strict=True))) if len(paired) > 1 else None
-    return {"metric": metric, "mean": statistics.fmean(scores), "n": len(scores),
-            "std": statistics.stdev(scores) if len(scores) > 1 else 0.0, "minus_default_ci95": ci,
+    mean, std = mean_std(scores)
+    return {"metric": metric, "mean": mean, "n": len(scores), "std": std, "minus_default_ci95": ci,
             "kept": [r["kept"] for r in runs], "copies": [r["fork"] for r in runs]}
 
 
@@ -167,17 +166,13 @@ def main() -> None:
                 records["runs"].append(dict(dataset=key, pair=pair, seed=seed, kept=kept["population/selected"],
                                             fork=fork.done, wall_s=wall, **{metric: score}, default=default))
                 print(json.dumps(records["runs"][-1]), flush=True)
-                os.makedirs(os.path.dirname(os.path.abspath(study.out)), exist_ok=True)
-                with open(study.out, "w") as f:
-                    json.dump(records, f, indent=1)
+                save_json(study.out, records)
             runs = [r for r in records["runs"] if (r["dataset"], r["pair"]) == (key, pair)]
             records["summary"][f"{key} {pair}"] = summarize(runs, metric)
-            with open(study.out, "w") as f:
-                json.dump(records, f, indent=1)
+            save_json(study.out, records)
     for name, row in records["summary"].items():
-        ci = row["minus_default_ci95"]
-        interval = f"{ci['mean']:+.2f} [{ci['low']:+.2f}, {ci['high']:+.2f}]" if ci else "-"
-        print(f"{name:32s} {study.variant:9s} {row['mean']:6.2f} ± {row['std']:.2f}  vs default {interval}  "
+        print(f"{name:32s} {study.variant:9s} {row['mean']:6.2f} ± {row['std']:.2f}  vs default "
+              f"{format_ci95(row['minus_default_ci95'])}  "
               f"kept {row['kept']}")
 
 
