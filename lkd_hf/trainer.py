@@ -14,7 +14,6 @@ from __future__ import annotations
 import collections
 import os
 import time
-import types
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
@@ -25,13 +24,14 @@ from torch.utils.data import Dataset
 from transformers import Trainer
 from transformers.utils import logging
 
+from . import trainer_hub
 from .checkpoint_push import CheckpointPushFiles
 from .config import LKDConfig
-from .constants import CONNECTORS_NAME, LOSS_DIRNAME
+from .constants import CONNECTORS_NAME
 from .data import ImageCollator
 from .data_fit import check_data_fits, check_datasets
 from .distiller import Distiller
-from .hub import LearnedLoss, create_repo
+from .hub import LearnedLoss
 from .losses.learned import freeze_knobs
 from .losses.networks import LogitLossNet
 from .meta.batches import meta_validation_data
@@ -40,7 +40,6 @@ from .meta.learner import LossLearner
 from .meta.settings import MetaConfig
 from .meta.snapshots import Snapshot
 from .metrics import build_compute_metrics
-from .model_card import dataset_name, last_eval_metrics
 from .model_info import model_num_classes
 from .nonfinite import NonFiniteGuard, check_finite
 from .objective import DistillationObjective, build_objective, pop_means
@@ -132,15 +131,9 @@ class LKDTrainer(Trainer):
         self.loss_learner = None  # the Trainer's __init__ may call init_hf_repo
         self.output_dir_owner = OutputDirOwner()
 
-        super().__init__(
-            model=self.distiller.trainable_module,
-            args=args,
-            data_collator=data_collator,
-            train_dataset=train_dataset,
-            eval_dataset=eval_dataset,
-            compute_metrics=compute_metrics,
-            **kwargs,
-        )
+        super().__init__(model=self.distiller.trainable_module, args=args, data_collator=data_collator,
+                         train_dataset=train_dataset, eval_dataset=eval_dataset, compute_metrics=compute_metrics,
+                         **kwargs)
         self.loss_is_scaled_for_ga = False  # compute_loss returns a per-batch mean
         self.add_callback(CheckpointPushFiles())
         if drops:
@@ -157,15 +150,9 @@ class LKDTrainer(Trainer):
         self.nonfinite_guard = NonFiniteGuard(args.max_nonfinite_steps)
         if learns_loss:
             self.loss_learner = LossLearner(
-                objective,
-                MetaConfig.from_config(args),
-                meta_dataset=meta_dataset,
-                val_source=val_source,
-                collate_fn=self.data_collator,
-                prepare_batch=self._prepare_inputs,
-                device=self.args.device,
-                rank=args.process_index,
-                world_size=args.world_size,
+                objective, MetaConfig.from_config(args), meta_dataset=meta_dataset, val_source=val_source,
+                collate_fn=self.data_collator, prepare_batch=self._prepare_inputs, device=self.args.device,
+                rank=args.process_index, world_size=args.world_size,
             )
             for checkpoint in args.snapshot_checkpoints:
                 self.loss_learner.snapshot_pool.add(checkpoint_step(checkpoint),
@@ -266,18 +253,15 @@ class LKDTrainer(Trainer):
 
     def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any) -> Any:
         """:meth:`transformers.Trainer.train`, holding ``output_dir`` for this run alone (another writer fails at
-        start), resuming only from a verified checkpoint of this run's settings
-        (:func:`~lkd_hf.resume.checks.checkpoint_to_resume`, :func:`~lkd_hf.resume.settings.check_resume_settings`), and
-        naming the checkpoint folder when a save fails (a full disk).
+        start), resuming only from a verified checkpoint of this run's settings with its run state
+        (:mod:`lkd_hf.resume`) and naming the checkpoint folder when a save fails (a full disk). A population then
+        keeps its best student (:meth:`select_member`).
 
         Args:
             resume_from_checkpoint: a checkpoint folder (an incomplete one is an error naming its bad file), ``True``
                 (the last *complete* checkpoint of ``output_dir``, later ones skipped with a warning; ``ValueError``
                 when there is none) or ``None`` / ``False`` (start afresh).
             *args, **kwargs: as in :meth:`transformers.Trainer.train` (``trial``, ``ignore_keys_for_eval``).
-
-        Resuming restores the run state beside the Trainer's own first (:func:`~lkd_hf.resume.state.load_run_state`). A
-        population then keeps its best student (:meth:`select_member`).
         """
         full_state = not (self.args.save_only_model or self.is_deepspeed_enabled or self.is_fsdp_enabled)
         with self._hold_output_dir("train()", claim=True):
@@ -440,15 +424,10 @@ class LKDTrainer(Trainer):
         return self.distiller.clip_grad_norm_(self.args.max_grad_norm)
 
     def select_member(self) -> int:
-        """Evaluate every student of the population still training on the (first) ``eval_dataset``
-        (:func:`~lkd_hf.population_choice.evaluate_students`), keep the best by
-        ``metric_for_best_model`` (default: accuracy) as the trainer's model and objective (:meth:`Distiller.keep`),
-        log ``population/*`` and the kept student's ``eval_*``, and name it on the console (a warning of
-        ``lkd_hf.trainer``, main process). Called by :meth:`train` once training ends.
-
-        Returns:
-            The index of the chosen student.
-        """
+        """Evaluate every student of the population still training on the (first) ``eval_dataset``, keep the best by
+        ``metric_for_best_model`` (default: accuracy) as the trainer's model and objective, log ``population/*`` and
+        the kept student's ``eval_*`` and name it on the console (a warning of ``lkd_hf.trainer``, main process).
+        Called by :meth:`train` once training ends; returns the chosen student's index."""
         if self.distiller.num_students == 1:
             raise ValueError("This run trains a single student.")
         evaluations, scores = evaluate_students(self, self.distiller.active_members)
@@ -468,14 +447,10 @@ class LKDTrainer(Trainer):
         self.distiller.trainable_module.load_state_dict(self.distiller.checkpoint_weights(resume_from_checkpoint))
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        """Save the plain student (loadable by ``timm.create_model`` + ``load_state_dict``) as ``model.safetensors``,
-        the feature connectors as ``connectors.safetensors`` and the learned loss (:meth:`learned_loss`) under
-        ``lkd_loss/`` (its card names ``<hub_model_id>/lkd_loss`` when the trainer pushes); a student or loss network
-        with non-finite weights is refused first. While a temperature population trains, ``model.safetensors`` holds
-        every student (``members.<k>.*``, what a resumed run needs); once one is kept, that plain student. Into the
-        checkpoint folder of the current step also the settings a resume compares (``lkd_run.json``) and, unless
-        ``save_only_model``, the run state a resumed run needs (:func:`~lkd_hf.resume.state.save_run_state`), before the
-        Trainer writes ``trainer_state.json``, which marks the checkpoint complete."""
+        """Save the plain student (timm-loadable ``model.safetensors``; every student, ``members.<k>.*``, while a
+        population trains), the feature connectors (``connectors.safetensors``) and the learned loss (``lkd_loss/``),
+        refusing non-finite weights; into the current step's checkpoint also ``lkd_run.json`` and, unless
+        ``save_only_model``, the run state, before the Trainer writes ``trainer_state.json`` (``docs/training.md``)."""
         output_dir = output_dir if output_dir is not None else self.args.output_dir
         check_finite(self.distiller.trainable_module, f"saving the student to {output_dir!r}")
         for module in self.objective.loss_modules:
@@ -506,93 +481,39 @@ class LKDTrainer(Trainer):
         with self._hold_output_dir("save_model()", folder=folder), named:
             super().save_model(output_dir, _internal_call)
 
-    # the Hub
+    # the Hub (lkd_hf.trainer_hub)
     def learned_loss(self, **metadata: Any) -> LearnedLoss | None:
-        """This run's loss networks with its setting (teacher, student, classes, taps, dataset, steps, last evaluation,
-        the meta steps that updated them and, for a population, its factors and the student kept) as one
-        :class:`~lkd_hf.LearnedLoss`; ``None`` when its losses are not loss networks.
-
-        Args:
-            **metadata: overrides of config fields, e.g. ``dataset="cifar100"`` (the trainer only knows the names of
-                Hub datasets).
-        """
-        logit, feature = self.distiller.loss_networks()
-        if logit is None and feature is None:
-            return None
-        run = {**self.distiller.describe(), **self.distiller.describe_population()}
-        run.update(loss=self.args.loss, dataset=dataset_name(self.train_dataset), steps=self.state.global_step,
-                   metrics=last_eval_metrics(self.state.log_history),
-                   meta_steps=0 if self.loss_learner is None else self.loss_learner.updates)
-        return LearnedLoss.from_networks(logit, feature, **{**run, **metadata})
+        """This run's loss networks with its setting as one :class:`~lkd_hf.LearnedLoss`; ``None`` when its losses are
+        not loss networks. ``metadata`` overrides config fields, e.g. ``dataset="cifar100"``."""
+        return trainer_hub.run_learned_loss(self.distiller, self.args.loss, self.train_dataset, self.state,
+                                            0 if self.loss_learner is None else self.loss_learner.updates, **metadata)
 
     def save_learned_loss(self, output_dir: str) -> None:
-        """Save the run's learned loss (:meth:`learned_loss`) to ``<output_dir>/lkd_loss`` (its card names
-        ``<hub_model_id>/lkd_loss`` when the trainer pushes): the loss networks the run trained the student with,
-        learned or kept fixed (a population's at the kept student's temperature and weight); nothing for hand-made
-        losses.
-
-        Args:
-            output_dir: the output or checkpoint folder.
-        """
-        learned = self.learned_loss()
-        if learned is not None:
-            repo_id = None if self.hub_model_id is None else f"{self.hub_model_id}/{LOSS_DIRNAME}"
-            learned.save_pretrained(os.path.join(output_dir, LOSS_DIRNAME), repo_id=repo_id)
+        """Save the run's learned loss (:meth:`learned_loss`) to ``<output_dir>/lkd_loss``; nothing for hand-made
+        losses."""
+        trainer_hub.save_learned_loss(self.learned_loss(), output_dir, self.hub_model_id)
 
     def init_hf_repo(self, token: str | None = None, private: bool | None = None) -> None:
-        """Also create the learned loss's own repo (``loss_hub_model_id``), so that a wrong id or an unreachable Hub
-        fails before training, as it does for the student's repo.
-
-        Args:
-            token, private: as in :meth:`transformers.Trainer.init_hf_repo` (``None``: the ``hub_token`` and
-                ``hub_private_repo`` of the training arguments); also used for the learned loss's repo.
-        """
-        uses_networks = any(net is not None for net in self.distiller.loss_networks())
-        if self.args.loss_hub_model_id is not None and uses_networks and self.is_world_process_zero():
-            token = token if token is not None else self.args.hub_token
-            private = private if private is not None else self.args.hub_private_repo
-            create_repo(self.args.loss_hub_model_id, token, private)
+        """:meth:`transformers.Trainer.init_hf_repo`, first creating the learned loss's own repo
+        (``loss_hub_model_id``), so that a wrong id or an unreachable Hub fails before training."""
+        if self.is_world_process_zero():
+            trainer_hub.create_loss_repo(self.args, self.distiller.loss_networks(), token, private)
         super().init_hf_repo(token, private)
 
     def push_to_hub(self, commit_message: str | None = "End of training", blocking: bool = True,
                     token: str | None = None, revision: str | None = None, private: bool | None = None,
                     **kwargs: Any) -> Any:
         """Push the student with its learned loss (in ``lkd_loss/``), then, when ``loss_hub_model_id`` is set, the
-        learned loss to that repo too (blocking). Refused when another trainer's run owns ``output_dir``
-        (:class:`~lkd_hf.safe_io.OutputDirLock`).
-
-        Args:
-            commit_message, blocking, token, revision, private, **kwargs: as in
-                :meth:`transformers.Trainer.push_to_hub`; ``commit_message`` (or ``"Learned loss"`` when it is empty),
-                ``token`` and ``private`` are also used for the push of the learned loss to ``loss_hub_model_id``.
-        """
+        learned loss to that repo too; refused when another trainer's run owns ``output_dir``."""
         with self._hold_output_dir("push_to_hub()"):
             result = super().push_to_hub(commit_message=commit_message, blocking=blocking, token=token,
                                          revision=revision, private=private, **kwargs)
-        repo_id = self.args.loss_hub_model_id
-        if repo_id is not None and self.is_world_process_zero():
-            learned = self.learned_loss()
-            if learned is None:
-                logger.warning(f"loss_hub_model_id={repo_id!r}: this run uses no loss network, nothing to push.")
-            else:
-                learned.push_to_hub(repo_id, commit_message=commit_message or "Learned loss",
-                                    token=token if token is not None else self.args.hub_token,
-                                    private=private if private is not None else self.args.hub_private_repo)
+        if self.args.loss_hub_model_id is not None and self.is_world_process_zero():
+            trainer_hub.push_learned_loss(self.learned_loss(), self.args, commit_message, token, private)
         return result
 
     def create_model_card(self, **kwargs: Any) -> None:
-        """The Trainer's model card of the student. The Trainer reads the model a run fine-tuned from in the model's
-        ``config``, which timm models lack: without ``finetuned_from=`` the card says the student was trained from
-        scratch.
-
-        Args:
-            **kwargs: as in :meth:`transformers.Trainer.create_model_card` (``language``, ``license``, ``tags``,
-                ``model_name``, ``finetuned_from``, ``tasks``, ``dataset_tags``, ``dataset``, ``dataset_args``).
-        """
-        if hasattr(self.model, "config") or kwargs.get("finetuned_from") is not None:
-            return super().create_model_card(**kwargs)
-        self.model.config = types.SimpleNamespace()  # no `_name_or_path`: no base model
-        try:
+        """The Trainer's model card of the student; without ``finetuned_from=`` it says the student was trained from
+        scratch (timm models have no ``config`` naming a base model)."""
+        with trainer_hub.card_config(self.model, kwargs.get("finetuned_from")):
             super().create_model_card(**kwargs)
-        finally:
-            del self.model.config
