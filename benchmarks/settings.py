@@ -6,7 +6,8 @@
   for the setting (long-tailed, noisy labels); validation and test are never changed;
 * :func:`build_data`: the same, transformed for a model (what ``common.Setting`` trains on), and what the setting
   did (per-class counts, the fraction of flipped labels) for the results' config;
-* :func:`teacher_dir`: the committed teacher of a key (the weak one for ``weak``, the clean-trained one otherwise);
+* :func:`teacher_dir`: the committed teacher of a key (the weak one for ``weak``, the one trained on the corrupted
+  set for a ``-shared`` setting, the clean-trained one otherwise);
 * :func:`balanced_top1`: the metric long-tailed settings report besides top-1.
 
 The settings are deterministic given the split seed:
@@ -14,6 +15,7 @@ The settings are deterministic given the split seed:
 * ``clean`` and ``weak``: the first ``train_subset`` images of the (seeded) training split.
 * ``lt10``, ``lt50``: class ``c`` of ``C`` keeps its first ``int(n_max * ratio ** (-c / (C - 1)))`` images of the
   training split, ``n_max = train_subset // C`` (the head class keeps as many images as a balanced subset has).
+* ``<corruption>-shared``: the training set of ``<corruption>``.
 * ``noise20``, ``noise40``: in the first ``train_subset`` images, exactly ``round(rate * n)`` labels, chosen by a
   generator seeded with the split seed, are replaced by a class drawn uniformly among the other classes.
 """
@@ -29,7 +31,7 @@ from torch import nn
 
 from letters import load_letters
 from lkd_hf import image_transform, load_image_splits, resolve_data_config, with_transform
-from roles import parse_key
+from roles import SHARED, corruption, parse_key
 
 # relative to the working directory: the records of a run from the repository root hold no machine paths
 HERE = os.path.relpath(os.path.dirname(os.path.abspath(__file__)))
@@ -43,17 +45,28 @@ TEACHER_DIRS = {
 WEAK_TEACHER_DIRS = {name: os.path.join(HERE, f"teacher_weak_{name}") for name in ("animal-mnist", "mnist-5k",
                                                                                    "letters")}
 """The committed weak teacher of each dataset run in the ``weak`` setting (``second_dataset.py --weak``)."""
+SHARED_TEACHERS = ("mnist-5k", "animal-mnist")
+"""The datasets with committed teachers of the ``-shared`` settings (``second_dataset.py --shared``)."""
 IMBALANCE_RATIOS = {"lt10": 10.0, "lt50": 50.0}
 NOISE_RATES = {"noise20": 0.2, "noise40": 0.4}
 
 
 def teacher_dir(key: str) -> str:
-    """The committed teacher folder of a benchmark key: the weak teacher in the ``weak`` setting, else the dataset's.
+    """The committed teacher folder of a benchmark key: the weak teacher in the ``weak`` setting,
+    ``teacher_shared_<corruption>_<dataset>`` in a ``-shared`` setting, else the dataset's.
 
     Args:
         key: ``<dataset>`` or ``<dataset>/<setting>`` (``roles.parse_key``).
+
+    Raises:
+        KeyError: the dataset has no committed teacher of the setting.
     """
     dataset, setting = parse_key(key)
+    if setting.endswith(SHARED):
+        if dataset not in SHARED_TEACHERS:
+            raise KeyError(f"{dataset} has no committed teachers of the {SHARED} settings; declared: "
+                           f"{SHARED_TEACHERS}.")
+        return os.path.join(HERE, f"teacher_shared_{corruption(setting)}_{dataset}")
     return WEAK_TEACHER_DIRS[dataset] if setting == "weak" else TEACHER_DIRS[dataset]
 
 
@@ -140,28 +153,29 @@ def setting_splits(key: str, seed: int, train_subset: int | None) -> tuple[datas
         from) for a long tail and ``"noise_rate"``, ``"flipped_fraction"`` for noisy labels.
     """
     dataset, setting = parse_key(key)
+    change = corruption(setting)
     splits = load_splits(dataset, seed)
     train = splits["train"]
     num_classes = train.features["label"].num_classes
     info: dict[str, Any] = {"setting": setting}
     train_subset = len(train) if train_subset is None else train_subset
-    if setting in IMBALANCE_RATIOS:
-        counts = long_tail_counts(num_classes, train_subset // num_classes, IMBALANCE_RATIOS[setting])
+    if change in IMBALANCE_RATIOS:
+        counts = long_tail_counts(num_classes, train_subset // num_classes, IMBALANCE_RATIOS[change])
         train = train.select(long_tail_indices(np.asarray(train["label"]), counts))
-        info.update(imbalance_ratio=IMBALANCE_RATIOS[setting],
+        info.update(imbalance_ratio=IMBALANCE_RATIOS[change],
                     balanced_images=num_classes * (train_subset // num_classes))
     else:
         train = train.select(range(min(train_subset, len(train))))  # the whole split when it has fewer
-    if setting in NOISE_RATES:
+    if change in NOISE_RATES:
         clean = np.asarray(train["label"])
-        noisy = symmetric_noise(clean, NOISE_RATES[setting], num_classes, seed)
+        noisy = symmetric_noise(clean, NOISE_RATES[change], num_classes, seed)
         bars = datasets.is_progress_bar_enabled()
         datasets.disable_progress_bars()  # two quick column operations, no bars
         train = train.remove_columns("label").add_column("label", noisy.tolist()).cast_column(
             "label", splits["train"].features["label"])
         if bars:
             datasets.enable_progress_bars()
-        info.update(noise_rate=NOISE_RATES[setting], flipped_fraction=float(np.mean(noisy != clean)))
+        info.update(noise_rate=NOISE_RATES[change], flipped_fraction=float(np.mean(noisy != clean)))
     info.update(train_images=len(train),
                 class_counts=np.bincount(np.asarray(train["label"]), minlength=num_classes).tolist())
     splits["train"] = train

@@ -1,5 +1,6 @@
 """The accuracy benchmark's settings (``benchmarks/settings.py``) and ``letters`` arrays (``benchmarks/letters.py``)."""
 
+import json
 import shutil
 from pathlib import Path
 
@@ -129,6 +130,29 @@ def test_the_weak_setting_uses_the_weak_teacher(settings):
         settings.teacher_dir("digits/weak")
 
 
+@pytest.mark.parametrize("change", ["lt10", "lt50", "noise20", "noise40"])
+def test_a_shared_setting_trains_students_on_its_corruptions_set_with_its_own_teacher(settings, tiny, change):
+    plain, plain_info = settings.setting_splits(f"letters/{change}", 0, 200)
+    shared, shared_info = settings.setting_splits(f"letters/{change}-shared", 0, 200)
+    assert _same(shared["train"], plain["train"]) and shared["train"]["label"] == plain["train"]["label"]
+    assert shared_info == {**plain_info, "setting": f"{change}-shared"}
+    folder = settings.teacher_dir(f"mnist-5k/{change}-shared")
+    assert Path(folder).name == f"teacher_shared_{change}_mnist-5k"
+    assert folder not in (settings.teacher_dir(f"mnist-5k/{change}"), settings.teacher_dir("mnist-5k/weak"))
+    with pytest.raises(KeyError, match="no committed teachers"):
+        settings.teacher_dir(f"letters/{change}-shared")
+
+
+def test_committed_shared_teachers_trained_on_their_settings_students_set():
+    for key in ("mnist-5k", "animal-mnist"):
+        for change in ("lt10", "lt50", "noise20", "noise40"):
+            record = json.loads((BENCHMARKS / f"teacher_shared_{change}_{key}" / "teacher.json").read_text())
+            assert (record["dataset"], record["setting"]) == (key, f"{change}-shared")
+            images = 2000 if change.startswith("noise") else {"lt10": 812, "lt50": 556}[change]
+            assert record["train_images"] == images
+            assert f"--dataset {key} --shared {change}" in record["command"]
+
+
 def test_letters_arrays_match_the_manifest_and_fonts_never_share_splits(letters):
     manifest = letters.load_manifest()
     arrays = letters.load_arrays()  # checks the SHA-256
@@ -157,15 +181,16 @@ def test_letters_refuses_arrays_whose_hash_is_not_the_manifests(letters, tmp_pat
         letters.load_arrays(str(tmp_path))
 
 
-def test_a_missing_weak_teacher_is_refused_not_trained_as_a_strong_one(tmp_path):
+@pytest.mark.parametrize("key, option", [("mnist-5k/weak", "--weak"), ("mnist-5k/lt50-shared", "--shared lt50")])
+def test_a_missing_weak_or_shared_teacher_is_refused_not_trained_as_a_strong_one(tmp_path, key, option):
     common = load_script(BENCHMARKS / "common.py", "lkd_benchmark_common")
-    with pytest.raises(FileNotFoundError, match="--weak"):
-        common.Setting(dataset="mnist-5k/weak", teacher_dir=str(tmp_path))
+    with pytest.raises(FileNotFoundError, match=option):
+        common.Setting(dataset=key, teacher_dir=str(tmp_path))
     assert not any(tmp_path.iterdir())
 
 
 @pytest.mark.parametrize("key, epochs", [("mnist-5k/lt50", 6.0 * 2000 / 556), ("mnist-5k/noise40", 6.0),
-                                         ("mnist-5k", 6.0)])
+                                         ("mnist-5k", 6.0), ("mnist-5k/lt50-shared", 6.0 * 2000 / 556)])
 def test_a_long_tail_trains_the_steps_of_its_balanced_set(monkeypatch, key, epochs):
     common = load_script(BENCHMARKS / "common.py", "lkd_benchmark_common")
     monkeypatch.setattr(common.Setting, "load_teacher", lambda self: (None, 0.0))

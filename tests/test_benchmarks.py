@@ -2,6 +2,7 @@
 searches, and how a method's knobs of single losses reach ``LKDConfig``."""
 
 import dataclasses
+import json
 import math
 import warnings
 from types import SimpleNamespace
@@ -78,6 +79,8 @@ def test_dataset_roles_are_declared_for_every_setting_and_unknown_keys_are_refus
     assert roles.role("mnist-5k") == roles.role("animal-mnist/noise40") == "design"
     assert roles.role("letters") == roles.role("letters/lt50") == "evaluation"
     assert roles.parse_key("letters/weak") == ("letters", "weak")
+    assert roles.role("mnist-5k/lt50-shared") == "design" and roles.corruption("lt50-shared") == "lt50"
+    assert roles.corruption("weak") == "weak" and roles.corruption("noise20") == "noise20"
     with pytest.raises(ValueError, match="Unknown dataset"):
         roles.role("cifar10")
     with pytest.raises(ValueError, match="Unknown setting"):
@@ -317,3 +320,28 @@ def test_runs_go_seed_by_seed_with_the_methods_alternating(accuracy):
                             method_fields=lambda pair, method, seed: ({}, {}))
     tasks = accuracy.next_runs(bench)
     assert [(task[1], task[2]) for task in tasks] == [("ce", 0), ("kd", 0), ("ce", 1), ("kd", 1)]
+
+
+def test_shared_teacher_study_reads_records_and_applies_its_rule(tmp_path, accuracy):
+    study = load_script(BENCHMARKS / "studies" / "shared_teacher.py", "lkd_study_shared_teacher")
+    pair = "teacher->s4"
+    runs = [dict(pair=pair, method=m, seed=s, test_top1=(base + gain * s) / 100, wall_s=1.0, val_top1=base / 100)
+            for m, base, gain in (("ce", 40, 0), ("dist-tuned", 90, 0), ("lkd", 89, 0), ("lkd-meta-heads", 90, 1))
+            for s in range(5)]
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps({"config": {"setting": None}, "teacher": {"test_top1": 0.9}, "runs": runs}))
+    row = study.cell(accuracy.Results.load(str(path)))
+    assert row["best_tuned"] == "dist-tuned" and row["means"]["lkd-meta-heads"] == pytest.approx(92.0)
+    assert row["candidate_minus_lkd"]["mean"] == pytest.approx(3.0) and row["candidate_minus_lkd"]["low"] > 0
+    assert row["lkd_minus_best_tuned"]["mean"] == pytest.approx(-1.0)
+    gain = {"mean": 3.0, "low": 0.5, "high": 5.5, "n": 5}
+    small = {"mean": 0.5, "low": 0.1, "high": 0.9, "n": 5}
+    cells = {f"{d}/{s}-shared": {"candidate_minus_lkd": gain if s in ("lt10", "lt50") else small}
+             for d in ("mnist-5k", "animal-mnist") for s in ("lt10", "lt50", "noise20", "noise40")}
+    assert study.decide(cells, {"mnist-5k/weak": small}) == {"pays_in": ["lt10-shared", "lt50-shared"],
+                                                              "below_floor": [],
+                                                              "passes": True}
+    cells["animal-mnist/lt10-shared"] = {"candidate_minus_lkd": small}  # must pay on both datasets
+    assert study.decide(cells, {})["pays_in"] == ["lt50-shared"]
+    below = {"mean": -0.8, "low": -1.4, "high": -0.2, "n": 5}
+    assert study.decide(cells, {"mnist-5k/noise40": below})["below_floor"] == ["mnist-5k/noise40"]
