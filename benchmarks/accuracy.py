@@ -114,6 +114,7 @@ from common import (  # noqa: E402
 from lkd_hf import LOSS_DIRNAME, PRETRAINED_LOSS_DIR, LearnedLoss, LKDConfig, plot_learned_loss  # noqa: E402
 from lkd_hf.losses import class_prior  # noqa: E402
 from roles import SETTINGS, corruption, parse_key, role  # noqa: E402
+from settings import IMBALANCE_RATIOS  # noqa: E402
 from settings import teacher_dir as committed_teacher_dir  # noqa: E402
 from tuning import SEARCHES, paired_ci95  # noqa: E402
 
@@ -247,7 +248,7 @@ class AccuracyArguments:
     )
 
     def __post_init__(self) -> None:
-        long_tailed = corruption(parse_key(self.dataset)[1]).startswith("lt")
+        long_tailed = corruption(parse_key(self.dataset)[1]) in IMBALANCE_RATIOS
         defaults = QUICK if self.quick else FULL_LONG_TAILED if long_tailed else FULL
         for name, value in defaults.items():
             if getattr(self, name) is None:

@@ -30,7 +30,7 @@ from transformers import PrinterCallback, TrainerCallback
 
 from lkd_hf import LKDConfig, LKDTrainer, parse_loss_spec
 from roles import SHARED, corruption, parse_key
-from settings import IMBALANCE_RATIOS, TEACHER_DIRS, balanced_top1, build_data
+from settings import IMBALANCE_RATIOS, TEACHER_DIRS, balanced_epochs, balanced_top1, build_data
 from settings import teacher_dir as committed_teacher_dir
 
 DATASET = "animal-mnist"
@@ -193,8 +193,7 @@ class Setting:
         # setting_info: what the setting did to the training set (per-class counts, the fraction of flipped labels)
         self.data, self.setting_info = build_data(dataset, self.teacher, split_seed, train_subset)
         if "balanced_images" in self.setting_info:  # a long tail trains the steps of the balanced set it is cut from
-            self.epochs = epochs * self.setting_info["balanced_images"] / self.setting_info["train_images"]
-            self.setting_info["epochs"] = self.epochs
+            self.epochs = self.setting_info["epochs"] = balanced_epochs(epochs, self.setting_info)
 
     def config(self, output_dir: str, epochs: float, seed: int, **fields: Any) -> LKDConfig:
         """The ``LKDConfig`` of a run: :data:`RECIPE` with this setting's batch size and learning rate.

@@ -55,7 +55,7 @@ from common import NUM_CLASSES, TEACHER_MODEL  # noqa: E402
 from common import RECIPE as BENCHMARK_RECIPE  # noqa: E402
 from lkd_hf import LKDConfig, LKDTrainer  # noqa: E402
 from roles import CORRUPTIONS, SHARED  # noqa: E402
-from settings import TEACHER_DIRS, WEAK_TEACHER_DIRS, build_data  # noqa: E402
+from settings import TEACHER_DIRS, WEAK_TEACHER_DIRS, balanced_epochs, build_data  # noqa: E402
 from settings import teacher_dir as committed_teacher_dir  # noqa: E402
 
 DATASET = "mnist-5k"
@@ -140,8 +140,7 @@ def train_teacher(dataset: str, epochs: float, seed: int, fraction: float, run_d
     (``train``: the images it trained on), its trainer (run folder ``run_dir``) and training seconds."""
     model = timm.create_model(TEACHER_MODEL, num_classes=NUM_CLASSES)
     data, info = build_data(dataset, model, 0, train_subset)
-    if "balanced_images" in info:  # a long tail trains the steps of the balanced set it is cut from, as students do
-        epochs = epochs * info["balanced_images"] / info["train_images"]
+    epochs = balanced_epochs(epochs, info)  # a long tail trains the steps of its balanced set, as the students do
     data["train"] = data["train"].select(range(max(1, round(fraction * len(data["train"])))))
     config = LKDConfig(output_dir=run_dir, num_train_epochs=epochs, seed=seed, loss="ce", **RECIPE)
     trainer = LKDTrainer(model=model, args=config, train_dataset=data["train"], eval_dataset=data["validation"])

@@ -80,6 +80,17 @@ def load_splits(dataset: str, seed: int) -> datasets.DatasetDict:
     return load_letters(seed) if dataset == "letters" else load_image_splits(dataset, seed=seed)
 
 
+def balanced_epochs(epochs: float, info: dict[str, Any]) -> float:
+    """The epochs that train a setting's training set as many steps as ``epochs`` of the balanced set a long tail is
+    cut from (``epochs`` itself for a set that is not a long tail).
+
+    Args:
+        epochs: epochs of the balanced set.
+        info: what the setting did (:func:`setting_splits`), with ``balanced_images`` for a long tail.
+    """
+    return epochs * info["balanced_images"] / info["train_images"] if "balanced_images" in info else epochs
+
+
 def long_tail_counts(num_classes: int, n_max: int, ratio: float) -> list[int]:
     """Images kept per class of a long-tailed set: ``int(n_max * ratio ** (-c / (num_classes - 1)))`` for class
     ``c`` (Cao et al., 2019).

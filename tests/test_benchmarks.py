@@ -330,7 +330,7 @@ def test_shared_teacher_study_reads_records_and_applies_its_rule(tmp_path, accur
             for s in range(5)]
     path = tmp_path / "results.json"
     path.write_text(json.dumps({"config": {"setting": None}, "teacher": {"test_top1": 0.9}, "runs": runs}))
-    row = study.cell(accuracy.Results.load(str(path)))
+    row = study.cell(accuracy.Results.load(str(path)), "mnist-5k/noise40-shared")
     assert row["best_tuned"] == "dist-tuned" and row["means"]["lkd-meta-heads"] == pytest.approx(92.0)
     assert row["candidate_minus_lkd"]["mean"] == pytest.approx(3.0) and row["candidate_minus_lkd"]["low"] > 0
     assert row["lkd_minus_best_tuned"]["mean"] == pytest.approx(-1.0)

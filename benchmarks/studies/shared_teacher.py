@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 from transformers import HfArgumentParser  # noqa: E402
 
-from accuracy import Results, best_tuned, paired_gap, summary_rows  # noqa: E402
+from accuracy import Results, paired_gap, summary  # noqa: E402
 from common import repository_path, save_json  # noqa: E402
 from tuning import format_ci95  # noqa: E402
 
@@ -41,13 +41,14 @@ EARLIER = {f"mnist-5k/{s}": ("docs", "benchmark_accuracy", "design_s4", "mnist-5
 """The earlier design records with the candidate beside the default (docs/experiments.md section 7)."""
 
 
-def cell(results: Results) -> dict:
-    """One setting's row: the methods' means, the best tuned by validation and the paired intervals."""
-    rows = summary_rows(results, PAIR)
-    best = best_tuned(rows)
+def cell(results: Results, key: str) -> dict:
+    """One setting's row: the methods' means, the best tuned by validation and the paired intervals (the benchmark's
+    own summary of ``key``, with the candidate's and CE's intervals added)."""
+    rows = summary(results, key)[key][PAIR]
+    ci95 = dict(rows.get("ci95") or {})
+    best = ci95.pop("reference", None)
     gaps = {"candidate_minus_lkd": paired_gap(results, PAIR, CANDIDATE, DEFAULT),
-            "lkd_minus_best_tuned": paired_gap(results, PAIR, DEFAULT, best) if best else None,
-            "lkd_minus_ce": paired_gap(results, PAIR, DEFAULT, "ce")}
+            "lkd_minus_best_tuned": ci95 or None, "lkd_minus_ce": paired_gap(results, PAIR, DEFAULT, "ce")}
     return {"teacher_test_top1": results.data["teacher"]["test_top1"], "best_tuned": best,
             "means": {m: rows[m]["mean"] for m in METHODS if m in rows},
             "stds": {m: rows[m]["std"] for m in METHODS if m in rows}, **gaps}
@@ -95,7 +96,8 @@ def main() -> None:
     cells = {}
     for path in sorted(glob.glob(os.path.join(a.records, "*", "*-shared", "results.json"))):
         dataset, setting = path.split(os.sep)[-3:-1]
-        cells[f"{dataset}/{setting}"] = cell(Results.load(path))
+        key = f"{dataset}/{setting}"
+        cells[key] = cell(Results.load(path), key)
     earlier = {k: paired_gap(Results.load(repository_path(*p)), PAIR, CANDIDATE, DEFAULT) for k, p in EARLIER.items()}
     decision = decide(cells, earlier)
     print(table(cells, earlier, decision))
